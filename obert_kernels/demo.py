@@ -1,0 +1,129 @@
+"""The embedded default job: one-shot prune a small MLP trained on scikit-learn's digits.
+
+Trains a 64-128-128-10 MLP on the 8×8 digit images that ship with scikit-learn (seconds
+on a CPU), then prunes copies of it one-shot to each sparsity with oBERT and with global
+magnitude pruning, and prints test accuracy side by side. No network, no downloads.
+
+    python -m obert_kernels.demo [--sparsities 0.5 0.7 0.8 0.9 0.95] [--update obs] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .baselines import magnitude_prune
+from .one_shot import one_shot_prune
+
+__all__ = ["DigitsData", "load_digits_data", "make_mlp", "train", "accuracy", "endless_batches", "run_demo"]
+
+
+@dataclass
+class DigitsData:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_digits_data(seed: int = 0, test_fraction: float = 0.25) -> DigitsData:
+    """scikit-learn's digits (1797 images of 8×8), scaled to [0, 1], split reproducibly."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("the digits demo needs scikit-learn: pip install 'obert_kernels[demo]'") from exc
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = int(len(x) * test_fraction)
+    test, tr = perm[:n_test], perm[n_test:]
+    return DigitsData(x[tr], y[tr], x[test], y[test])
+
+
+def make_mlp(seed: int = 0, hidden: int = 128) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def train(model: nn.Module, data: DigitsData, epochs: int = 40, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(data.x_train), generator=gen).split(batch_size):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (model(x).argmax(-1) == y).float().mean().item()
+
+
+def endless_batches(data: DigitsData, batch_size: int, seed: int):
+    """Random training mini-batches forever (each a fresh draw): the Fisher's gradient samples."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        idx = torch.randint(len(data.x_train), (batch_size,), generator=gen)
+        yield data.x_train[idx], data.y_train[idx]
+
+
+def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+# Chosen on this MLP (2026-11-21, CPU): damp 1e-4 / 1e-6 / 1e-7 gave 43% / 47% / 52% at 90%
+# sparsity with one step; 4 recomputation steps lifted damp 1e-6 to 82-89%.
+def run_demo(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), *, seed: int = 0, update: str = "obs", block_size: int = 32,
+             num_grads: int = 128, grad_batch_size: int = 8, damp: float = 1e-6, num_recomputations: int = 4,
+             backend: str = "auto", progress: bool = True, print_table: bool = True) -> list[dict]:
+    """Train once, prune copies at each sparsity; returns rows {sparsity, obert, magnitude, seconds}."""
+    data = load_digits_data(seed)
+    dense = train(make_mlp(seed), data, seed=seed)
+    dense_acc = accuracy(dense, data.x_test, data.y_test)
+    rows = []
+    for s in sparsities:
+        pruned = copy.deepcopy(dense)
+        start = time.perf_counter()
+        one_shot_prune(pruned, cross_entropy_loss, endless_batches(data, grad_batch_size, seed + 1), s,
+                       num_recomputations=num_recomputations, block_size=block_size, num_grads=num_grads,
+                       damp=damp, update=update, backend=backend, progress=progress, verbose=False)
+        seconds = time.perf_counter() - start
+        magnitude = copy.deepcopy(dense)
+        magnitude_prune(magnitude, s)
+        rows.append({"sparsity": s, "obert": accuracy(pruned, data.x_test, data.y_test),
+                     "magnitude": accuracy(magnitude, data.x_test, data.y_test), "seconds": seconds})
+    if print_table:
+        print(f"digits MLP 64-128-128-10, dense test accuracy {dense_acc:.2%} "
+              f"(oBERT: update={update}, B={block_size}, m={num_grads}, damp={damp:g}, recomputations={num_recomputations})")
+        print(f"{'sparsity':>8}  {'oBERT':>8}  {'magnitude':>9}  {'prune s':>7}")
+        for r in rows:
+            print(f"{r['sparsity']:>8.0%}  {r['obert']:>8.2%}  {r['magnitude']:>9.2%}  {r['seconds']:>7.2f}")
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="One-shot oBERT vs magnitude pruning of an MLP on scikit-learn's digits")
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95])
+    ap.add_argument("--update", choices=["obs", "joint", "none"], default="obs")
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--num-grads", type=int, default=128)
+    ap.add_argument("--damp", type=float, default=1e-6)
+    ap.add_argument("--num-recomputations", type=int, default=4)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    run_demo(args.sparsities, seed=args.seed, update=args.update, block_size=args.block_size,
+             num_grads=args.num_grads, damp=args.damp, num_recomputations=args.num_recomputations,
+             backend=args.backend)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""One-shot pruning of a model: gradients from a loss, then FisherPruner.prune (SPEC §3)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .pruner import FisherPruner
+
+__all__ = ["one_shot_prune", "recomputation_targets", "collect_grads"]
+
+
+def recomputation_targets(start: float, target: float, steps: int) -> list[float]:
+    """s_r = s₀ + (s − s₀)·r/R for r = 1..R (SPEC §3, recomputation)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_recomputations must be a positive int, got {steps!r}")
+    return [start + (target - start) * r / steps for r in range(1, steps + 1)]
+
+
+def collect_grads(pruner: FisherPruner, model: nn.Module, loss_fn: Callable, batch_iter, *, progress: bool = True, desc: str = "gradients") -> None:
+    """Draw batches until the pruner holds ``num_grads`` gradients: backward each loss, add its grads."""
+    from tqdm.auto import tqdm
+
+    needed = pruner.num_grads - pruner.num_collected
+    with torch.enable_grad(), tqdm(total=needed, desc=desc, disable=not progress, leave=False, unit="grad") as bar:
+        for _ in range(needed):
+            try:
+                batch = next(batch_iter)
+            except StopIteration:
+                raise ValueError(
+                    f"batches ran out with {pruner.num_collected} of {pruner.num_grads} gradients collected: "
+                    "pass more batches or an endless iterable"
+                ) from None
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise TypeError("loss_fn(model, batch) must return a scalar tensor")
+            loss.backward()
+            pruner.add_grads()
+            bar.update(1)
+    model.zero_grad(set_to_none=True)
+
+
+def one_shot_prune(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    batches: Iterable,
+    sparsity: float,
+    *,
+    num_recomputations: int = 1,
+    progress: bool = True,
+    **pruner_kwargs,
+) -> FisherPruner:
+    """Prune ``model``'s Linear/Conv weights to ``sparsity`` in one shot (in place).
+
+    loss_fn(model, batch) -> scalar loss; batches: any iterable (may be endless), from
+    which num_grads fresh batches are drawn for each of the ``num_recomputations`` steps.
+    pruner_kwargs go to FisherPruner. Returns the pruner: ``.masks``, ``.history``
+    (one PruneReport per step).
+    """
+    pruner = FisherPruner(model, **pruner_kwargs)
+    target = pruner._check_sparsity(sparsity)
+    steps = recomputation_targets(pruner.sparsity, target, num_recomputations)
+    batch_iter = iter(batches)
+    for r, step_target in enumerate(steps, 1):
+        collect_grads(pruner, model, loss_fn, batch_iter, progress=progress,
+                      desc=f"gradients {r}/{len(steps)}" if len(steps) > 1 else "gradients")
+        pruner.prune(step_target)
+    return pruner

@@ -1,0 +1,98 @@
+"""Argument checks shared by every backend's launcher: one place, one wording."""
+from __future__ import annotations
+
+import torch
+
+FISHER_DTYPES = (torch.float32, torch.float64)
+
+
+def check_finv(finv: torch.Tensor, name: str = "finv") -> tuple[int, int]:
+    """Check a (num_blocks, B, B) float32/float64 block stack; return (num_blocks, B)."""
+    if not isinstance(finv, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(finv).__name__}")
+    if finv.dim() != 3 or finv.shape[1] != finv.shape[2] or finv.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (num_blocks, B, B), got {tuple(finv.shape)}")
+    if finv.dtype not in FISHER_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {finv.dtype}")
+    return finv.shape[0], finv.shape[1]
+
+
+def check_grads(grads: torch.Tensor, finv: torch.Tensor) -> torch.Tensor:
+    """Check a gradient chunk against finv's blocks and return it unchanged.
+
+    Two layouts are accepted:
+    - (k, d), one gradient per row, with (num_blocks - 1)·B < d ≤ num_blocks·B (the last
+      block's missing padding is zero); a 1-D (d,) is one gradient;
+    - (num_blocks, k, B), "block-major": each block's k gradient slices contiguous, the
+      layout FisherPruner buffers in, which feeds batched products without a transpose.
+    """
+    num_blocks, B = finv.shape[0], finv.shape[1]
+    if not isinstance(grads, torch.Tensor):
+        raise TypeError(f"grads must be a torch.Tensor, got {type(grads).__name__}")
+    if not grads.is_floating_point():
+        raise TypeError(f"grads must be floating point, got {grads.dtype}")
+    if grads.device != finv.device:
+        raise ValueError(f"grads are on {grads.device} but finv is on {finv.device}")
+    if grads.dim() == 1:
+        grads = grads.unsqueeze(0)
+    if grads.dim() == 3:
+        if grads.shape[0] != num_blocks or grads.shape[2] != B or grads.shape[1] == 0:
+            raise ValueError(f"block-major grads must have shape ({num_blocks}, k, {B}), got {tuple(grads.shape)}")
+        return grads
+    if grads.dim() != 2 or grads.shape[0] == 0:
+        raise ValueError(f"grads must have shape (k, d) or ({num_blocks}, k, {B}), got {tuple(grads.shape)}")
+    d = grads.shape[1]
+    if not (num_blocks - 1) * B < d <= num_blocks * B:
+        raise ValueError(
+            f"grads have d={d} weights per row, which does not fill finv's {num_blocks} blocks of {B} "
+            f"(expected {(num_blocks - 1) * B + 1}..{num_blocks * B})"
+        )
+    return grads
+
+
+def check_num_grads(num_grads: int) -> None:
+    if isinstance(num_grads, bool) or not isinstance(num_grads, int) or num_grads <= 0:
+        raise ValueError(f"num_grads must be a positive int, got {num_grads!r}")
+
+
+def check_damp(damp: float) -> None:
+    if not (isinstance(damp, (int, float)) and damp > 0 and damp < float("inf")):
+        raise ValueError(f"damp must be a finite number > 0, got {damp!r}")
+
+
+def check_weight(weight: torch.Tensor, finv: torch.Tensor, name: str = "weight") -> int:
+    """Check a weight tensor whose flattened size fits finv's blocks; return d."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {weight.dtype}")
+    num_blocks, B = finv.shape[0], finv.shape[1]
+    d = weight.numel()
+    if not (num_blocks - 1) * B < d <= num_blocks * B:
+        raise ValueError(
+            f"{name} has {d} weights but finv holds {num_blocks} blocks of {B} "
+            f"(expected {(num_blocks - 1) * B + 1}..{num_blocks * B} weights)"
+        )
+    if weight.device != finv.device:
+        raise ValueError(f"{name} is on {weight.device} but finv is on {finv.device}")
+    return d
+
+
+def check_mask(mask: torch.Tensor | None, weight: torch.Tensor, name: str) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor")
+    if mask.numel() != weight.numel():
+        raise ValueError(f"{name} has {mask.numel()} entries, weight has {weight.numel()}")
+    if mask.device != weight.device:
+        raise ValueError(f"{name} is on {mask.device} but weight is on {weight.device}")
+    return mask
+
+
+def padded_blocks(flat: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
+    """View (..., d) as (..., num_blocks, B), zero-padding the last block when d < num_blocks*B."""
+    d = flat.shape[-1]
+    if d != num_blocks * B:
+        flat = torch.nn.functional.pad(flat, (0, num_blocks * B - d))
+    return flat.reshape(*flat.shape[:-1], num_blocks, B)

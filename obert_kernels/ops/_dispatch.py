@@ -1,0 +1,88 @@
+"""Backend registry and dispatch for the three kernels.
+
+Each op is declared once (in ``obert_kernels.ops``) and each backend registers an
+implementation together with a ``reasons`` function that returns why it cannot serve
+a given call (an empty list means it can). ``backend="auto"`` walks ``PREFERENCE`` and
+takes the first backend with no reasons; an explicit backend that cannot serve raises
+``BackendNotSupported`` carrying the reasons, instead of silently falling back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = [
+    "BACKENDS",
+    "PREFERENCE",
+    "BackendNotSupported",
+    "register",
+    "not_supported_reasons",
+    "resolve",
+]
+
+BACKENDS = ("torch", "triton", "cuda")
+# auto tries these in order; the torch backend serves every call, so it is last.
+PREFERENCE = ("cuda", "triton", "torch")
+
+
+class BackendNotSupported(RuntimeError):
+    """An explicitly requested backend cannot serve this call; ``reasons`` says why."""
+
+    def __init__(self, op: str, backend: str, reasons: list[str]):
+        self.op, self.backend, self.reasons = op, backend, list(reasons)
+        super().__init__(f"backend {backend!r} cannot run {op}: " + "; ".join(self.reasons))
+
+
+@dataclass(frozen=True)
+class _Impl:
+    fn: Callable
+    reasons: Callable[..., list[str]]
+
+
+_REGISTRY: dict[str, dict[str, _Impl]] = {}
+# backend -> why it is absent altogether (failed import, missing extension), if known
+_UNAVAILABLE: dict[str, str] = {}
+
+
+def _no_reasons(**_call) -> list[str]:
+    return []
+
+
+def register(op: str, backend: str, fn: Callable, reasons: Callable[..., list[str]] | None = None):
+    """Register ``fn`` as ``backend``'s implementation of ``op``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, reasons or _no_reasons)
+
+
+def mark_unavailable(backend: str, why: str) -> None:
+    """Record why a whole backend could not be loaded (shown by not_supported_reasons)."""
+    _UNAVAILABLE[backend] = why
+
+
+def not_supported_reasons(op: str, backend: str, **call) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on these arguments; [] when it can."""
+    if backend not in BACKENDS:
+        return [f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)} or 'auto'"]
+    impl = _REGISTRY.get(op, {}).get(backend)
+    if impl is None:
+        return [_UNAVAILABLE.get(backend, f"{backend} backend has no {op} implementation")]
+    return impl.reasons(**call)
+
+
+def resolve(op: str, backend: str, **call) -> tuple[str, Callable]:
+    """Pick the implementation of ``op`` for ``backend`` ("auto" or a name) and a call."""
+    if backend == "auto":
+        collected = {}
+        for name in PREFERENCE:
+            reasons = not_supported_reasons(op, name, **call)
+            if not reasons:
+                return name, _REGISTRY[op][name].fn
+            collected[name] = reasons
+        raise BackendNotSupported(op, "auto", [f"{k}: {'; '.join(v)}" for k, v in collected.items()])
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from 'auto', {', '.join(map(repr, BACKENDS))}")
+    reasons = not_supported_reasons(op, backend, **call)
+    if reasons:
+        raise BackendNotSupported(op, backend, reasons)
+    return backend, _REGISTRY[op][backend].fn

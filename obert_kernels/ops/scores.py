@@ -1,0 +1,133 @@
+"""Block-OBS saliency scoring (SPEC §2b): torch backend and float64 oracle.
+
+Scores are the loss increase of removing a weight or group, with F⁻¹ from §2a:
+- unstructured: (d,)            ρ_q = w_q² / (2 [F⁻¹]_qq)
+- block4:       (d/4,)          ρ_Q = ½ w_Qᵀ ([F⁻¹]_QQ)⁻¹ w_Q
+- N:M:          (d/M, C(M, N))  ρ_S for every N-subset S of each group, in
+                                Pattern.subsets order; selection takes the argmin.
+Already-pruned weights/groups score −∞; for N:M a subset that would un-prune a pruned
+weight scores +∞, and a group with ≥ N pruned weights scores −∞ on the subsets inside
+its pruned set, so nothing pruned is ever revived.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..patterns import Pattern
+from ._checks import padded_blocks
+
+__all__ = ["group_diag_blocks", "obs_scores_torch", "obs_scores_ref", "nm_subset_masks"]
+
+
+def group_diag_blocks(finv: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The g×g diagonal sub-blocks of every block: (num_blocks·B/g, g, g), a view when possible."""
+    nb, B = finv.shape[0], finv.shape[1]
+    a = B // group_size
+    sub = finv.reshape(nb, a, group_size, a, group_size).diagonal(dim1=1, dim2=3)  # (nb, g, g, a)
+    return sub.permute(0, 3, 1, 2).reshape(nb * a, group_size, group_size)
+
+
+def nm_subset_masks(pattern: Pattern, device=None) -> torch.Tensor:
+    """(C(M,N), M) bool: row c marks the members of Pattern.subsets[c]."""
+    masks = torch.zeros(len(pattern.subsets), pattern.group_size, dtype=torch.bool, device=device)
+    for c, subset in enumerate(pattern.subsets):
+        masks[c, list(subset)] = True
+    return masks
+
+
+def _quad_inverse(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """½ wᵀ A⁻¹ w for batches of SPD A (…, n, n) and w (…, n)."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if bool(info.any()):  # not SPD in this precision: a general solve still gives the quadratic form
+        return 0.5 * (w * torch.linalg.solve(a, w)).sum(-1)
+    y = torch.linalg.solve_triangular(chol, w.unsqueeze(-1), upper=False).squeeze(-1)
+    return 0.5 * (y * y).sum(-1)
+
+
+def _check_groups(d: int, pattern: Pattern) -> int:
+    if d % pattern.group_size:
+        raise ValueError(f"pattern {pattern.name} needs the weight count ({d}) divisible by {pattern.group_size}")
+    return d // pattern.group_size
+
+
+def _nm_constrain(scores: torch.Tensor, pruned_groups: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """Apply the already-pruned rules to (ng, C) N:M subset scores."""
+    subset = nm_subset_masks(pattern, scores.device)  # (C, M)
+    pruned = pruned_groups.unsqueeze(1)  # (ng, 1, M)
+    covers_pruned = ~(pruned & ~subset).any(-1)  # subset contains every pruned weight
+    inside_pruned = ~(subset & ~pruned).any(-1)  # every subset member is already pruned
+    saturated = (pruned_groups.sum(-1) >= pattern.n_prune).unsqueeze(1)
+    inf = torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
+    allowed = torch.where(covers_pruned, scores, inf)
+    return torch.where(saturated, torch.where(inside_pruned, -inf, inf), allowed)
+
+
+def obs_scores_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None) -> torch.Tensor:
+    """Saliency scores of one tensor (see module docstring for shapes).
+
+    weight: any shape, d elements, any float dtype; finv: (ceil(d/B), B, B) float32/64;
+    pruned: bool, d elements, True where already pruned. Returns scores in finv.dtype.
+    """
+    nb, B = finv.shape[0], finv.shape[1]
+    d = weight.numel()
+    w = padded_blocks(weight.detach().reshape(-1).to(finv.dtype), nb, B).reshape(-1)
+    pruned_flat = None if pruned is None else pruned.reshape(-1)
+    if pattern.group_size == 1:
+        diag = finv.diagonal(dim1=1, dim2=2).reshape(-1)
+        scores = (w * w / (2 * diag))[:d]
+        if pruned_flat is not None:
+            scores = scores.masked_fill(pruned_flat, float("-inf"))
+        return scores
+    g = pattern.group_size
+    ng = _check_groups(d, pattern)
+    blocks = group_diag_blocks(finv, g)[:ng]  # (ng, g, g)
+    wg = w[: ng * g].reshape(ng, g)
+    if not pattern.is_nm:
+        scores = _quad_inverse(blocks, wg)
+        if pruned_flat is not None:
+            scores = scores.masked_fill(pruned_flat.reshape(ng, g).all(-1), float("-inf"))
+        return scores
+    per_subset = []
+    for subset in pattern.subsets:
+        idx = torch.tensor(subset, device=finv.device)
+        sub = blocks.index_select(1, idx).index_select(2, idx)
+        per_subset.append(_quad_inverse(sub, wg.index_select(1, idx)))
+    scores = torch.stack(per_subset, dim=1)  # (ng, C)
+    if pruned_flat is not None:
+        scores = _nm_constrain(scores, pruned_flat.reshape(ng, g), pattern)
+    return scores
+
+
+def obs_scores_ref(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None) -> torch.Tensor:
+    """Float64 oracle: the formulas of SPEC §2b, one group at a time with explicit inverses."""
+    f = finv.detach().to("cpu", torch.float64)
+    B = f.shape[1]
+    w = weight.detach().reshape(-1).to("cpu", torch.float64)
+    p = torch.zeros(w.numel(), dtype=torch.bool) if pruned is None else pruned.reshape(-1).cpu()
+    g = pattern.group_size
+    ng = w.numel() // g
+
+    def fblock(idx):  # [F⁻¹]_QQ for global indices idx inside one Fisher block
+        b = idx[0] // B
+        local = [i - b * B for i in idx]
+        return f[b][local][:, local]
+
+    if not pattern.is_nm:
+        out = torch.empty(ng, dtype=torch.float64)
+        for q in range(ng):
+            idx = list(range(q * g, q * g + g))
+            wq = w[idx]
+            out[q] = float("-inf") if bool(p[idx].all()) else 0.5 * wq @ torch.linalg.inv(fblock(idx)) @ wq
+        return out
+    out = torch.empty(ng, len(pattern.subsets), dtype=torch.float64)
+    for q in range(ng):
+        members = set(i for i in range(g) if p[q * g + i])
+        for c, subset in enumerate(pattern.subsets):
+            idx = [q * g + i for i in subset]
+            if len(members) >= pattern.n_prune:
+                out[q, c] = float("-inf") if set(subset) <= members else float("inf")
+            elif not members <= set(subset):
+                out[q, c] = float("inf")
+            else:
+                out[q, c] = 0.5 * w[idx] @ torch.linalg.inv(fblock(idx)) @ w[idx]
+    return out

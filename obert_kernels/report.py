@@ -1,0 +1,61 @@
+"""What a prune step did, per tensor and in total."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TensorReport:
+    numel: int
+    pruned: int  # pruned after this step, old and new
+    newly_pruned: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / self.numel if self.numel else 0.0
+
+
+@dataclass
+class PruneReport:
+    """Returned by FisherPruner.prune; ``str()`` gives a table."""
+
+    target_sparsity: float
+    pattern: str
+    update: str
+    global_sparsity: bool
+    backend: str
+    seconds: float
+    tensors: dict[str, TensorReport] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    @property
+    def num_pruned(self) -> int:
+        return sum(t.pruned for t in self.tensors.values())
+
+    @property
+    def newly_pruned(self) -> int:
+        return sum(t.newly_pruned for t in self.tensors.values())
+
+    @property
+    def sparsity(self) -> float:
+        return self.num_pruned / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(total=self.total, num_pruned=self.num_pruned, newly_pruned=self.newly_pruned, sparsity=self.sparsity)
+        return out
+
+    def __str__(self) -> str:
+        width = max([len("total")] + [len(n) for n in self.tensors])
+        lines = [
+            f"prune to {self.target_sparsity:.2%} ({self.pattern}, update={self.update}, "
+            f"{'global' if self.global_sparsity else 'per-tensor'}, backend={self.backend}) in {self.seconds:.2f} s",
+            f"{'tensor':<{width}}  {'weights':>12}  {'pruned':>12}  {'new':>10}  {'sparsity':>8}",
+        ]
+        for name, t in self.tensors.items():
+            lines.append(f"{name:<{width}}  {t.numel:>12,}  {t.pruned:>12,}  {t.newly_pruned:>10,}  {t.sparsity:>8.2%}")
+        lines.append(f"{'total':<{width}}  {self.total:>12,}  {self.num_pruned:>12,}  {self.newly_pruned:>10,}  {self.sparsity:>8.2%}")
+        return "\n".join(lines)

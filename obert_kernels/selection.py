@@ -1,0 +1,72 @@
+"""Which weights to prune from the scores (SPEC §3, selection).
+
+Units are what a pattern prunes as one: single weights (unstructured) or groups
+(block4). Global selection ranks the units of every tensor together and prunes exactly
+round(s · total units); per-tensor selection does the same inside each tensor. N:M takes
+the lowest-scoring subset of every group and ignores s.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .ops.scores import nm_subset_masks
+from .patterns import Pattern
+
+__all__ = ["count_for", "select_lowest", "select_global", "select_per_tensor", "select_nm", "expand_groups"]
+
+
+def count_for(sparsity: float, total: int) -> int:
+    """round(s · total), halves rounded up (Python's round would round half to even)."""
+    return int(math.floor(sparsity * total + 0.5))
+
+
+def select_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool mask of the ``count`` lowest scores (ties broken by position, so exactly count)."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if count > 0:
+        order = torch.argsort(scores.reshape(-1), stable=True)
+        mask[order[:count]] = True
+    return mask.reshape(scores.shape)
+
+
+def _check_scores(name: str, scores: torch.Tensor) -> None:
+    if bool(torch.isnan(scores).any()):
+        raise FloatingPointError(f"scores of {name!r} contain NaN: its weights or Fisher inverse are not finite")
+
+
+def select_global(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """One ranking over all tensors' 1-D unit scores; returns name -> bool unit mask (True = pruned)."""
+    for name, s in scores.items():
+        _check_scores(name, s)
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1).float().cpu() for n in names]) if names else torch.zeros(0)
+    chosen = select_lowest(flat, count_for(sparsity, flat.numel()))
+    out, start = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = chosen[start : start + size].to(scores[n].device)
+        start += size
+    return out
+
+
+def select_per_tensor(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """Each tensor pruned to sparsity s on its own; name -> bool unit mask."""
+    out = {}
+    for name, s in scores.items():
+        _check_scores(name, s)
+        out[name] = select_lowest(s, count_for(sparsity, s.numel()))
+    return out
+
+
+def select_nm(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """(d/M, C) subset scores -> (d,) bool element mask of the argmin subset of every group."""
+    _check_scores("N:M", scores)
+    best = torch.argmin(scores, dim=1)
+    return nm_subset_masks(pattern, scores.device)[best].reshape(-1)
+
+
+def expand_groups(unit_mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(d/g,) unit mask -> (d,) element mask."""
+    return unit_mask.repeat_interleave(group_size) if group_size > 1 else unit_mask

@@ -1,0 +1,57 @@
+"""Backend dispatch: auto falls back and says why; an explicit backend raises."""
+import importlib.util
+
+import pytest
+import torch
+
+from obert_kernels import ops
+from obert_kernels.ops import _dispatch
+
+
+def test_auto_serves_cpu_tensors_with_torch():
+    finv = ops.init_finv(2, 4, 1.0)
+    name, _ = _dispatch.resolve("woodbury_update", "auto", finv=finv, grads=torch.randn(1, 8))
+    assert name == "torch"
+
+
+def test_unknown_backend_is_rejected():
+    finv = ops.init_finv(2, 4, 1.0)
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.woodbury_update(finv, torch.randn(1, 8), 1, backend="numba")
+    assert ops.not_supported_reasons("woodbury_update", "numba") == [
+        "unknown backend 'numba'; choose from torch, triton, cuda or 'auto'"
+    ]
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_explicit_backend_that_cannot_serve_says_why(backend):
+    finv = ops.init_finv(2, 4, 1.0)
+    reasons = ops.not_supported_reasons("woodbury_update", backend, finv=finv, grads=torch.randn(1, 8))
+    if not reasons:
+        pytest.skip(f"{backend} serves CPU tensors here")
+    with pytest.raises(ops.BackendNotSupported) as info:
+        ops.woodbury_update(finv, torch.randn(1, 8), 1, backend=backend)
+    assert info.value.reasons == reasons and all(isinstance(r, str) and r for r in reasons)
+    assert torch.equal(finv, ops.init_finv(2, 4, 1.0))  # nothing ran
+
+
+def test_registered_reasons_are_consulted():
+    calls = []
+
+    def refuse(**call):
+        calls.append(call)
+        return ["never on Tuesdays"]
+
+    saved = _dispatch._REGISTRY["obs_scores"].get("cuda")
+    _dispatch.register("obs_scores", "cuda", lambda *a: None, refuse)
+    try:
+        finv = ops.init_finv(1, 4, 1.0)
+        with pytest.raises(ops.BackendNotSupported, match="never on Tuesdays"):
+            ops.obs_scores(torch.randn(4), finv, backend="cuda")
+        assert ops.obs_scores(torch.randn(4), finv).shape == (4,)  # auto fell back to torch
+        assert len(calls) == 2
+    finally:
+        if saved is None:
+            del _dispatch._REGISTRY["obs_scores"]["cuda"]
+        else:
+            _dispatch._REGISTRY["obs_scores"]["cuda"] = saved

@@ -1,0 +1,4 @@
+"""Build script. The package is pure Python; csrc/ holds the optional CUDA extension."""
+from setuptools import setup
+
+setup()
