@@ -37,6 +37,9 @@ class BackendNotSupported(RuntimeError):
 class _Impl:
     fn: Callable
     reasons: Callable[..., list[str]]
+    # reasons that keep "auto" away although an explicit request would run (e.g. Triton's
+    # CPU interpreter: it runs when asked for, but auto prefers torch on a CPU)
+    auto_reasons: Callable[..., list[str]]
 
 
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
@@ -48,11 +51,16 @@ def _no_reasons(**_call) -> list[str]:
     return []
 
 
-def register(op: str, backend: str, fn: Callable, reasons: Callable[..., list[str]] | None = None):
-    """Register ``fn`` as ``backend``'s implementation of ``op``."""
+def register(op: str, backend: str, fn: Callable, reasons: Callable[..., list[str]] | None = None,
+             auto_reasons: Callable[..., list[str]] | None = None):
+    """Register ``fn`` as ``backend``'s implementation of ``op``.
+
+    reasons(**call) -> why it cannot serve a call; auto_reasons(**call) -> why "auto"
+    should not pick it for a call it could serve.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
-    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, reasons or _no_reasons)
+    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, reasons or _no_reasons, auto_reasons or _no_reasons)
 
 
 def mark_unavailable(backend: str, why: str) -> None:
@@ -76,6 +84,8 @@ def resolve(op: str, backend: str, **call) -> tuple[str, Callable]:
         collected = {}
         for name in PREFERENCE:
             reasons = not_supported_reasons(op, name, **call)
+            if not reasons:
+                reasons = _REGISTRY[op][name].auto_reasons(**call)
             if not reasons:
                 return name, _REGISTRY[op][name].fn
             collected[name] = reasons
