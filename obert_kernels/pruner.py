@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import ops, selection
+from .distributed import Shard, agree, all_gather_flat, all_reduce_sum, resolve_group, split_blocks
 from .memory import FisherMemoryError, MemoryEstimate, estimate_memory
 from .patterns import parse_pattern
 from .report import PruneReport, TensorReport
@@ -63,6 +64,29 @@ class _Slot:
         return self.tensor.numel()
 
 
+@dataclass
+class _Piece:
+    """The part of one tracked tensor whose blocks this rank owns (all of it on one process).
+
+    Its blocks are [local_block, local_block + num_blocks) of this rank's Fisher state and
+    its weights are [start, stop) of the flattened tensor; pieces start on block bounds.
+    """
+
+    slot: _Slot
+    local_block: int
+    num_blocks: int
+    start: int
+    stop: int
+
+    @property
+    def blocks(self) -> slice:
+        return slice(self.local_block, self.local_block + self.num_blocks)
+
+    @property
+    def weights(self) -> slice:
+        return slice(self.start, self.stop)
+
+
 class _FisherState:
     """F⁻¹ (or, on the direct path, Σ g gᵀ / m until finalized) and the gradient buffer."""
 
@@ -98,6 +122,10 @@ class FisherPruner:
     verbose: print the memory estimate (to stderr) before allocating.
     max_memory_fraction: refuse (FisherMemoryError) when the Fisher state needs more
         than this fraction of the device's free memory.
+    process_group: a torch.distributed group over which to shard the Fisher blocks;
+        None (default) uses the initialized default group if there is one, False never
+        shards. Every rank must pass the same (all-reduced) gradients; prune() and, when
+        sharded, fisher_inverse() are collective calls (see obert_kernels.distributed).
 
     The Fisher state is float32 whatever the weights' dtype; fp16/bf16 weights are
     updated in float32 and cast back.
@@ -118,6 +146,7 @@ class FisherPruner:
         fisher_method: str = "auto",
         verbose: bool = True,
         max_memory_fraction: float = 0.9,
+        process_group=None,
     ):
         self.pattern = parse_pattern(pattern)
         _check_positive_int("block_size", block_size)
@@ -138,6 +167,8 @@ class FisherPruner:
         self._slots = self._make_slots(_named_tensors(params))
         self.device = self._slots[0].tensor.device
         self.fisher_method = auto_fisher_method(self.device) if fisher_method == "auto" else fisher_method
+        self._shard: Shard = resolve_group(process_group)
+        self._pieces = self._make_pieces()
         self._pruned = {s.name: torch.zeros(s.numel, dtype=torch.bool, device=self.device) for s in self._slots}
         self._state: _FisherState | None = None
         self.history: list[PruneReport] = []
@@ -177,6 +208,22 @@ class FisherPruner:
                 f"{self.pattern.name!r}: groups would straddle rows"
             )
 
+    def _make_pieces(self) -> list[_Piece]:
+        lo, hi = split_blocks(sum(s.num_blocks for s in self._slots), self._shard.world)[self._shard.rank]
+        pieces, B = [], self.block_size
+        for slot in self._slots:
+            first, last = max(slot.block_start, lo), min(slot.block_start + slot.num_blocks, hi)
+            if first < last:
+                start = (first - slot.block_start) * B
+                stop = min((last - slot.block_start) * B, slot.numel)
+                pieces.append(_Piece(slot, first - lo, last - first, start, stop))
+        return pieces
+
+    @property
+    def local_num_blocks(self) -> int:
+        """Fisher blocks this process holds (all of them unless sharded)."""
+        return sum(p.num_blocks for p in self._pieces)
+
     @property
     def names(self) -> list[str]:
         return [s.name for s in self._slots]
@@ -186,13 +233,14 @@ class FisherPruner:
         return sum(s.num_blocks for s in self._slots)
 
     def memory_estimate(self) -> MemoryEstimate:
-        """Bytes the Fisher state needs on this pruner's device, and what is free there."""
-        return estimate_memory([s.numel for s in self._slots], self.block_size, self.chunk_size, self.device)
+        """Bytes this process's Fisher state needs on its device (its share when sharded), and what is free there."""
+        return estimate_memory([p.stop - p.start for p in self._pieces], self.block_size, self.chunk_size, self.device)
 
     def _check_memory(self, announce: bool = True) -> MemoryEstimate:
         est = self.memory_estimate()
         if self.verbose and announce:
-            print(f"obert_kernels: {est}", file=sys.stderr)
+            where = f"rank {self._shard.rank} of {self._shard.world}: " if self._shard.distributed else ""
+            print(f"obert_kernels: {where}{est}", file=sys.stderr)
         if not est.fits(self.max_memory_fraction):
             raise FisherMemoryError(
                 f"{est}; that is more than {self.max_memory_fraction:.0%} of the free memory. "
@@ -243,9 +291,12 @@ class FisherPruner:
         if self.num_collected >= self.num_grads:
             raise RuntimeError(f"already collected {self.num_grads} of {self.num_grads} gradients: call prune() first")
         state = self._state_or_new()
-        for slot, g in zip(self._slots, got):
-            flat = g.detach().reshape(-1).to(self.device, torch.float32).masked_fill(self._pruned[slot.name], 0.0)
-            self._write_row(state.buffer[slot.block_start : slot.block_start + slot.num_blocks, state.filled], flat)
+        by_name = dict(zip(self.names, got))
+        for piece in self._pieces:
+            name = piece.slot.name
+            flat = by_name[name].detach().reshape(-1)[piece.weights].to(self.device, torch.float32)
+            flat = flat.masked_fill(self._pruned[name][piece.weights], 0.0)
+            self._write_row(state.buffer[piece.blocks, state.filled], flat)
         state.filled += 1
         state.collected += 1
         if state.filled == state.buffer.shape[1] or state.collected == self.num_grads:
@@ -263,11 +314,12 @@ class FisherPruner:
     def _state_or_new(self) -> _FisherState:
         if self._state is None:
             self._check_memory(announce=False)  # free memory may have changed since __init__
-            self._state = _FisherState(self.num_blocks, self.block_size, self.chunk_size, self.damp, self.fisher_method, self.device)
+            self._state = _FisherState(self.local_num_blocks, self.block_size, self.chunk_size, self.damp, self.fisher_method, self.device)
         return self._state
 
     def _flush(self, state: _FisherState) -> None:
-        if state.filled == 0:
+        if state.filled == 0 or state.blocks.shape[0] == 0:
+            state.filled = 0
             return
         chunk = state.buffer[:, : state.filled]
         if self.fisher_method == "woodbury":
@@ -286,15 +338,24 @@ class FisherPruner:
         """A copy of the current F⁻¹ blocks of one tensor: (num_blocks, B, B) float32.
 
         Uses the gradients collected so far (still divided by m); with none, (1/λ)·I.
+        When sharded this is a collective: every rank must call it, and each gets all blocks.
         """
         slot = self._slot(name)
+        out = ops.init_finv(slot.num_blocks, self.block_size, self.damp, device=self.device)
         if self._state is None:
-            return ops.init_finv(slot.num_blocks, self.block_size, self.damp, device=self.device)
+            return out
         self._flush(self._state)
-        blocks = self._state.blocks[slot.block_start : slot.block_start + slot.num_blocks].clone()
-        if not self._state.inverted:
-            ops.fisher_invert(blocks, self.damp, backend=self.backend)
-        return blocks
+        own = torch.zeros_like(out)
+        for piece in self._pieces:
+            if piece.slot is slot:
+                blocks = self._state.blocks[piece.blocks].clone()
+                if not self._state.inverted:
+                    ops.fisher_invert(blocks, self.damp, backend=self.backend)
+                first = piece.start // self.block_size
+                own[first : first + piece.num_blocks] = blocks
+        if not self._shard.distributed:
+            return own
+        return all_reduce_sum(self._shard, own)
 
     # ---- pruning ------------------------------------------------------------------
     def _check_sparsity(self, sparsity):
@@ -311,23 +372,22 @@ class FisherPruner:
 
         Already-pruned weights stay pruned (if they exceed the target, nothing new is
         pruned). Frees the Fisher state. Returns a PruneReport (also kept in ``history``).
+        When sharded, a collective: if any rank fails, every rank raises.
         """
         target = self._check_sparsity(sparsity)
         if self.num_collected < self.num_grads:
             raise RuntimeError(f"prune() needs {self.num_grads} gradients, {self.num_collected} collected: call add_grads() more")
         start = time.perf_counter()
-        finv = self._finalize()
+        finv = agree(self._shard, "building F⁻¹", self._finalize)
         weights = {s.name: s.tensor.detach().reshape(-1).to(self.device, torch.float32, copy=True) for s in self._slots}
         new = self._select(target, weights, finv)
+        updated = self._updated_weights(weights, finv, new)
         report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0)
         for slot in self._slots:
-            w = weights[slot.name]
-            blocks = finv[slot.block_start : slot.block_start + slot.num_blocks]
-            ops.obs_update(w, blocks, new[slot.name], self.pattern, self.update, backend=self.backend)
             pruned = self._pruned[slot.name] | new[slot.name]
             self._pruned[slot.name] = pruned
             with torch.no_grad():
-                slot.tensor.copy_(w.masked_fill(pruned, 0.0).reshape(slot.tensor.shape))
+                slot.tensor.copy_(updated[slot.name].masked_fill(pruned, 0.0).reshape(slot.tensor.shape))
             report.tensors[slot.name] = TensorReport(slot.numel, int(pruned.sum()), int(new[slot.name].sum()))
         self._state = None
         report.seconds = time.perf_counter() - start
@@ -337,18 +397,38 @@ class FisherPruner:
     def _finalize(self) -> torch.Tensor:
         state = self._state
         self._flush(state)
-        if not state.inverted:
+        if not state.inverted and state.blocks.shape[0]:
             ops.fisher_invert(state.blocks, self.damp, backend=self.backend)
-            state.inverted = True
+        state.inverted = True
         state.buffer = None  # the buffer is not needed for scoring; give its memory back now
         return state.blocks
 
+    def _local_scores(self, weights: dict, finv: torch.Tensor) -> torch.Tensor:
+        """This rank's scores, each piece flattened, in global block order."""
+        parts = [
+            ops.obs_scores(weights[p.slot.name][p.weights], finv[p.blocks], self.pattern,
+                           self._pruned[p.slot.name][p.weights], backend=self.backend).reshape(-1)
+            for p in self._pieces
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, device=self.device)
+
+    def _score_units(self, slot: _Slot) -> tuple[int, ...]:
+        """Shape of one tensor's scores: (d,), (d/g,) or (d/M, C(M, N))."""
+        g = self.pattern.group_size
+        if self.pattern.is_nm:
+            return (slot.numel // g, len(self.pattern.subsets))
+        return (slot.numel // g,)
+
     def _select(self, target: float, weights: dict, finv: torch.Tensor) -> dict[str, torch.Tensor]:
-        """name -> bool (d,) mask of the weights newly pruned in this step."""
-        scores = {}
+        """name -> bool (d,) mask of the weights newly pruned in this step (the same on every rank)."""
+        local = agree(self._shard, "scoring", lambda: self._local_scores(weights, finv))
+        flat = all_gather_flat(self._shard, local)
+        scores, offset = {}, 0
         for slot in self._slots:
-            blocks = finv[slot.block_start : slot.block_start + slot.num_blocks]
-            scores[slot.name] = ops.obs_scores(weights[slot.name], blocks, self.pattern, self._pruned[slot.name], backend=self.backend)
+            shape = self._score_units(slot)
+            size = int(torch.tensor(shape).prod())
+            scores[slot.name] = flat[offset : offset + size].reshape(shape)
+            offset += size
         if self.pattern.is_nm:
             chosen = {n: selection.select_nm(s, self.pattern) for n, s in scores.items()}
         else:
@@ -356,6 +436,28 @@ class FisherPruner:
             units = pick(scores, target)
             chosen = {n: selection.expand_groups(u, self.pattern.group_size) for n, u in units.items()}
         return {n: chosen[n] & ~self._pruned[n] for n in chosen}
+
+    def _updated_weights(self, weights: dict, finv: torch.Tensor, new: dict) -> dict[str, torch.Tensor]:
+        """name -> flat float32 weights after the OBS update; when sharded, each rank updates
+        its pieces and one all-reduce (one non-zero term per weight) gives everyone all of them."""
+
+        def local_update() -> torch.Tensor:
+            contrib = torch.zeros(sum(s.numel for s in self._slots), device=self.device)
+            offsets = dict(zip(self.names, torch.tensor([0] + [s.numel for s in self._slots]).cumsum(0).tolist()))
+            for p in self._pieces:
+                w = weights[p.slot.name][p.weights].clone()
+                ops.obs_update(w, finv[p.blocks], new[p.slot.name][p.weights], self.pattern, self.update, backend=self.backend)
+                base = offsets[p.slot.name]
+                contrib[base + p.start : base + p.stop] = w
+            return contrib
+
+        contrib = agree(self._shard, "weight update", local_update)
+        all_reduce_sum(self._shard, contrib)
+        out, offset = {}, 0
+        for slot in self._slots:
+            out[slot.name] = contrib[offset : offset + slot.numel]
+            offset += slot.numel
+        return out
 
     # ---- masks --------------------------------------------------------------------
     @property
