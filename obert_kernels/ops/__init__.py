@@ -83,9 +83,12 @@ def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
     _, B = _checks.check_finv(fisher, "fisher")
     grads = _checks.check_grads(grads, fisher)
     _checks.check_num_grads(num_grads)
-    if packed.is_packed(fisher):
-        return packed.run_tiled_inplace(fisher, B, lambda tile, a, b: fisher_accumulate(
-            tile, _grads_tile(grads, B, a, b), num_grads, backend=backend))
+    if packed.is_packed(fisher):  # accumulate each tile's chunk from zero and add its upper triangle
+        for a, b in packed.tiles(fisher.shape[0], B, fisher.element_size()):
+            tile = fisher.new_zeros(b - a, B, B)
+            fisher_accumulate(tile, _grads_tile(grads, B, a, b), num_grads, backend=backend)
+            fisher[a:b] += pack_upper(tile)
+        return fisher
     _, fn = resolve("fisher_accumulate", backend, finv=fisher, grads=grads)
     return fn(fisher, grads, num_grads)
 

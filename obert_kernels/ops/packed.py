@@ -6,9 +6,11 @@ layout keeps row i's entries j ≥ i, rows concatenated (the order of
 kernels read and write it directly. The torch (and Triton) backends work on dense
 blocks: for a packed F⁻¹ they run tile by tile, unpacking ``tile_blocks(B)`` blocks
 (≤ ``UNPACK_TILE_BYTES`` dense) at a time, so the extra memory is one tile, not a
-dense copy. That costs an unpack (and for in-place ops a pack) per call; measured on
-2 CPU cores it is small next to the op itself (see python_tests/test_packed.py's
-note), and on a GPU the CUDA backend avoids it.
+dense copy. The time it costs, measured on 2 shared CPU cores (d = 2·10^5, B = 50, one
+32-gradient chunk, best of 9, 2026-11-21): woodbury_update 0.26 vs 0.27 s dense (lost in
+the op's own cost), fisher_accumulate 0.040 vs 0.014 s (memory-bound: the tile's
+unpack/pack traffic is the op's size), obs_scores unstructured +10 ms. On a GPU the CUDA
+backend reads packed blocks directly and pays none of it.
 
 A 2-D finv is packed, a 3-D one dense: every op of ``obert_kernels.ops`` takes either.
 """
@@ -51,9 +53,21 @@ def is_packed(finv: torch.Tensor) -> bool:
     return finv.dim() == 2
 
 
-def _triu(B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, cols = torch.triu_indices(B, B, device=device)
-    return rows, cols
+_INDEX_CACHE: dict = {}
+
+
+def _indices(B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense flat index of each packed entry (P,), packed index of each dense entry (B·B,)), cached."""
+    key = (B, str(device))
+    if key not in _INDEX_CACHE:
+        rows, cols = torch.triu_indices(B, B)
+        to_dense = rows * B + cols
+        to_packed = torch.empty(B * B, dtype=torch.long)
+        order = torch.arange(rows.numel())
+        to_packed[to_dense] = order
+        to_packed[cols * B + rows] = order
+        _INDEX_CACHE[key] = (to_dense.to(device), to_packed.to(device))
+    return _INDEX_CACHE[key]
 
 
 def pack_upper(dense: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,10 +76,7 @@ def pack_upper(dense: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     if dense.dim() != 3 or dense.shape[1] != dense.shape[2]:
         raise ValueError(f"dense blocks must have shape (num_blocks, B, B), got {tuple(dense.shape)}")
     B = dense.shape[1]
-    rows, cols = _triu(B, dense.device)
-    flat = dense.reshape(dense.shape[0], B * B)
-    idx = rows * B + cols
-    packed = flat.index_select(1, idx)
+    packed = dense.reshape(dense.shape[0], B * B).index_select(1, _indices(B, dense.device)[0])
     return packed if out is None else out.copy_(packed)
 
 
@@ -76,11 +87,8 @@ def unpack_upper(packed: torch.Tensor, block_size: int | None = None) -> torch.T
     B = block_size or packed_block_size(packed.shape[1])
     if B is None or packed_size(B) != packed.shape[1]:
         raise ValueError(f"{packed.shape[1]} is not B(B+1)/2 for any block size B")
-    rows, cols = _triu(B, packed.device)
-    dense = packed.new_zeros(packed.shape[0], B, B)
-    dense[:, rows, cols] = packed
-    dense[:, cols, rows] = packed
-    return dense
+    # one gather: every dense entry (i, j) reads packed entry (min(i,j), max(i,j))
+    return packed.index_select(1, _indices(B, packed.device)[1]).reshape(packed.shape[0], B, B)
 
 
 def init_finv_packed(num_blocks: int, block_size: int, damp: float, *, dtype=torch.float32, device=None) -> torch.Tensor:
