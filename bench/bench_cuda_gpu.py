@@ -16,6 +16,7 @@ Method (bench/README conventions):
 
     python bench/bench_cuda_gpu.py                       # the target size, all methods
     python bench/bench_cuda_gpu.py --d 10000000          # smaller
+    python bench/bench_cuda_gpu.py --backends cuda-packed --rows 1,2   # the rows-per-thread choice
     python bench/bench_cuda_gpu.py --device cpu --backends naive,torch --d 3000 --num-grads 64   # plumbing only
 
 Writes bench/results/gpu-cuda-woodbury-<date>.json and .md (or --out DIR).
@@ -186,13 +187,20 @@ def run(args) -> dict:
               "environment": environment(device), "ceilings": measure_ceilings(device, timer), "methods": {}}
     result["memory"] = {"finv_dense_bytes": finv_bytes(nb, B, False), "finv_packed_bytes": finv_bytes(nb, B, True),
                         "packed_over_dense": finv_bytes(nb, B, True) / finv_bytes(nb, B, False)}
+    rows = [int(r) for r in str(args.rows).split(",")]
     for method in methods:
-        try:
-            r = run_method(method, chunks, seq, nb, B, m, k, args, device, timer, sample, ref)
-        except torch.cuda.OutOfMemoryError as exc:
-            r = {"skipped": f"out of memory ({str(exc).splitlines()[0]})"}
-        result["methods"][method] = r
-        print(format_row(method, r), flush=True)
+        for r_ in rows if method.startswith("cuda") else [0]:
+            name = f"{method} (rows={r_ or 'default'})" if method.startswith("cuda") and len(rows) > 1 else method
+            _cuda.WOODBURY_ROWS = r_  # F⁻¹ rows per thread in the CUDA Woodbury kernel
+            try:
+                r = run_method(method, chunks, seq, nb, B, m, k, args, device, timer, sample, ref)
+            except torch.cuda.OutOfMemoryError as exc:
+                r = {"skipped": f"out of memory ({str(exc).splitlines()[0]})"}
+            except ValueError as exc:  # e.g. rows=2 outside 32 < B ≤ 64
+                r = {"skipped": str(exc)}
+            result["methods"][name] = r
+            print(format_row(name, r), flush=True)
+    _cuda.WOODBURY_ROWS = 0
     naive = result["methods"].get("naive", {})
     for r in result["methods"].values():
         if r.get("seconds") and naive.get("seconds"):
@@ -274,6 +282,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--backends", default="naive,cuda-dense,cuda-packed,triton,direct", help=f"from {METHODS}")
+    ap.add_argument("--rows", default="0", help="CUDA Woodbury kernel's F⁻¹ rows per thread to time: 0 (default), "
+                    "1, 2 (32 < B ≤ 64), comma-separated, e.g. 1,2 to decide the default")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
     result = run(args)

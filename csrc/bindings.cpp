@@ -17,7 +17,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("compiled_archs") = OBK_CUDA_ARCHS;
   m.def("woodbury_update", &obk::woodbury_update_launch, py::arg("finv"), py::arg("num_blocks"), py::arg("B"),
         py::arg("packed"), py::arg("grads"), py::arg("stride_block"), py::arg("stride_grad"), py::arg("d_valid"),
-        py::arg("k"), py::arg("num_grads"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+        py::arg("k"), py::arg("num_grads"), py::arg("rows"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("obs_scores", &obk::obs_scores_launch, py::arg("weight"), py::arg("pruned"), py::arg("finv"),
         py::arg("num_blocks"), py::arg("B"), py::arg("packed"), py::arg("d"), py::arg("group"), py::arg("n_prune"),
         py::arg("subset_bits"), py::arg("num_subsets"), py::arg("out"), py::arg("stream"),

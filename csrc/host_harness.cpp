@@ -3,8 +3,8 @@
 // score_group and update_program from obk_math.cuh — the code the kernels run — with
 // CPU runners in place of the GPU's threads, barriers and warp shuffles:
 //   HostCta::each   runs a phase for every thread in turn, each with its own registers
-//   HostCta::reduce_partials  sums each block's per-warp partials with a loop (the GPU
-//                   uses a segmented __shfl_down_sync tree: that code is compiled only)
+//   HostCta::reduce_partials  the segmented shuffle-down tree with arrays for lanes, using
+//                   the same seg_take/seg_head/seg_slot predicates as the GPU's __shfl_down_sync
 // Not exercised here: the kernels' launch glue, __syncthreads/__syncwarp placement (the
 // CPU runner finishes each phase on every thread before the next, so a missing barrier
 // would not show), and the device's float rounding/FMA contraction choices.
@@ -25,11 +25,24 @@ struct HostCta {
     for (int t = 0; t < threads; ++t) f(t, st[t]);
   }
   void barrier() {}
+  // The GPU's shuffle-down tree, lane by lane: __shfl_down_sync(v, off) reads lane l+off's
+  // value from before this step (a lane past the warp end returns its own; seg_take is false there).
   void reduce_partials(int T, int P, int W, float* dst) {
-    for (int e = 0; e < P * W; ++e) dst[e] = 0.0f;
-    for (int t = 0; t < P * T && t < threads; ++t) {
-      const int key = t / T;
-      dst[key * W + ((t >> 5) - ((key * T) >> 5))] += st[t].part;
+    for (int w0 = 0; w0 < threads; w0 += 32) {
+      float v[32], before[32];
+      for (int l = 0; l < 32; ++l) v[l] = st[w0 + l].part;
+      for (int off = 1; off < 32; off <<= 1) {
+        for (int l = 0; l < 32; ++l) before[l] = v[l];
+        for (int l = 0; l < 32; ++l) {
+          const float other = l + off < 32 ? before[l + off] : before[l];
+          if (obk::seg_take(w0 + l, off, T, P)) v[l] += other;
+        }
+      }
+      for (int l = 0; l < 32; ++l) {
+        if (!obk::seg_head(w0 + l, T, P)) continue;
+        const int slot = obk::seg_slot(w0 + l, T, P, W);
+        if (slot >= 0) dst[slot] = v[l];
+      }
     }
   }
 };
@@ -46,17 +59,17 @@ struct HostWarp {
 
 extern "C" {
 
-// Same arguments as obk::woodbury_update_launch, host pointers. Returns 0, or −1 when B
-// is outside the kernel's range.
+// Same arguments as obk::woodbury_update_launch, host pointers. Returns 0, or −1 when
+// (B, rows) has no instantiation.
 int obk_host_woodbury(float* finv, long long num_blocks, int B, int packed, const float* grads, long long stride_block,
-                      long long stride_grad, long long d_valid, int k, double num_grads) {
+                      long long stride_grad, long long d_valid, int k, double num_grads, int rows) {
   obk::WoodburyArgs a{finv, num_blocks, B, packed != 0, grads, stride_block, stride_grad, d_valid, k,
                       static_cast<float>(num_grads)};
-  const obk::WoodburyConfig c = obk::woodbury_config(B);
+  const obk::WoodburyConfig c = obk::woodbury_config(B, rows == 0 ? obk::woodbury_default_rows(B) : rows);
   std::vector<float> smem(static_cast<size_t>(obk::woodbury_smem_floats(c)) + 4);
   float* aligned = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(smem.data()) + 15) & ~std::uintptr_t(15));
   const long long ctas = (num_blocks + c.blocks_per_cta - 1) / c.blocks_per_cta;
-  const bool ok = obk::woodbury_dispatch(B, [&](auto bp, auto r) {
+  const bool ok = obk::woodbury_dispatch(B, rows, [&](auto bp, auto r) {
     constexpr int BPv = decltype(bp)::value, Rv = decltype(r)::value;
     for (long long cta = 0; cta < ctas; ++cta) {
       HostCta<obk::WoodburyThread<BPv, Rv>> runner(c.threads);
@@ -66,9 +79,9 @@ int obk_host_woodbury(float* finv, long long num_blocks, int B, int packed, cons
   return ok ? 0 : -1;
 }
 
-// The kernel's configuration for B: {BP, R, T, blocks_per_cta, threads, max_warps, smem floats}.
-void obk_host_woodbury_config(int B, long long* out) {
-  const obk::WoodburyConfig c = obk::woodbury_config(B);
+// The kernel's configuration for (B, rows): {BP, R, T, blocks_per_cta, threads, max_warps, smem floats}.
+void obk_host_woodbury_config(int B, int rows, long long* out) {
+  const obk::WoodburyConfig c = obk::woodbury_config(B, rows == 0 ? obk::woodbury_default_rows(B) : rows);
   out[0] = c.BP;
   out[1] = c.R;
   out[2] = c.T;
@@ -76,6 +89,16 @@ void obk_host_woodbury_config(int B, long long* out) {
   out[4] = c.threads;
   out[5] = c.max_warps;
   out[6] = obk::woodbury_smem_floats(c);
+}
+
+// The segmented shuffle-down sum alone: values (threads,) in, dst (P·W) out.
+struct PartOnly {
+  float part;
+};
+void obk_host_segment_sum(int T, int P, int W, int threads, const float* values, float* dst) {
+  HostCta<PartOnly> cta(threads);
+  for (int t = 0; t < threads; ++t) cta.st[t].part = values[t];
+  cta.reduce_partials(T, P, W, dst);
 }
 
 void obk_host_scores(const float* weight, const unsigned char* pruned, const float* finv, int B, int packed,

@@ -13,10 +13,11 @@ namespace obk {
 
 // F⁻¹ ← Woodbury update of every block with a chunk of k gradients (SPEC §2a), in place.
 // grads element (block b, gradient t, coordinate j) at b·stride_block + t·stride_grad + j,
-// coordinates b·B + j ≥ d_valid read as zero.
+// coordinates b·B + j ≥ d_valid read as zero. rows: F⁻¹ rows per thread, 0 = default
+// (woodbury_default_rows), 1, or 2 when 32 < B ≤ 64 (a tuning knob for the benchmark).
 void woodbury_update_launch(std::uintptr_t finv, long long num_blocks, int B, bool packed,
                             std::uintptr_t grads, long long stride_block, long long stride_grad,
-                            long long d_valid, int k, double num_grads, std::uintptr_t stream);
+                            long long d_valid, int k, double num_grads, int rows, std::uintptr_t stream);
 
 // Scores of d weights (SPEC §2b) into out: (d,), (d/g,) or (d/M, num_subsets) float32.
 void obs_scores_launch(std::uintptr_t weight, std::uintptr_t pruned, std::uintptr_t finv,

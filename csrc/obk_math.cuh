@@ -161,13 +161,18 @@ struct WoodburyConfig {
   int max_warps;       // most warps one Fisher block's threads can touch
 };
 
-// R = 2 up to B = 64 (two rows per thread: every g/u vector read from shared memory
-// feeds 8 FMAs instead of 4; ≤ 128 floats of F⁻¹ in registers), R = 1 above (one row
-// per thread up to B = 128). BP rounds B up to 4 up to 64 and to 8 above. About 256
-// threads per CTA. None of these choices is measured on a GPU yet (see csrc/README.md).
-OBK_HD WoodburyConfig woodbury_config(int B) {
+// Rows per thread by default: 2 for 32 < B ≤ 64 (every g/u vector read from shared
+// memory feeds 8 FMAs instead of 4, ≤ 128 floats of F⁻¹ in registers: 189 registers at
+// B = 50 on sm_90, one 256-thread CTA per SM), 1 otherwise (106 registers at B = 50, two
+// CTAs per SM). Which is faster is NOT MEASURED: bench/bench_cuda_gpu.py --rows 1,2
+// times both (R = 1 and R = 2 are both compiled for 32 < B ≤ 64).
+OBK_HD int woodbury_default_rows(int B) { return B > 32 && B <= 64 ? 2 : 1; }
+
+// rows: 1, or 2 for 32 < B ≤ 64 (woodbury_dispatch refuses other pairs). BP rounds B up
+// to a multiple of 4 up to 64, of 8 above; about 256 threads per CTA.
+OBK_HD WoodburyConfig woodbury_config(int B, int rows) {
   WoodburyConfig c;
-  c.R = B <= 64 ? (B <= 32 ? 1 : 2) : 1;
+  c.R = rows;
   c.BP = B <= 64 ? (B + 3) / 4 * 4 : (B + 7) / 8 * 8;
   c.T = (B + c.R - 1) / c.R;
   c.max_warps = (c.T + 31) / 32 + 1;
@@ -509,6 +514,29 @@ struct WoodburyThread {
   float part;
 };
 
+// The segmented warp sum of gᵀu partials. Thread tid belongs to Fisher block
+// seg_key = tid / T of its CTA (threads past P·T form one idle segment, key P). Each
+// warp sums every segment's values within itself by a shuffle-down tree: at offset off
+// (1, 2, 4, 8, 16) lane l adds lane l+off's running value when seg_take says so; the
+// first lane of each segment within the warp (seg_head) then holds the segment's sum
+// and stores it at seg_slot. The GPU runner does this with __shfl_down_sync, the CPU
+// runner with arrays, both through these functions.
+OBK_HD int seg_key(int tid, int T, int P) { return tid / T < P ? tid / T : P; }
+
+OBK_HD bool seg_take(int tid, int off, int T, int P) {
+  return (tid & 31) + off < 32 && seg_key(tid + off, T, P) == seg_key(tid, T, P);
+}
+
+OBK_HD bool seg_head(int tid, int T, int P) {
+  return (tid & 31) == 0 || seg_key(tid - 1, T, P) != seg_key(tid, T, P);
+}
+
+// Where a head's sum goes: block·W + (its warp − the block's first warp); −1 for the idle segment.
+OBK_HD int seg_slot(int tid, int T, int P, int W) {
+  const int key = seg_key(tid, T, P);
+  return key < P ? key * W + ((tid >> 5) - ((key * T) >> 5)) : -1;
+}
+
 // Floats of shared memory the Woodbury program uses: g [2][P][KC][BP], u [2][P][BP], partials [2][P][W].
 OBK_HD long long woodbury_smem_floats(const WoodburyConfig& c) {
   return 2LL * c.blocks_per_cta * (WOODBURY_SUBCHUNK * c.BP + c.BP + c.max_warps);
@@ -519,7 +547,7 @@ OBK_HD long long woodbury_smem_floats(const WoodburyConfig& c) {
 // block touches (w counted from the block's first warp), summed in order: deterministic.
 template <int BP, int R, class Cta>
 OBK_HD void woodbury_program(Cta& cta, const WoodburyArgs& a, long long cta_index, float* smem) {
-  const WoodburyConfig c = woodbury_config(a.B);
+  const WoodburyConfig c = woodbury_config(a.B, R);
   const int T = c.T, P = c.blocks_per_cta, W = c.max_warps, KC = WOODBURY_SUBCHUNK;
   float* g_sh = smem;
   float* u_sh = g_sh + 2 * P * KC * BP;
@@ -596,12 +624,15 @@ OBK_HD void woodbury_program(Cta& cta, const WoodburyArgs& a, long long cta_inde
   });
 }
 
-// Calls f(integral_constant<BP>, integral_constant<R>) for the instantiation serving B;
-// false when B is outside 1..MAX_WOODBURY_B. Must list every (BP, R) woodbury_config gives.
+// Calls f(integral_constant<BP>, integral_constant<R>) for the instantiation serving
+// (B, rows); rows = 0 takes woodbury_default_rows(B). False when there is none:
+// B outside 1..MAX_WOODBURY_B, or rows = 2 outside 32 < B ≤ 64.
 template <class F>
-bool woodbury_dispatch(int B, F&& f) {
+bool woodbury_dispatch(int B, int rows, F&& f) {
   if (B < 1 || B > MAX_WOODBURY_B) return false;
-  const WoodburyConfig c = woodbury_config(B);
+  if (rows == 0) rows = woodbury_default_rows(B);
+  if (rows != 1 && !(rows == 2 && B > 32 && B <= 64)) return false;
+  const WoodburyConfig c = woodbury_config(B, rows);
 #define OBK_CASE(bp, r)                                                                   \
   if (c.BP == bp && c.R == r) {                                                           \
     f(std::integral_constant<int, bp>{}, std::integral_constant<int, r>{});               \
@@ -609,6 +640,8 @@ bool woodbury_dispatch(int B, F&& f) {
   }
   OBK_CASE(4, 1) OBK_CASE(8, 1) OBK_CASE(12, 1) OBK_CASE(16, 1)
   OBK_CASE(20, 1) OBK_CASE(24, 1) OBK_CASE(28, 1) OBK_CASE(32, 1)
+  OBK_CASE(36, 1) OBK_CASE(40, 1) OBK_CASE(44, 1) OBK_CASE(48, 1)
+  OBK_CASE(52, 1) OBK_CASE(56, 1) OBK_CASE(60, 1) OBK_CASE(64, 1)
   OBK_CASE(36, 2) OBK_CASE(40, 2) OBK_CASE(44, 2) OBK_CASE(48, 2)
   OBK_CASE(52, 2) OBK_CASE(56, 2) OBK_CASE(60, 2) OBK_CASE(64, 2)
   OBK_CASE(72, 1) OBK_CASE(80, 1) OBK_CASE(88, 1) OBK_CASE(96, 1)

@@ -50,7 +50,7 @@ def test_reference_blocks_is_the_float64_oracle(seed):
 
 def test_tiny_cpu_run_writes_json_and_markdown(tmp_path):
     b = load()
-    result = b.main(["--device", "cpu", "--backends", "naive,torch,direct,cuda-packed", "--d", "1234", "--num-grads", "40",
+    result = b.main(["--device", "cpu", "--backends", "naive,torch,direct,cuda-packed", "--rows", "0", "--d", "1234", "--num-grads", "40",
                      "--chunk", "16", "--ref-blocks", "5", "--repeats", "1", "--damp", "1e-3", "--out", str(tmp_path)])
     methods = result["methods"]
     assert methods["naive"]["speedup_vs_naive"] == 1.0

@@ -63,11 +63,13 @@ def test_binding_rechecks_its_pointers():
     C = _cuda._C
     finv = ops.init_finv(2, 4, 1.0)
     with pytest.raises(ValueError, match="null pointer"):
-        C.woodbury_update(0, 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0)
+        C.woodbury_update(0, 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0, 0)
     with pytest.raises(ValueError, match="finv"):
-        C.woodbury_update(finv.data_ptr(), 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0)
+        C.woodbury_update(finv.data_ptr(), 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0, 0)
     with pytest.raises(ValueError, match="B must be in 1..128"):
-        C.woodbury_update(finv.data_ptr(), 2, 129, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0)
+        C.woodbury_update(finv.data_ptr(), 2, 129, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0, 0)
+    with pytest.raises(ValueError, match="rows per thread"):
+        C.woodbury_update(finv.data_ptr(), 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 2, 0)
     with pytest.raises(ValueError, match="group size"):
         C.obs_scores(finv.data_ptr(), 0, finv.data_ptr(), 2, 4, False, 8, 16, 0, 0, 0, finv.data_ptr(), 0)
     assert C.woodbury_max_block_size() == 128 and C.max_group_size() == 8

@@ -39,22 +39,23 @@ def harness(tmp_path_factory):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lib = ctypes.CDLL(str(out))
-    lib.obk_host_woodbury.argtypes = [P, LL, ctypes.c_int, ctypes.c_int, P, LL, LL, LL, ctypes.c_int, ctypes.c_double]
+    lib.obk_host_woodbury.argtypes = [P, LL, ctypes.c_int, ctypes.c_int, P, LL, LL, LL, ctypes.c_int, ctypes.c_double, ctypes.c_int]
     lib.obk_host_woodbury.restype = ctypes.c_int
-    lib.obk_host_woodbury_config.argtypes = [ctypes.c_int, P]
+    lib.obk_host_woodbury_config.argtypes = [ctypes.c_int, ctypes.c_int, P]
+    lib.obk_host_segment_sum.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, P, P]
     lib.obk_host_scores.argtypes = [P, P, P, ctypes.c_int, ctypes.c_int, LL, ctypes.c_int, ctypes.c_int, P, ctypes.c_int, P]
     lib.obk_host_update.argtypes = [P, P, P, LL, ctypes.c_int, ctypes.c_int, LL, ctypes.c_int, ctypes.c_int]
     lib.obk_host_update.restype = ctypes.c_int
     return lib
 
 
-def config(lib, B):
+def config(lib, B, rows=0):
     out = (LL * 7)()
-    lib.obk_host_woodbury_config(B, out)
+    lib.obk_host_woodbury_config(B, rows, out)
     return dict(zip(["BP", "R", "T", "blocks_per_cta", "threads", "max_warps", "smem_floats"], list(out)))
 
 
-def host_woodbury(lib, finv, grads, num_grads):
+def host_woodbury(lib, finv, grads, num_grads, rows=0):
     """Run woodbury_program on finv (dense or packed, float32) with a (k, d) or (nb, k, B) chunk."""
     nb, B = ops._checks.block_dims(finv)
     g = grads.float().contiguous()
@@ -62,20 +63,23 @@ def host_woodbury(lib, finv, grads, num_grads):
         k, sb, sk, dv = g.shape[1], g.stride(0), g.stride(1), nb * B
     else:
         k, sb, sk, dv = g.shape[0], B, g.stride(0), g.shape[1]
-    rc = lib.obk_host_woodbury(finv.data_ptr(), nb, B, int(ops.packed.is_packed(finv)), g.data_ptr(), sb, sk, dv, k, float(num_grads))
+    rc = lib.obk_host_woodbury(finv.data_ptr(), nb, B, int(ops.packed.is_packed(finv)), g.data_ptr(), sb, sk, dv, k,
+                               float(num_grads), rows)
     assert rc == 0
     return finv
 
 
-# (d, B, m, k): R = 1 and R = 2 rows per thread, B not a multiple of 4, a block spread over
-# 2 and 4 warps (B = 40, 100: the partial-sum layout), k not a multiple of the staged 8.
-SHAPES = [(233, 10, 37, 7), (1000, 50, 64, 16), (97, 13, 29, 29), (410, 40, 45, 11), (350, 100, 30, 9), (130, 64, 20, 3), (7, 3, 5, 5)]
+# (d, B, m, k, rows): R = 1 and R = 2 rows per thread, B not a multiple of 4, a block spread
+# over 2 and 4 warps (B = 40 with R = 1, B = 100: the partial-sum layout), k not a multiple
+# of the 8 gradients staged at a time.
+SHAPES = [(233, 10, 37, 7, 0), (1000, 50, 64, 16, 0), (1000, 50, 64, 16, 1), (97, 13, 29, 29, 0), (410, 40, 45, 11, 0),
+          (410, 40, 45, 11, 1), (350, 100, 30, 9, 0), (130, 64, 20, 3, 0), (130, 64, 20, 3, 1), (7, 3, 5, 5, 0)]
 
 
-@pytest.mark.parametrize("d,B,m,k", SHAPES)
+@pytest.mark.parametrize("d,B,m,k,rows", SHAPES)
 @pytest.mark.parametrize("layout", ["dense", "packed"])
 @pytest.mark.parametrize("grad_layout", ["rows", "block-major"])
-def test_woodbury_program_within_spec_tolerance(harness, seed, d, B, m, k, layout, grad_layout):
+def test_woodbury_program_within_spec_tolerance(harness, seed, d, B, m, k, rows, layout, grad_layout):
     damp = 1e-2
     grads = random_grads(m, d)
     ref = ops.fisher_inverse_ref(grads, B, damp)
@@ -87,7 +91,7 @@ def test_woodbury_program_within_spec_tolerance(harness, seed, d, B, m, k, layou
         chunk = grads[start : start + k]
         if grad_layout == "block-major":
             chunk = torch.nn.functional.pad(chunk, (0, nb * B - d)).view(-1, nb, B).permute(1, 0, 2).contiguous()
-        host_woodbury(harness, finv, chunk, m)
+        host_woodbury(harness, finv, chunk, m, rows)
     dense = ops.unpack_upper(finv) if layout == "packed" else finv
     assert torch.equal(dense, dense.transpose(1, 2))  # written symmetric by construction
     tol = spec_tolerance(naive_fp32_error(grads, B, damp, ref))
@@ -96,14 +100,41 @@ def test_woodbury_program_within_spec_tolerance(harness, seed, d, B, m, k, layou
 
 
 def test_woodbury_config_covers_every_block_size(harness):
-    """Every B in 1..128 has an instantiation; threads stay ≤ 256, smem ≤ 48 KiB (no opt-in)."""
+    """Every B in 1..128 has an instantiation (R = 2 too for 32 < B ≤ 64); threads stay
+    ≤ 256 (the kernel's launch bound), smem ≤ 48 KiB (no opt-in)."""
     for B in range(1, 129):
-        c = config(harness, B)
-        assert c["BP"] >= B and c["BP"] % 4 == 0 and c["R"] * c["T"] >= B
-        assert c["threads"] <= 256 and c["threads"] % 32 == 0 and c["blocks_per_cta"] * c["T"] <= c["threads"]
-        assert c["smem_floats"] * 4 <= 48 * 1024
-    finv = ops.init_finv(1, 129, 1.0)
-    assert harness.obk_host_woodbury(finv.data_ptr(), 1, 129, 0, finv.data_ptr(), 129, 129, 129, 1, 1.0) == -1
+        for rows in (0, 1, 2) if 32 < B <= 64 else (0, 1):
+            c = config(harness, B, rows)
+            assert c["R"] == (rows or (2 if 32 < B <= 64 else 1))
+            assert c["BP"] >= B and c["BP"] % 4 == 0 and c["R"] * c["T"] >= B
+            assert c["threads"] <= 256 and c["threads"] % 32 == 0 and c["blocks_per_cta"] * c["T"] <= c["threads"]
+            assert c["smem_floats"] * 4 <= 48 * 1024
+            g = torch.zeros(1, B)
+            f = ops.init_finv(1, B, 1.0)
+            assert harness.obk_host_woodbury(f.data_ptr(), 1, B, 0, g.data_ptr(), B, B, B, 1, 1.0, rows) == 0
+    f = ops.init_finv(1, 129, 1.0)
+    assert harness.obk_host_woodbury(f.data_ptr(), 1, 129, 0, f.data_ptr(), 129, 129, 129, 1, 1.0, 0) == -1
+    f = ops.init_finv(1, 20, 1.0)
+    assert harness.obk_host_woodbury(f.data_ptr(), 1, 20, 0, f.data_ptr(), 20, 20, 20, 1, 1.0, 2) == -1
+
+
+@pytest.mark.parametrize("B,rows", [(1, 0), (3, 0), (13, 0), (31, 0), (32, 0), (33, 0), (40, 1), (50, 0), (50, 1),
+                                    (64, 0), (65, 0), (100, 0), (128, 0)])
+def test_segmented_warp_sum_layout(harness, seed, B, rows):
+    """The shuffle-down tree's predicates: every (block, warp) slot the block's threads touch
+    holds that warp's share of the block's partials; the other slots are never written."""
+    c = config(harness, B, rows)
+    T, Pb, W, threads = c["T"], c["blocks_per_cta"], c["max_warps"], c["threads"]
+    values = torch.randn(threads)
+    dst = torch.full((Pb * W,), float("nan"))
+    harness.obk_host_segment_sum(T, Pb, W, threads, values.data_ptr(), dst.data_ptr())
+    for blk in range(Pb):
+        tids = torch.arange(blk * T, blk * T + T)
+        warps = (tids // 32).unique()
+        for i, w in enumerate(warps.tolist()):
+            share = values[tids[tids // 32 == w]].double().sum()
+            assert abs(dst[blk * W + i].item() - share.item()) < 1e-5 * (1 + share.abs().item())
+        assert torch.isnan(dst[blk * W + len(warps) : (blk + 1) * W]).all()  # slots past the block's warps unused
 
 
 def test_woodbury_program_small_damp_realistic_scale(harness, seed):

@@ -48,6 +48,11 @@ AUTO_PREFERS_CUDA = {"woodbury_update": True, "obs_scores": True, "obs_update": 
 
 _UPDATE_MODES = {"obs": 0, "joint": 1, "none": 2}
 
+# F⁻¹ rows each thread of the Woodbury kernel holds: 0 = the kernel's default (2 for
+# 32 < B ≤ 64, else 1), or 1, or 2 (32 < B ≤ 64 only). A benchmark knob
+# (bench/bench_cuda_gpu.py --rows): the default is not measured yet (csrc/obk_math.cuh).
+WOODBURY_ROWS = 0
+
 
 def available() -> bool:
     """The extension is built and a CUDA device is visible."""
@@ -144,7 +149,7 @@ def woodbury_update_cuda(finv: torch.Tensor, grads: torch.Tensor, num_grads: int
         k, stride_block, stride_grad, d_valid = g.shape[0], B, g.stride(0), g.shape[1]
     with torch.cuda.device(finv.device):
         _C.woodbury_update(finv.data_ptr(), nb, B, is_packed(finv), g.data_ptr(), stride_block, stride_grad,
-                           d_valid, k, float(num_grads), _stream(finv.device))
+                           d_valid, k, float(num_grads), WOODBURY_ROWS, _stream(finv.device))
     return finv
 
 
