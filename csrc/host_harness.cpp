@@ -59,15 +59,19 @@ struct HostWarp {
 
 extern "C" {
 
-// Same arguments as obk::woodbury_update_launch, host pointers. Returns 0, or −1 when
-// (B, rows) has no instantiation.
+// Same arguments as obk::woodbury_update_launch, host pointers. Returns 0, −1 when
+// (B, rows) has no instantiation, −2 when the program wrote past its shared memory.
 int obk_host_woodbury(float* finv, long long num_blocks, int B, int packed, const float* grads, long long stride_block,
                       long long stride_grad, long long d_valid, int k, double num_grads, int rows) {
   obk::WoodburyArgs a{finv, num_blocks, B, packed != 0, grads, stride_block, stride_grad, d_valid, k,
                       static_cast<float>(num_grads)};
   const obk::WoodburyConfig c = obk::woodbury_config(B, rows == 0 ? obk::woodbury_default_rows(B) : rows);
-  std::vector<float> smem(static_cast<size_t>(obk::woodbury_smem_floats(c)) + 4);
+  // the launch's dynamic shared memory, then a guard band the program must never touch
+  const long long region = obk::woodbury_smem_floats(c);
+  const int guard = 256;
+  std::vector<float> smem(static_cast<size_t>(region + guard) + 4);
   float* aligned = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(smem.data()) + 15) & ~std::uintptr_t(15));
+  for (int e = 0; e < guard; ++e) aligned[region + e] = 12345.0f;
   const long long ctas = (num_blocks + c.blocks_per_cta - 1) / c.blocks_per_cta;
   const bool ok = obk::woodbury_dispatch(B, rows, [&](auto bp, auto r) {
     constexpr int BPv = decltype(bp)::value, Rv = decltype(r)::value;
@@ -76,6 +80,8 @@ int obk_host_woodbury(float* finv, long long num_blocks, int B, int packed, cons
       obk::woodbury_program<BPv, Rv>(runner, a, cta, aligned);
     }
   });
+  for (int e = 0; e < guard; ++e)
+    if (aligned[region + e] != 12345.0f) return -2;  // wrote past its shared memory
   return ok ? 0 : -1;
 }
 
@@ -108,10 +114,13 @@ void obk_host_scores(const float* weight, const unsigned char* pruned, const flo
   for (long long q = 0; q < d / group; ++q) obk::score_group(a, q);
 }
 
-// Returns the number of blocks whose joint system failed (their weights untouched).
+// Returns the number of blocks whose joint system failed (their weights untouched), or −2
+// when the program wrote past its shared memory.
 int obk_host_update(float* weight, const unsigned char* prune, const float* finv, long long num_blocks, int B,
                     int packed, long long d, int group, int mode) {
-  std::vector<float> smem(static_cast<size_t>(obk::update_smem_bytes(B, mode)) / 4 + 4);
+  const long long region = (obk::update_smem_bytes(B, mode) + 3) / 4;
+  std::vector<float> smem(static_cast<size_t>(region) + 64);
+  for (int e = 0; e < 64; ++e) smem[region + e] = 12345.0f;  // guard band
   int failed = 0;
   for (long long b = 0; b < num_blocks; ++b) {
     const int nv = static_cast<int>(d - b * B < B ? d - b * B : B);
@@ -121,6 +130,8 @@ int obk_host_update(float* weight, const unsigned char* prune, const float* finv
     HostWarp warp;
     if (!obk::update_program(warp, u, weight + b * B, prune + b * B, mode)) ++failed;
   }
+  for (int e = 0; e < 64; ++e)
+    if (smem[region + e] != 12345.0f) return -2;  // wrote past its shared memory
   return failed;
 }
 

@@ -15,6 +15,15 @@
 
 #include <type_traits>
 
+// OBK_OPAQUE(x): the compiler must assume x changed here. Used inside the F⁻¹ window loops
+// so the ~R·BP per-entry offsets are recomputed per window instead of being hoisted out
+// of the loop and kept live in registers (+30..60 registers per thread, ptxas -v).
+#if defined(__CUDA_ARCH__)
+#define OBK_OPAQUE(x) asm volatile("" : "+r"(x))
+#else
+#define OBK_OPAQUE(x) ((void)0)
+#endif
+
 #ifdef __CUDACC__
 #define OBK_HD __host__ __device__ __forceinline__
 typedef float4 obk_f4;
@@ -63,6 +72,7 @@ OBK_HD long long block_stride(int B, bool packed) { return packed ? packed_size(
 //   F⁻¹ −= u uᵀ / (m + gᵀu)   each thread its own rows, all of u read from shared memory (rank1)
 // Symmetry: F⁻¹ crosses memory as the upper triangle only (packed: half the bytes), and
 // the stored block is exactly symmetric because each (i ≤ j) pair is written by row i's owner.
+// Loading and storing go through shared memory in coalesced windows (gather/scatter).
 template <int BP, int R>
 struct WoodburyRows {
   static_assert(BP % 4 == 0, "BP must be a multiple of 4");
@@ -70,29 +80,48 @@ struct WoodburyRows {
 
   OBK_HD static int row(int lt, int T, int s) { return lt + s * T; }
 
-  OBK_HD void load(const float* blk, int B, bool packed, int lt, int T) {
+  OBK_HD void clear() {
+#pragma unroll
+    for (int s = 0; s < R; ++s)
+#pragma unroll
+      for (int j = 0; j < BP; ++j) f[s][j] = 0.0f;
+  }
+
+  // F⁻¹ crosses device memory through shared memory, a window at a time: the CTA copies
+  // window [x0, x0 + len) of its blocks' storage with coalesced accesses, and each thread
+  // picks its rows' entries out of it (gather) or drops them in (scatter). `base` is the
+  // offset of this thread's block within the CTA's storage. Reading rows straight from
+  // global memory instead would make every warp load touch ~25 rows' cache lines.
+  // Offsets are int: a CTA's storage is < 2^31 floats (≤ 256 blocks of ≤ 128² floats).
+  OBK_HD void gather(const float* window, int x0, int len, int base, int B, bool packed, int lt, int T) {
+    OBK_OPAQUE(B);
 #pragma unroll
     for (int s = 0; s < R; ++s) {
       const int i = row(lt, T, s);
 #pragma unroll
-      for (int j = 0; j < BP; ++j) f[s][j] = (i < B && j < B) ? blk[block_offset(B, packed, i, j)] : 0.0f;
+      for (int j = 0; j < BP; ++j) {
+        if (i >= B || j >= B) continue;
+        const int o = base + (int)block_offset(B, packed, i, j) - x0;
+        if (o >= 0 && o < len) f[s][j] = window[o];
+      }
     }
   }
 
-  // Row i's owner writes (i, j ≥ i); dense storage gets both (i, j) and (j, i).
-  OBK_HD void store(float* blk, int B, bool packed, int lt, int T) const {
+  // Row i's owner writes (i, j ≥ i), and for dense storage (j, i) too: every entry of the
+  // stored block has exactly one writer, and the block comes out exactly symmetric.
+  OBK_HD void scatter(float* window, int x0, int len, int base, int B, bool packed, int lt, int T) const {
+    OBK_OPAQUE(B);
 #pragma unroll
     for (int s = 0; s < R; ++s) {
       const int i = row(lt, T, s);
-      if (i >= B) continue;
 #pragma unroll
       for (int j = 0; j < BP; ++j) {
-        if (j < i || j >= B) continue;
-        if (packed) {
-          blk[packed_row_start(B, i) + (j - i)] = f[s][j];
-        } else {
-          blk[(long long)i * B + j] = f[s][j];
-          blk[(long long)j * B + i] = f[s][j];
+        if (i >= B || j >= B || j < i) continue;
+        const int o = base + (packed ? (int)packed_row_start(B, i) + (j - i) : i * B + j) - x0;
+        if (o >= 0 && o < len) window[o] = f[s][j];
+        if (!packed) {
+          const int t = base + j * B + i - x0;
+          if (t >= 0 && t < len) window[t] = f[s][j];
         }
       }
     }
@@ -569,16 +598,28 @@ OBK_HD void woodbury_program(Cta& cta, const WoodburyArgs& a, long long cta_inde
       dst[e] = v;
     }
   };
-  auto block_ptr = [&](int fl) { return a.finv + (first_block + fl) * block_stride(a.B, a.packed); };
 
-  cta.each([&](int tid, WoodburyThread<BP, R>& st) {
+  // F⁻¹ in: the CTA's blocks are consecutive in memory, copied window by window.
+  const long long bs = block_stride(a.B, a.packed);
+  const long long own_blocks = a.num_blocks - first_block < P ? a.num_blocks - first_block : P;
+  const int total = (int)(own_blocks * bs), window = (int)woodbury_smem_floats(c);
+  float* const cta_finv = a.finv + first_block * bs;
+  cta.each([&](int, WoodburyThread<BP, R>& st) { st.rows.clear(); });
+#pragma unroll 1
+  for (int x0 = 0; x0 < total; x0 += window) {
+    const int len = total - x0 < window ? total - x0 : window;
+    cta.each([&](int tid, WoodburyThread<BP, R>&) {
+      for (int e = tid; e < len; e += c.threads) smem[e] = cta_finv[x0 + e];
+    });
+    cta.barrier();
+    cta.each([&](int tid, WoodburyThread<BP, R>& st) {
+      const int fl = tid / T;
+      if (fl < own_blocks) st.rows.gather(smem, x0, len, fl * (int)bs, a.B, a.packed, tid % T, T);
+    });
+    cta.barrier();
+  }
+  cta.each([&](int tid, WoodburyThread<BP, R>&) {
     for (int e = tid; e < 2 * P * BP; e += c.threads) u_sh[e] = 0.0f;  // padding of u stays 0
-    const int fl = tid / T, lt = tid % T;
-    if (fl < P && first_block + fl < a.num_blocks) {
-      st.rows.load(block_ptr(fl), a.B, a.packed, lt, T);
-    } else {
-      st.rows.load(nullptr, 0, a.packed, lt, T);  // B = 0: all zeros, never read
-    }
     stage(tid, 0);
   });
   cta.barrier();
@@ -618,10 +659,21 @@ OBK_HD void woodbury_program(Cta& cta, const WoodburyArgs& a, long long cta_inde
       });
     }
   }
-  cta.each([&](int tid, WoodburyThread<BP, R>& st) {
-    const int fl = tid / T, lt = tid % T;
-    if (fl < P && first_block + fl < a.num_blocks) st.rows.store(block_ptr(fl), a.B, a.packed, lt, T);
-  });
+  // F⁻¹ out, window by window (the barrier first: the last rank-1 update still reads u_sh).
+  cta.barrier();
+#pragma unroll 1
+  for (int x0 = 0; x0 < total; x0 += window) {
+    const int len = total - x0 < window ? total - x0 : window;
+    cta.each([&](int tid, WoodburyThread<BP, R>& st) {
+      const int fl = tid / T;
+      if (fl < own_blocks) st.rows.scatter(smem, x0, len, fl * (int)bs, a.B, a.packed, tid % T, T);
+    });
+    cta.barrier();
+    cta.each([&](int tid, WoodburyThread<BP, R>&) {
+      for (int e = tid; e < len; e += c.threads) cta_finv[x0 + e] = smem[e];
+    });
+    cta.barrier();
+  }
 }
 
 // Calls f(integral_constant<BP>, integral_constant<R>) for the instantiation serving
