@@ -193,7 +193,9 @@ def obs_update_cuda(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.
     """
     nb, B = _checks.block_dims(finv)
     d = weight.numel()
-    w = weight.detach().reshape(-1).to(torch.float32).contiguous()  # weight itself when float32 contiguous
+    # a float32 work copy, written back with copy_ (as the torch backend does): autograd's
+    # version counter sees the change, which a raw-pointer write into weight would hide
+    w = weight.detach().reshape(-1).to(torch.float32, copy=True).contiguous()
     m = prune_mask.reshape(-1).contiguous()
     failed = torch.zeros(nb, dtype=torch.int32, device=finv.device)
     with torch.cuda.device(finv.device):
@@ -204,9 +206,8 @@ def obs_update_cuda(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.
             lo, hi = b * B, min((b + 1) * B, d)
             block = unpack_upper(finv[b : b + 1], B) if is_packed(finv) else finv[b : b + 1]
             obs_update_torch(w[lo:hi], block, m[lo:hi], pattern, update)
-    if w.data_ptr() != weight.data_ptr():
-        with torch.no_grad():
-            weight.copy_(w.reshape(weight.shape).to(weight.dtype))
+    with torch.no_grad():
+        weight.copy_(w.reshape(weight.shape))
     return weight
 
 
