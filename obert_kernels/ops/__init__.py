@@ -134,8 +134,9 @@ def obs_update(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.Tenso
     """Compensate the remaining weights for the newly pruned ones and zero those (SPEC §2c).
 
     In place on ``weight`` (any shape, d elements, any float dtype; computed in
-    finv.dtype); finv: (ceil(d/B), B, B), or packed (ceil(d/B), B(B+1)/2); prune_mask: bool with d elements, True where
-    newly pruned; update: "obs" | "joint" | "none". Returns weight.
+    finv.dtype); finv: (ceil(d/B), B, B), or packed (ceil(d/B), B(B+1)/2); prune_mask:
+    bool with d elements, True where newly pruned; update: "obs" | "joint" | "none".
+    Returns weight.
     """
     pattern = parse_pattern(pattern)
     if update not in UPDATES:
