@@ -1,4 +1,150 @@
-"""Build script. The package is pure Python; csrc/ holds the optional CUDA extension."""
-from setuptools import setup
+"""Build script. The package is pure Python; csrc/ holds the optional CUDA extension.
 
-setup()
+The extension (obert_kernels._C) is built when nvcc and the CUDA runtime (headers and
+libcudart_static) are found, and skipped with one line otherwise:
+
+    OBERT_KERNELS_BUILD_CUDA=1   build it, and fail loudly if it cannot be built
+    OBERT_KERNELS_BUILD_CUDA=0   never build it
+    (unset)                      build it when nvcc and the runtime are found
+    OBERT_KERNELS_CUDA_ARCHS     compute capabilities to compile for (default "80;90")
+    OBERT_KERNELS_NVCC_THREADS   nvcc --threads (default: the number of CPUs)
+
+nvcc is taken from $CUDA_HOME/bin, then PATH; the runtime from where nvcc says it lives.
+The binding takes raw device pointers, so neither torch nor its headers are needed at
+build time (csrc/README.md).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+CU_SOURCES = ["woodbury.cu", "scores.cu", "update.cu"]
+MODE = os.environ.get("OBERT_KERNELS_BUILD_CUDA", "").strip()
+
+
+def say(msg: str) -> None:
+    print(f"obert_kernels: {msg}", file=sys.stderr, flush=True)
+
+
+def find_nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def cuda_paths(nvcc: str) -> tuple[Path, Path] | None:
+    """(include dir, lib dir) of the toolkit nvcc belongs to, asked of nvcc itself (the
+    nvcc on PATH may be a wrapper script far from the toolkit)."""
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    top = re.search(r"^#\$ TOP=(.*)$", out, re.M)
+    target = re.search(r"^#\$ _TARGET_DIR_=(.+)$", out, re.M)
+    if not top:
+        return None
+    base = Path(top.group(1).strip()).resolve()
+    for root in ([base / target.group(1).strip()] if target else []) + [base]:
+        inc, libs = root / "include", [root / "lib", root / "lib64"]
+        for lib in libs:
+            if (inc / "cuda_runtime.h").exists() and (lib / "libcudart_static.a").exists():
+                return inc, lib
+    return None
+
+
+def archs() -> list[str]:
+    return [a.strip() for a in os.environ.get("OBERT_KERNELS_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a.strip()]
+
+
+class BuildCudaExt(build_ext):
+    """Compiles csrc/*.cu with nvcc (in parallel), then links them with the pybind11 binding."""
+
+    def build_extension(self, ext):
+        if ext.name != "obert_kernels._C":
+            return super().build_extension(ext)
+        start = time.perf_counter()
+        try:
+            objects = self._compile_cuda(ext)
+            ext.extra_objects = objects + list(ext.extra_objects or [])
+            super().build_extension(ext)
+        except Exception as exc:
+            if MODE == "1":
+                raise
+            say(f"CUDA extension not built ({type(exc).__name__}: {exc}); the torch/Triton backends still work. "
+                "Set OBERT_KERNELS_BUILD_CUDA=1 to make this an error.")
+            return
+        say(f"built the CUDA extension for sm_{', sm_'.join(archs())} in {time.perf_counter() - start:.0f} s")
+
+    def _compile_cuda(self, ext) -> list[str]:
+        nvcc = ext._obk_nvcc
+        out_dir = Path(self.build_temp) / "obk_cuda"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        gencode = []
+        for a in archs():
+            gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+        threads = os.environ.get("OBERT_KERNELS_NVCC_THREADS", str(os.cpu_count() or 1))
+        flags = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC", "--threads", threads, *gencode]
+
+        def compile_one(name: str) -> str:
+            obj = out_dir / (name + ".o")
+            cmd = [nvcc, *flags, "-c", str(CSRC / name), "-o", str(obj)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"nvcc failed on {name}:\n{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+            return str(obj)
+
+        with ThreadPoolExecutor(max_workers=min(len(CU_SOURCES), int(threads))) as pool:
+            return list(pool.map(compile_one, CU_SOURCES))
+
+
+def cuda_extension() -> list[Extension]:
+    if MODE == "0":
+        say("OBERT_KERNELS_BUILD_CUDA=0: not building the CUDA extension")
+        return []
+    nvcc = find_nvcc()
+    paths = cuda_paths(nvcc) if nvcc else None
+    if paths is None:
+        why = "nvcc not found (set CUDA_HOME or put nvcc on PATH)" if not nvcc else f"no CUDA runtime (cuda_runtime.h, libcudart_static.a) next to {nvcc}"
+        if MODE == "1":
+            raise SystemExit(f"obert_kernels: OBERT_KERNELS_BUILD_CUDA=1 but {why}")
+        say(f"{why}: skipping the optional CUDA extension (torch/Triton backends only)")
+        return []
+    try:
+        import pybind11
+    except ImportError:
+        if MODE == "1":
+            raise
+        say("pybind11 is not installed: skipping the optional CUDA extension")
+        return []
+    inc, lib = paths
+    ext = Extension(
+        "obert_kernels._C",
+        sources=[str((CSRC / "bindings.cpp").relative_to(ROOT))],
+        depends=[str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*")) if p.suffix in (".cu", ".cuh", ".h")],
+        include_dirs=[pybind11.get_include(), str(CSRC)],
+        library_dirs=[str(lib)],
+        # the static runtime: no libcudart.so to find at import time, whatever torch ships
+        libraries=["cudart_static", "dl", "pthread", "rt"],
+        define_macros=[("OBK_CUDA_ARCHS", '"' + ",".join(f"sm_{a}" for a in archs()) + '"')],
+        extra_compile_args=["-std=c++17", "-O2"],
+        language="c++",
+    )
+    ext._obk_nvcc = nvcc
+    say(f"building the CUDA extension with {nvcc} ({inc.parent}) for sm_{', sm_'.join(archs())}")
+    return [ext]
+
+
+setup(ext_modules=cuda_extension(), cmdclass={"build_ext": BuildCudaExt})

@@ -53,6 +53,7 @@ class MemoryEstimate:
     buffer_bytes: int
     device: str
     available_bytes: int | None
+    packed: bool = False
 
     @property
     def total_bytes(self) -> int:
@@ -65,14 +66,16 @@ class MemoryEstimate:
         avail = "unknown" if self.available_bytes is None else format_bytes(self.available_bytes)
         return (
             f"Fisher state for {self.num_weights:,} weights in {self.num_blocks:,} blocks of {self.block_size}: "
-            f"F⁻¹ {format_bytes(self.fisher_bytes)} + {self.chunk_size}-gradient buffer "
+            f"F⁻¹ {format_bytes(self.fisher_bytes)}{' (packed)' if self.packed else ''} + {self.chunk_size}-gradient buffer "
             f"{format_bytes(self.buffer_bytes)} = {format_bytes(self.total_bytes)} on {self.device} "
             f"(available {avail})"
         )
 
 
-def estimate_memory(num_weights_per_tensor, block_size: int, chunk_size: int, device="cpu", itemsize: int = 4) -> MemoryEstimate:
-    """Estimate for tensors of the given sizes, each cut into its own blocks of B (SPEC §3)."""
+def estimate_memory(num_weights_per_tensor, block_size: int, chunk_size: int, device="cpu", itemsize: int = 4,
+                    packed: bool = False) -> MemoryEstimate:
+    """Estimate for tensors of the given sizes, each cut into its own blocks of B (SPEC §3);
+    packed: F⁻¹ as upper triangles, B(B+1)/2 floats per block instead of B²."""
     sizes = [int(n) for n in num_weights_per_tensor]
     num_blocks = sum(-(-n // block_size) for n in sizes)
     device = torch.device(device)
@@ -81,8 +84,9 @@ def estimate_memory(num_weights_per_tensor, block_size: int, chunk_size: int, de
         num_blocks=num_blocks,
         block_size=block_size,
         chunk_size=chunk_size,
-        fisher_bytes=num_blocks * block_size * block_size * itemsize,
+        fisher_bytes=num_blocks * (block_size * (block_size + 1) // 2 if packed else block_size * block_size) * itemsize,
         buffer_bytes=chunk_size * num_blocks * block_size * itemsize,
         device=str(device),
         available_bytes=available_memory(device),
+        packed=packed,
     )

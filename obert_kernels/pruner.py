@@ -20,10 +20,11 @@ from .memory import FisherMemoryError, MemoryEstimate, estimate_memory
 from .patterns import parse_pattern
 from .report import PruneReport, TensorReport
 
-__all__ = ["FisherPruner", "prunable_weights", "auto_fisher_method", "PRUNABLE_MODULES", "FISHER_METHODS"]
+__all__ = ["FisherPruner", "prunable_weights", "auto_fisher_method", "PRUNABLE_MODULES", "FISHER_METHODS", "FISHER_STORAGES"]
 
 PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 FISHER_METHODS = ("auto", "direct", "woodbury")
+FISHER_STORAGES = ("dense", "packed")
 
 
 def auto_fisher_method(device: torch.device) -> str:
@@ -90,9 +91,14 @@ class _Piece:
 class _FisherState:
     """F⁻¹ (or, on the direct path, Σ g gᵀ / m until finalized) and the gradient buffer."""
 
-    def __init__(self, num_blocks: int, block_size: int, chunk_size: int, damp: float, method: str, device):
+    def __init__(self, num_blocks: int, block_size: int, chunk_size: int, damp: float, method: str, device,
+                 storage: str = "dense"):
+        packed = storage == "packed"  # (num_blocks, B(B+1)/2) upper triangles: ops/packed.py
         if method == "woodbury":
-            self.blocks = ops.init_finv(num_blocks, block_size, damp, device=device)
+            init = ops.init_finv_packed if packed else ops.init_finv
+            self.blocks = init(num_blocks, block_size, damp, device=device)
+        elif packed:
+            self.blocks = torch.zeros(num_blocks, ops.packed.packed_size(block_size), device=device)
         else:
             self.blocks = torch.zeros(num_blocks, block_size, block_size, device=device)
         # block-major (num_blocks, k, B): each block's k gradient slices are contiguous, so the
@@ -119,6 +125,9 @@ class FisherPruner:
     chunk_size: k, gradients buffered per Fisher update (memory: k·d floats).
     fisher_method: "direct" (accumulate F, invert once) | "woodbury" (rank-k updates of F⁻¹) |
         "auto" (see ``auto_fisher_method``: direct on CPUs).
+    fisher_storage: "dense" (num_blocks, B, B) | "packed": upper triangles (num_blocks, B(B+1)/2),
+        (B+1)/(2B) of the memory (51% at B = 50). The CUDA kernels read it directly; the
+        torch/Triton backends unpack it tile by tile (ops/packed.py), costing time, not memory.
     verbose: print the memory estimate (to stderr) before allocating.
     max_memory_fraction: refuse (FisherMemoryError) when the Fisher state needs more
         than this fraction of the device's free memory.
@@ -144,6 +153,7 @@ class FisherPruner:
         backend: str = "auto",
         chunk_size: int = 32,
         fisher_method: str = "auto",
+        fisher_storage: str = "dense",
         verbose: bool = True,
         max_memory_fraction: float = 0.9,
         process_group=None,
@@ -158,6 +168,9 @@ class FisherPruner:
             raise ValueError(f"update must be one of {ops.UPDATES}, got {update!r}")
         if fisher_method not in FISHER_METHODS:
             raise ValueError(f"fisher_method must be one of {FISHER_METHODS}, got {fisher_method!r}")
+        if fisher_storage not in FISHER_STORAGES:
+            raise ValueError(f"fisher_storage must be one of {FISHER_STORAGES}, got {fisher_storage!r}")
+        self.fisher_storage = fisher_storage
         if backend != "auto" and backend not in ops.BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {ops.BACKENDS}, got {backend!r}")
         self.block_size, self.num_grads, self.damp = block_size, num_grads, float(damp)
@@ -234,7 +247,8 @@ class FisherPruner:
 
     def memory_estimate(self) -> MemoryEstimate:
         """Bytes this process's Fisher state needs on its device (its share when sharded), and what is free there."""
-        return estimate_memory([p.stop - p.start for p in self._pieces], self.block_size, self.chunk_size, self.device)
+        return estimate_memory([p.stop - p.start for p in self._pieces], self.block_size, self.chunk_size, self.device,
+                               packed=self.fisher_storage == "packed")
 
     def _check_memory(self, announce: bool = True) -> MemoryEstimate:
         est = self.memory_estimate()
@@ -314,7 +328,8 @@ class FisherPruner:
     def _state_or_new(self) -> _FisherState:
         if self._state is None:
             self._check_memory(announce=False)  # free memory may have changed since __init__
-            self._state = _FisherState(self.local_num_blocks, self.block_size, self.chunk_size, self.damp, self.fisher_method, self.device)
+            self._state = _FisherState(self.local_num_blocks, self.block_size, self.chunk_size, self.damp,
+                                       self.fisher_method, self.device, self.fisher_storage)
         return self._state
 
     def _flush(self, state: _FisherState) -> None:
@@ -335,7 +350,8 @@ class FisherPruner:
         raise KeyError(f"{name!r} is not tracked; tracked: {self.names[:5]}{'...' if len(self.names) > 5 else ''}")
 
     def fisher_inverse(self, name: str) -> torch.Tensor:
-        """A copy of the current F⁻¹ blocks of one tensor: (num_blocks, B, B) float32.
+        """A copy of the current F⁻¹ blocks of one tensor: (num_blocks, B, B) float32 (dense
+        whatever ``fisher_storage`` is).
 
         Uses the gradients collected so far (still divided by m); with none, (1/λ)·I.
         When sharded this is a collective: every rank must call it, and each gets all blocks.
@@ -349,6 +365,8 @@ class FisherPruner:
         for piece in self._pieces:
             if piece.slot is slot:
                 blocks = self._state.blocks[piece.blocks].clone()
+                if blocks.dim() == 2:  # packed storage: hand out dense blocks
+                    blocks = ops.unpack_upper(blocks, self.block_size)
                 if not self._state.inverted:
                     ops.fisher_invert(blocks, self.damp, backend=self.backend)
                 first = piece.start // self.block_size

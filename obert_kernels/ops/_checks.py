@@ -3,17 +3,32 @@ from __future__ import annotations
 
 import torch
 
+from .packed import packed_block_size
+
 FISHER_DTYPES = (torch.float32, torch.float64)
 
 
 def check_finv(finv: torch.Tensor, name: str = "finv") -> tuple[int, int]:
-    """Check a (num_blocks, B, B) float32/float64 block stack; return (num_blocks, B)."""
+    """Check a block stack, dense (num_blocks, B, B) or packed (num_blocks, B(B+1)/2)
+    (see ops/packed.py), float32/float64; return (num_blocks, B)."""
     if not isinstance(finv, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(finv).__name__}")
-    if finv.dim() != 3 or finv.shape[1] != finv.shape[2] or finv.shape[1] == 0:
-        raise ValueError(f"{name} must have shape (num_blocks, B, B), got {tuple(finv.shape)}")
+    if finv.dim() == 2:
+        if finv.shape[1] == 0 or packed_block_size(finv.shape[1]) is None:
+            raise ValueError(
+                f"a 2-D {name} is packed (num_blocks, B(B+1)/2); {finv.shape[1]} is not B(B+1)/2 for any B"
+            )
+    elif finv.dim() != 3 or finv.shape[1] != finv.shape[2] or finv.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (num_blocks, B, B), or (num_blocks, B(B+1)/2) packed, got {tuple(finv.shape)}")
     if finv.dtype not in FISHER_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {finv.dtype}")
+    return block_dims(finv)
+
+
+def block_dims(finv: torch.Tensor) -> tuple[int, int]:
+    """(num_blocks, B) of a dense or packed block stack (already checked)."""
+    if finv.dim() == 2:
+        return finv.shape[0], packed_block_size(finv.shape[1])
     return finv.shape[0], finv.shape[1]
 
 
@@ -26,7 +41,7 @@ def check_grads(grads: torch.Tensor, finv: torch.Tensor) -> torch.Tensor:
     - (num_blocks, k, B), "block-major": each block's k gradient slices contiguous, the
       layout FisherPruner buffers in, which feeds batched products without a transpose.
     """
-    num_blocks, B = finv.shape[0], finv.shape[1]
+    num_blocks, B = block_dims(finv)
     if not isinstance(grads, torch.Tensor):
         raise TypeError(f"grads must be a torch.Tensor, got {type(grads).__name__}")
     if not grads.is_floating_point():
@@ -66,7 +81,7 @@ def check_weight(weight: torch.Tensor, finv: torch.Tensor, name: str = "weight")
         raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
     if not weight.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {weight.dtype}")
-    num_blocks, B = finv.shape[0], finv.shape[1]
+    num_blocks, B = block_dims(finv)
     d = weight.numel()
     if not (num_blocks - 1) * B < d <= num_blocks * B:
         raise ValueError(

@@ -18,6 +18,7 @@ __all__ = [
     "register",
     "not_supported_reasons",
     "resolve",
+    "resolve_packed",
 ]
 
 BACKENDS = ("torch", "triton", "cuda")
@@ -40,6 +41,8 @@ class _Impl:
     # reasons that keep "auto" away although an explicit request would run (e.g. Triton's
     # CPU interpreter: it runs when asked for, but auto prefers torch on a CPU)
     auto_reasons: Callable[..., list[str]]
+    # reads and writes packed F⁻¹ (ops/packed.py) itself; others get it unpacked tile by tile
+    packed: bool = False
 
 
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
@@ -52,15 +55,16 @@ def _no_reasons(**_call) -> list[str]:
 
 
 def register(op: str, backend: str, fn: Callable, reasons: Callable[..., list[str]] | None = None,
-             auto_reasons: Callable[..., list[str]] | None = None):
+             auto_reasons: Callable[..., list[str]] | None = None, packed: bool = False):
     """Register ``fn`` as ``backend``'s implementation of ``op``.
 
     reasons(**call) -> why it cannot serve a call; auto_reasons(**call) -> why "auto"
-    should not pick it for a call it could serve.
+    should not pick it for a call it could serve; packed: fn also takes a packed F⁻¹
+    (num_blocks, B(B+1)/2) directly (its reasons then see packed calls too).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
-    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, reasons or _no_reasons, auto_reasons or _no_reasons)
+    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, reasons or _no_reasons, auto_reasons or _no_reasons, packed)
 
 
 def mark_unavailable(backend: str, why: str) -> None:
@@ -76,6 +80,29 @@ def not_supported_reasons(op: str, backend: str, **call) -> list[str]:
     if impl is None:
         return [_UNAVAILABLE.get(backend, f"{backend} backend has no {op} implementation")]
     return impl.reasons(**call)
+
+
+def resolve_packed(op: str, backend: str, **call) -> tuple[str, Callable] | None:
+    """For a packed F⁻¹: the backend that reads packed storage itself and serves this call,
+    or None when the call should run tile by tile on dense blocks (ops/packed.py).
+
+    "auto" takes the first packed-native backend of PREFERENCE that serves the call. An
+    explicit packed-native backend that cannot serve raises BackendNotSupported; an
+    explicit dense-only backend returns None (it will get dense tiles).
+    """
+    if backend == "auto":
+        for name in PREFERENCE:
+            impl = _REGISTRY.get(op, {}).get(name)
+            if impl is not None and impl.packed and not impl.reasons(**call) and not impl.auto_reasons(**call):
+                return name, impl.fn
+        return None
+    impl = _REGISTRY.get(op, {}).get(backend)
+    if impl is None or not impl.packed:
+        return None
+    reasons = impl.reasons(**call)
+    if reasons:
+        raise BackendNotSupported(op, backend, reasons)
+    return backend, impl.fn
 
 
 def resolve(op: str, backend: str, **call) -> tuple[str, Callable]:

@@ -1,0 +1,125 @@
+"""Packed symmetric F⁻¹ storage: each block's upper triangle, (num_blocks, B(B+1)/2).
+
+F⁻¹ is symmetric, so half of the dense (num_blocks, B, B) stack is redundant: the packed
+layout keeps row i's entries j ≥ i, rows concatenated (the order of
+``torch.triu_indices(B, B)``), (B+1)/(2B) of the dense bytes (51% at B = 50). The CUDA
+kernels read and write it directly. The torch (and Triton) backends work on dense
+blocks: for a packed F⁻¹ they run tile by tile, unpacking ``tile_blocks(B)`` blocks
+(≤ ``UNPACK_TILE_BYTES`` dense) at a time, so the extra memory is one tile, not a
+dense copy. The time it costs, measured on 2 shared CPU cores (d = 2·10^5, B = 50, one
+32-gradient chunk, best of 9, 2026-11-21): woodbury_update 0.26 vs 0.27 s dense (lost in
+the op's own cost), fisher_accumulate 0.040 vs 0.014 s (memory-bound: the tile's
+unpack/pack traffic is the op's size), obs_scores unstructured +10 ms. On a GPU the CUDA
+backend reads packed blocks directly and pays none of it.
+
+A 2-D finv is packed, a 3-D one dense: every op of ``obert_kernels.ops`` takes either.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+
+__all__ = [
+    "UNPACK_TILE_BYTES",
+    "packed_size",
+    "packed_block_size",
+    "is_packed",
+    "pack_upper",
+    "unpack_upper",
+    "init_finv_packed",
+    "tile_blocks",
+    "tiles",
+]
+
+# Dense bytes per tile when a dense-only backend serves a packed F⁻¹.
+UNPACK_TILE_BYTES = 64 * 2**20
+
+
+def packed_size(block_size: int) -> int:
+    """Floats one packed block holds: B(B+1)/2."""
+    return block_size * (block_size + 1) // 2
+
+
+def packed_block_size(num_packed: int) -> int | None:
+    """B with B(B+1)/2 == num_packed, or None when num_packed is not a triangular number."""
+    B = (math.isqrt(8 * num_packed + 1) - 1) // 2
+    return B if B > 0 and packed_size(B) == num_packed else None
+
+
+def is_packed(finv: torch.Tensor) -> bool:
+    """True for the packed layout (a 2-D tensor), False for dense (num_blocks, B, B)."""
+    return finv.dim() == 2
+
+
+_INDEX_CACHE: dict = {}
+
+
+def _indices(B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense flat index of each packed entry (P,), packed index of each dense entry (B·B,)), cached."""
+    key = (B, str(device))
+    if key not in _INDEX_CACHE:
+        rows, cols = torch.triu_indices(B, B)
+        to_dense = rows * B + cols
+        to_packed = torch.empty(B * B, dtype=torch.long)
+        order = torch.arange(rows.numel())
+        to_packed[to_dense] = order
+        to_packed[cols * B + rows] = order
+        _INDEX_CACHE[key] = (to_dense.to(device), to_packed.to(device))
+    return _INDEX_CACHE[key]
+
+
+def pack_upper(dense: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(num_blocks, B, B) -> (num_blocks, B(B+1)/2): the upper triangles (the input is
+    taken as symmetric; its lower triangle is ignored). Writes into ``out`` if given."""
+    if dense.dim() != 3 or dense.shape[1] != dense.shape[2]:
+        raise ValueError(f"dense blocks must have shape (num_blocks, B, B), got {tuple(dense.shape)}")
+    B = dense.shape[1]
+    packed = dense.reshape(dense.shape[0], B * B).index_select(1, _indices(B, dense.device)[0])
+    return packed if out is None else out.copy_(packed)
+
+
+def unpack_upper(packed: torch.Tensor, block_size: int | None = None) -> torch.Tensor:
+    """(num_blocks, B(B+1)/2) -> (num_blocks, B, B), symmetric (a new tensor)."""
+    if packed.dim() != 2:
+        raise ValueError(f"packed blocks must have shape (num_blocks, B(B+1)/2), got {tuple(packed.shape)}")
+    B = block_size or packed_block_size(packed.shape[1])
+    if B is None or packed_size(B) != packed.shape[1]:
+        raise ValueError(f"{packed.shape[1]} is not B(B+1)/2 for any block size B")
+    # one gather: every dense entry (i, j) reads packed entry (min(i,j), max(i,j))
+    return packed.index_select(1, _indices(B, packed.device)[1]).reshape(packed.shape[0], B, B)
+
+
+def init_finv_packed(num_blocks: int, block_size: int, damp: float, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """F₀⁻¹ = (1/λ)·I, packed: (num_blocks, B(B+1)/2)."""
+    finv = torch.zeros(num_blocks, packed_size(block_size), dtype=dtype, device=device)
+    diag = torch.tensor([i * (2 * block_size - i + 1) // 2 for i in range(block_size)], device=device)
+    finv[:, diag] = 1.0 / damp
+    return finv
+
+
+def tile_blocks(block_size: int, itemsize: int = 4) -> int:
+    """Blocks per unpacked tile: as many as fit in UNPACK_TILE_BYTES dense, at least one."""
+    return max(1, UNPACK_TILE_BYTES // (block_size * block_size * itemsize))
+
+
+def tiles(num_blocks: int, block_size: int, itemsize: int = 4) -> Iterator[tuple[int, int]]:
+    """(start, stop) block ranges covering num_blocks, one tile each."""
+    step = tile_blocks(block_size, itemsize)
+    for start in range(0, num_blocks, step):
+        yield start, min(start + step, num_blocks)
+
+
+def run_tiled_inplace(finv: torch.Tensor, B: int, fn: Callable[[torch.Tensor, int, int], None]) -> torch.Tensor:
+    """For each tile: unpack, fn(dense_tile, start, stop) in place, pack back into finv."""
+    for start, stop in tiles(finv.shape[0], B, finv.element_size()):
+        dense = unpack_upper(finv[start:stop], B)
+        fn(dense, start, stop)
+        pack_upper(dense, out=finv[start:stop])
+    return finv
+
+
+def run_tiled_readonly(finv: torch.Tensor, B: int, fn: Callable[[torch.Tensor, int, int], object]) -> list:
+    """For each tile: unpack and collect fn(dense_tile, start, stop)."""
+    return [fn(unpack_upper(finv[start:stop], B), start, stop) for start, stop in tiles(finv.shape[0], B, finv.element_size())]

@@ -1,0 +1,191 @@
+"""The CUDA backend: how it reports itself without a GPU, and every op on a GPU (SPEC §4).
+
+On a CPU-only machine the GPU tests skip with a reason; the extension's presence and its
+"no CUDA device" report are checked. CI sets OBERT_KERNELS_BUILD_CUDA=1, which makes the
+extension's absence a failure here (a kernel that does not compile cannot land).
+The kernels' per-block programs also run on the CPU in test_cuda_harness.py.
+"""
+import os
+
+import pytest
+import torch
+from conftest import RTOL, naive_fp32_error, random_grads, rel_err, spec_tolerance
+
+from obert_kernels import FisherPruner, ops, parse_pattern
+from obert_kernels.ops import _cuda
+
+HAS_GPU = torch.cuda.is_available()
+BUILT = _cuda._C is not None
+needs_gpu = pytest.mark.skipif(not (HAS_GPU and BUILT), reason=(
+    "no CUDA device (torch.cuda.is_available() is False)" if not HAS_GPU else _cuda.status()))
+
+
+def test_extension_is_built_when_the_build_was_required():
+    if os.environ.get("OBERT_KERNELS_BUILD_CUDA") != "1":
+        pytest.skip("OBERT_KERNELS_BUILD_CUDA is not 1: the extension is optional here")
+    assert BUILT, _cuda.status()
+    assert set(_cuda._C.compiled_archs.split(",")) >= {"sm_80", "sm_90"}
+
+
+def test_status_says_what_is_missing():
+    line = _cuda.status()
+    if not BUILT:
+        assert "not built" in line and "OBERT_KERNELS_BUILD_CUDA=1" in line
+    elif not HAS_GPU:
+        assert line.startswith("no CUDA device")
+    else:
+        assert line.startswith("CUDA extension ready")
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a CUDA device is present")
+@pytest.mark.parametrize("op,call", [
+    ("woodbury_update", lambda f: dict(finv=f, grads=torch.randn(2, 8))),
+    ("obs_scores", lambda f: dict(weight=torch.randn(8), finv=f, pattern=parse_pattern("unstructured"))),
+    ("obs_update", lambda f: dict(weight=torch.randn(8), finv=f, pattern=parse_pattern("2:4"), update="obs")),
+])
+def test_without_a_device_cuda_says_so_and_auto_falls_back(op, call):
+    finv = ops.init_finv(2, 4, 1.0)
+    reasons = ops.not_supported_reasons(op, "cuda", **call(finv))
+    expected = "no CUDA device" if BUILT else "not built"
+    assert len(reasons) == 1 and expected in reasons[0], reasons
+    with pytest.raises(ops.BackendNotSupported, match=expected):
+        ops.woodbury_update(finv, torch.randn(2, 8), 2, backend="cuda")
+    with pytest.raises(ops.BackendNotSupported, match=expected):  # packed storage too
+        ops.woodbury_update(ops.pack_upper(finv), torch.randn(2, 8), 2, backend="cuda")
+    assert torch.equal(finv, ops.init_finv(2, 4, 1.0))  # nothing ran
+    ops.woodbury_update(finv, torch.randn(2, 8), 2)  # auto: torch
+    assert not torch.equal(finv, ops.init_finv(2, 4, 1.0))
+
+
+@pytest.mark.skipif(not BUILT, reason=_cuda.status())
+def test_binding_rechecks_its_pointers():
+    """The C++ side refuses null and host pointers with ValueError, before any launch."""
+    C = _cuda._C
+    finv = ops.init_finv(2, 4, 1.0)
+    with pytest.raises(ValueError, match="null pointer"):
+        C.woodbury_update(0, 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0, 0)
+    with pytest.raises(ValueError, match="finv"):
+        C.woodbury_update(finv.data_ptr(), 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0, 0)
+    with pytest.raises(ValueError, match="B must be in 1..128"):
+        C.woodbury_update(finv.data_ptr(), 2, 129, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0, 0)
+    with pytest.raises(ValueError, match="rows per thread"):
+        C.woodbury_update(finv.data_ptr(), 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 2, 0)
+    with pytest.raises(ValueError, match="group size"):
+        C.obs_scores(finv.data_ptr(), 0, finv.data_ptr(), 2, 4, False, 8, 16, 0, 0, 0, finv.data_ptr(), 0)
+    assert C.woodbury_max_block_size() == 128 and C.max_group_size() == 8
+
+
+# ---- on a GPU ------------------------------------------------------------------------
+SHAPES = [(233, 10, 37, 7), (1000, 50, 64, 16), (97, 13, 29, 29), (410, 40, 45, 11), (350, 100, 30, 9), (130, 64, 20, 3)]
+
+
+@needs_gpu
+@pytest.mark.parametrize("d,B,m,k", SHAPES)
+@pytest.mark.parametrize("storage", ["dense", "packed"])
+@pytest.mark.parametrize("layout", ["rows", "block-major"])
+def test_woodbury_cuda_within_spec_tolerance(seed, d, B, m, k, storage, layout):
+    damp = 1e-2
+    grads = random_grads(m, d, device="cuda")
+    ref = ops.fisher_inverse_ref(grads, B, damp)
+    nb = ref.shape[0]
+    finv = (ops.init_finv_packed if storage == "packed" else ops.init_finv)(nb, B, damp, device="cuda")
+    for start in range(0, m, k):
+        chunk = grads[start : start + k]
+        if layout == "block-major":  # a strided view, as the pruner's buffer slice is
+            chunk = torch.nn.functional.pad(chunk, (0, nb * B - d)).view(-1, nb, B).permute(1, 0, 2)
+        ops.woodbury_update(finv, chunk, m, backend="cuda")
+    dense = ops.unpack_upper(finv) if storage == "packed" else finv
+    tol = spec_tolerance(naive_fp32_error(grads, B, damp, ref))
+    assert rel_err(dense, ref) <= tol
+    assert rel_err(ops.init_finv(nb, B, damp), ref) > 100 * tol
+
+
+@needs_gpu
+def test_woodbury_cuda_runs_on_the_current_stream(seed):
+    d, B, m = 500, 50, 32
+    grads = random_grads(m, d, device="cuda")
+    finv = ops.init_finv(10, B, 1e-2, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        ops.woodbury_update(finv, grads, m, backend="cuda")
+    stream.synchronize()
+    ref = ops.fisher_inverse_ref(grads, B, 1e-2)
+    assert rel_err(finv, ref) <= spec_tolerance(naive_fp32_error(grads, B, 1e-2, ref))
+
+
+@needs_gpu
+def test_cuda_reasons_on_a_gpu():
+    f64 = ops.init_finv(2, 4, 1.0, dtype=torch.float64, device="cuda")
+    assert "float32" in ops.not_supported_reasons("woodbury_update", "cuda", finv=f64, grads=torch.randn(1, 8, device="cuda"))[0]
+    cpu = ops.init_finv(2, 4, 1.0)
+    assert "cpu" in ops.not_supported_reasons("woodbury_update", "cuda", finv=cpu, grads=torch.randn(1, 8))[0]
+    big = ops.init_finv(1, 130, 1.0, device="cuda")
+    assert "B ≤ 128" in ops.not_supported_reasons("woodbury_update", "cuda", finv=big, grads=torch.randn(1, 130, device="cuda"))[0]
+    assert ops._dispatch.resolve("woodbury_update", "auto", finv=ops.init_finv(2, 4, 1.0, device="cuda"),
+                                 grads=torch.randn(1, 8, device="cuda"))[0] == "cuda"
+
+
+def _finv(d, B):
+    return ops.fisher_inverse_ref(random_grads(max(2 * B, 16), d), B, 1e-2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("pattern", ["unstructured", "block4", "2:4", "1:4", "3:8"])
+@pytest.mark.parametrize("storage", ["dense", "packed"])
+def test_scores_cuda_match_oracle(seed, pattern, storage):
+    pat = parse_pattern(pattern)
+    d, B = {1: (233, 13), 4: (4 * 59, 12), 8: (8 * 23, 24)}[pat.group_size]
+    finv64 = _finv(d, B)
+    f = finv64.float().cuda()
+    f = ops.pack_upper(f) if storage == "packed" else f
+    w = torch.randn(d)
+    pruned = torch.rand(d) < 0.2
+    if pat.kind == "block":
+        pruned = (torch.rand(d // 4) < 0.2).repeat_interleave(4)
+    ref = ops.obs_scores_ref(w, finv64, pat, pruned)
+    out = ops.obs_scores(w.cuda(), f, pattern, pruned.cuda(), backend="cuda").cpu()
+    finite = torch.isfinite(ref)
+    assert out.shape == ref.shape and torch.equal(torch.isfinite(out), finite)
+    assert torch.equal(out[~finite], ref[~finite].float())
+    assert rel_err(out[finite], ref[finite]) < RTOL[torch.float32]
+
+
+@needs_gpu
+@pytest.mark.parametrize("pattern", ["unstructured", "block4", "2:4", "3:8"])
+@pytest.mark.parametrize("update", ["obs", "joint", "none"])
+@pytest.mark.parametrize("storage", ["dense", "packed"])
+def test_update_cuda_matches_oracle(seed, pattern, update, storage):
+    pat = parse_pattern(pattern)
+    d, B = {1: (233, 13), 4: (4 * 59, 12), 8: (8 * 23, 40)}[pat.group_size]
+    finv64 = _finv(d, B)
+    f = finv64.float().cuda()
+    f = ops.pack_upper(f) if storage == "packed" else f
+    w = torch.randn(d)
+    mask = (torch.rand(d // 4) < 0.3).repeat_interleave(4) if pat.kind == "block" else torch.rand(d) < 0.3
+    ref = ops.obs_update_ref(w, finv64, mask, pat, update)
+    out = w.cuda().reshape(-1, pat.group_size).clone()  # 2-D weight, as a Linear's
+    ops.obs_update(out, f, mask.cuda().reshape(out.shape), pattern, update, backend="cuda")
+    out = out.reshape(-1).cpu()
+    assert torch.equal(out[mask], torch.zeros(int(mask.sum())))
+    assert rel_err(out, ref) < RTOL[torch.float32]
+
+
+@needs_gpu
+@pytest.mark.parametrize("storage", ["dense", "packed"])
+def test_pruner_on_cuda_matches_torch_backend(seed, storage):
+    torch.manual_seed(seed)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 10))
+    grads = [[torch.randn_like(p) for p in (base[0].weight, base[2].weight)] for _ in range(64)]
+    out = {}
+    for backend in ("torch", "cuda"):
+        m = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 10)).cuda()
+        m.load_state_dict(base.state_dict())
+        pr = FisherPruner(m, block_size=50, num_grads=64, damp=1e-2, chunk_size=16, fisher_method="woodbury",
+                          fisher_storage=storage, backend=backend, verbose=False)
+        for g in grads:
+            pr.add_grads([t.cuda() for t in g])
+        pr.prune(0.5)
+        out[backend] = (pr.masks, [p.detach().cpu() for p in m.parameters()])
+    agree = sum(int((out["torch"][0][n] == out["cuda"][0][n]).sum()) for n in out["torch"][0])
+    total = sum(v.numel() for v in out["torch"][0].values())
+    assert agree / total > 0.99  # ties at the threshold may flip; the rest must agree
