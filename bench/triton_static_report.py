@@ -105,6 +105,7 @@ I32, I64, F32 = "i32", "i64", "fp32"
 
 def woodbury_case(B: int, G: int | None = None, warps: int | None = None) -> dict:
     P, g0, w0 = woodbury_triton.woodbury_launch_config(B)
+    default = G is None and warps is None
     G, warps = G or g0, warps or w0
     types = dict(finv_ptr="*fp32", grads_ptr="*fp32", num_blocks=I32, num_new=I32, B=I32, d_limit=I64,
                  s_fb=I32, s_fr=I32, s_block=I32, s_grad=I32, num_grads=F32)
@@ -113,7 +114,7 @@ def woodbury_case(B: int, G: int | None = None, warps: int | None = None) -> dic
     loop = hottest_loop(k)
     useful = 2 * G * B * B / (32 * warps)  # FMAs per thread per gradient that the math needs (SPEC §5: 4·B² flops)
     fp = sum(loop["mix"].get(op, 0) for op in ("FFMA", "FMUL", "FADD"))
-    return {"kernel": "woodbury_chunk", "B": B, "P": P, "G": G, "num_warps": warps, **resources(k),
+    return {"kernel": "woodbury_chunk", "B": B, "P": P, "G": G, "num_warps": warps, "default": default, **resources(k),
             "loop": loop, "fp32_ops_per_gradient": fp, "useful_fma_per_thread_per_gradient": useful,
             "useful_fma_per_issued_instruction": round(useful / loop["instructions"], 3)}
 
@@ -173,21 +174,23 @@ def main(argv=None) -> None:
     blocks = [int(b) for b in args.blocks.split(",")]
     rows = []
     for B in blocks:
-        rows.append(woodbury_case(B))
+        default = woodbury_case(B)
+        rows.append(default)
         if args.sweep:
             P = triton.next_power_of_2(B)
             for G, warps in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 2), (2, 4), (4, 4)):
-                if (G, warps) != (rows[-1]["G"], rows[-1]["num_warps"]) and G * P <= 256:
+                if (G, warps) != (default["G"], default["num_warps"]) and G * P <= 256:
                     rows.append(woodbury_case(B, G, warps))
     print("Woodbury chunk loop, per gradient (sm_90a SASS; static):")
     print(f"{'B':>4} {'P':>4} {'G':>2} {'warps':>5} {'regs':>4} {'spill st/ld':>11} {'loop instr':>10} "
-          f"{'FFMA':>5} {'FMUL':>5} {'FADD':>5} {'SHFL':>5} {'LDS':>4} {'BAR':>4} {'useful FMA/instr':>16}")
+          f"{'FFMA':>5} {'FMUL':>5} {'FADD':>5} {'SHFL':>5} {'LDS':>4} {'BAR':>4} {'LDL+STL':>7} {'useful FMA/instr':>16}")
     for r in rows:
         mix = r["loop"]["mix"]
         print(f"{r['B']:>4} {r['P']:>4} {r['G']:>2} {r['num_warps']:>5} {r['registers']:>4} "
               f"{r['spill_store_bytes']:>5}/{r['spill_load_bytes']:<5} {r['loop']['instructions']:>10} "
               f"{mix.get('FFMA', 0):>5} {mix.get('FMUL', 0):>5} {mix.get('FADD', 0):>5} {mix.get('SHFL', 0):>5} "
-              f"{mix.get('LDS', 0):>4} {mix.get('BAR', 0):>4} {r['useful_fma_per_issued_instruction']:>16}")
+              f"{mix.get('LDS', 0):>4} {mix.get('BAR', 0):>4} {mix.get('LDL', 0) + mix.get('STL', 0):>7} "
+              f"{r['useful_fma_per_issued_instruction']:>16}{'  (default)' if r.get('default') else ''}")
     others = [c for B in blocks for c in other_cases(B)] + score_cases()
     print("\nOther kernels (registers, spills; they compile for sm_90a):")
     for r in others:

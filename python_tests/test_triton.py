@@ -284,3 +284,54 @@ def test_pruner_on_triton_matches_torch(seed, tdevice, pattern, update, method):
     for mine, theirs in zip(model.parameters(), twin.parameters()):
         assert rel_err(mine, theirs) < 1e-4
     assert abs(pruners[0].sparsity - (0.5 if pattern == "2:4" else 0.6)) < 0.05
+
+
+# ---- the GPU benchmark's CPU-side pieces ---------------------------------------------------
+def _bench_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_triton_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_triton_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_bench_counts_configs_and_memory():
+    bench = _bench_module()
+    args = bench.parse_args([])
+    configs = bench.enumerate_configs(bench.parse_list(args.d), bench.parse_list(args.block_sizes),
+                                      bench.parse_list(args.chunks))
+    assert len(configs) == 3 * 4 * 3 and configs[-1].d == 85_000_000
+    assert {c.B for c in configs} == {32, 50, 64, 128} and {c.k for c in configs} == {8, 32, 128}
+    big = bench.Config(85_000_000, 128, 128)
+    assert bench.finv_bytes(big) == 4 * 664_063 * 128 * 128  # ceil(d/B) blocks: 43.5 GB
+    assert bench.memory_needed(big, 1) > 80e9  # does not fit an 80 GB H100: skipped with a reason
+    bert = bench.Config(85_000_000, 50, 32)
+    assert bench.woodbury_flops_per_grad(bert) == 4.0 * 85_000_000 * 50  # SPEC §5
+    assert bench.naive_bytes_per_grad(bert) == 3 * bench.finv_bytes(bert)
+    assert bench.fused_bytes_per_chunk(bert) == 2 * bench.finv_bytes(bert) + 4 * 1_700_000 * 32 * 50
+    assert bench.rotation_count(bench.Config(1_000_000, 32, 8), 50 * 2**20) >= 2  # small chunks rotate
+    quick = bench.parse_args(["--quick"])
+    assert (quick.d, quick.block_sizes, quick.chunks) == ("1e6,8.5e7", "50", "32")
+
+
+def test_gpu_bench_markdown_renders():
+    bench = _bench_module()
+    record = {"environment": {"device": "X", "date": "2026-01-01", "torch": "t", "triton": "3", "python": "3",
+                              "cuda": "13", "command": "c"},
+              "ceilings": {"bandwidth_gbps": 3000.0, "fma_tflops": 50.0},
+              "checks": [{"d": 85_000_000, "B": 50, "k": 32, "rel_err": 1e-7, "err_vs_naive": 1.0}],
+              "fisher": [{"d": 85_000_000, "B": 50, "k": 32, "method": "triton", "ms_per_grad": 1.0, "tflops": 17.0,
+                          "fma_fraction": 0.34, "gbps": 100.0, "bw_fraction": 0.03, "vs_naive": 21.0, "G": 1,
+                          "num_warps": 2}],
+              "scores_update": [{"d": 85_000_000, "B": 50, "op": "obs_scores", "pattern": "unstructured", "ms": 1.0,
+                                 "vs_read_finv": 0.1, "rel_err": 1e-8, "passed": True}],
+              "skipped": [{"d": 85_000_000, "B": 128, "k": 128, "why": "needs 88 GB"}]}
+    record["targets"] = bench.target_lines(record)
+    text = bench.markdown(record)
+    assert "21.0× naive" in record["targets"][0] and "34% of the FMA ceiling" in record["targets"][0]
+    assert "| 8.5e+07 | 50 | 32 | triton (G=1, 2w) |" in text and "needs 88 GB" in text

@@ -145,7 +145,7 @@ def _fisher_invert_kernel(fisher_ptr, status_ptr, B, s_fb, s_fr, s_fc, damp, P: 
 
 
 # (G blocks per program, num_warps) by P. Chosen from the sm_90a SASS of the chunk loop
-# (bench/triton_static_report.py; compiled without a GPU, Triton 3.9, 2026-11-22): the
+# (bench/triton_static_report.py; compiled without a GPU, Triton 3.9, 2026-11-21): the
 # compiler lays the tile out one column per thread, so F⁻¹g reduces over rows inside the
 # thread; more warps than columns split rows across threads and add shuffles, replicated
 # gradient loads and barriers. Useful FMA per loop instruction (B = P):
