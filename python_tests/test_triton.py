@@ -186,6 +186,18 @@ def test_update_on_strided_half_weight(seed, tdevice, update):
     assert rel_err(weight, expect) < 2e-3 and torch.equal(base.t(), weight)  # written through the view
 
 
+def test_update_on_a_parameter_bumps_its_version(seed, tdevice):
+    """A tensor autograd tracks is updated through copy_ (as torch does), so autograd sees the change."""
+    finv = random_finv(40, 10).to(tdevice, torch.float32)
+    weight = torch.nn.Parameter(torch.randn(4, 10, device=tdevice))
+    expect = weight.detach().clone()
+    new = torch.rand(4, 10, device=tdevice) < 0.3
+    ops.obs_update(expect, finv, new, "unstructured", "obs", backend="torch")
+    version = weight._version
+    ops.obs_update(weight, finv, new, "unstructured", "obs", backend="triton")
+    assert weight._version > version and rel_err(weight, expect) < 1e-5
+
+
 def test_blocks_without_pruning_are_untouched(seed, tdevice):
     finv = random_finv(40, 10).to(tdevice, torch.float32)
     w = torch.randn(40, device=tdevice)

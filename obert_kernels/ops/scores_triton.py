@@ -124,8 +124,9 @@ def obs_scores_triton(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern
     pr = pruned.detach().reshape(-1).view(torch.uint8) if has_pruned else w  # a dummy pointer when absent
     if pattern.group_size == 1:
         out = torch.empty(d, dtype=torch.float32, device=finv.device)
+        diag_step = finv.stride(1) + finv.stride(2)
         _scores_unstructured_kernel[(triton.cdiv(d, SCORE_TILE),)](
-            w, finv, pr, out, d, B, finv.stride(0), finv.stride(1) + finv.stride(2), HAS_PRUNED=has_pruned, TILE=SCORE_TILE, num_warps=4)
+            w, finv, pr, out, d, B, finv.stride(0), diag_step, HAS_PRUNED=has_pruned, TILE=SCORE_TILE, num_warps=4)
         return out
     g = pattern.group_size
     ng = _check_groups(d, pattern)

@@ -152,8 +152,10 @@ def obs_update_triton(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torc
     """
     nb, B = finv.shape[0], finv.shape[1]
     d = weight.numel()
-    contiguous = weight.is_contiguous()
-    work = weight.detach().reshape(-1)  # a view of a contiguous weight, else a copy written back below
+    # the kernels write through a contiguous view; otherwise (strided, or a tensor autograd
+    # tracks, whose version counter a raw write would not bump) they work on a copy, copied back
+    in_place = weight.is_contiguous() and not weight.requires_grad
+    work = weight.detach().reshape(-1) if in_place else weight.detach().reshape(-1).clone()
     mask = prune_mask.detach().reshape(-1)
     mask_u8 = mask.view(torch.uint8)
     if update == "none":
@@ -174,7 +176,7 @@ def obs_update_triton(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torc
         failed = torch.nonzero(status).flatten()
         if failed.numel():
             _redo_with_torch(work, finv, mask, failed, pattern, update)
-    if not contiguous:
+    if not in_place:
         with torch.no_grad():
             weight.copy_(work.view(weight.shape))
     return weight
