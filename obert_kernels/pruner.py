@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import ops, selection
+from .damping import BlockLayout, block_layout, parse_damp
 from .memory import FisherMemoryError, MemoryEstimate, estimate_memory
 from .patterns import parse_pattern
 from .report import PruneReport, TensorReport
@@ -66,17 +67,18 @@ class _Slot:
 class _FisherState:
     """F⁻¹ (or, on the direct path, Σ g gᵀ / m until finalized) and the gradient buffer."""
 
-    def __init__(self, num_blocks: int, block_size: int, chunk_size: int, damp: float, method: str, device):
-        if method == "woodbury":
-            self.blocks = ops.init_finv(num_blocks, block_size, damp, device=device)
-        else:
-            self.blocks = torch.zeros(num_blocks, block_size, block_size, device=device)
+    def __init__(self, num_blocks: int, block_size: int, chunk_size: int, method: str, device):
+        # Woodbury: the damping policy sets F₀⁻¹ = diag(1/λ) at the first flush (a relative λ
+        # needs that first chunk); direct: Σ g gᵀ / m starts at zero.
+        self.blocks = torch.zeros(num_blocks, block_size, block_size, device=device)
         # block-major (num_blocks, k, B): each block's k gradient slices are contiguous, so the
         # batched products need no transpose. The zero padding of each tensor's last block is
         # written once here and never touched.
         self.buffer = torch.zeros(num_blocks, chunk_size, block_size, device=device)
         self.filled = 0
         self.collected = 0
+        self.last_flushed = 0  # gradients in the last flushed chunk (still in the buffer): AutoDamp's held-out set
+        self.started = False
         self.inverted = method == "woodbury"
 
 
@@ -87,7 +89,9 @@ class FisherPruner:
         iterable of (name, tensor); floating point, all on one device.
     block_size: B, weights per Fisher block (blocks never straddle tensors).
     num_grads: m, gradients per Fisher estimate.
-    damp: λ > 0 of F = λI + (1/m) Σ g gᵀ.
+    damp: λ of F = λI + (1/m) Σ g gᵀ: a number > 0 (absolute), "rel:α[:block]" (α × the mean
+        Fisher diagonal per tensor or block), "auto[:block]" (α chosen on held-out gradients;
+        direct Fisher build only) or a ``damping.Damping``; see ``obert_kernels.damping``.
     pattern: "unstructured" | "block4" | "N:M" (e.g. "2:4").
     global_sparsity: one threshold over all tensors (True) or sparsity s per tensor.
     update: "obs" (summed single-weight/group OBS updates, the paper's) | "joint" | "none".
@@ -123,7 +127,7 @@ class FisherPruner:
         _check_positive_int("block_size", block_size)
         _check_positive_int("num_grads", num_grads)
         _check_positive_int("chunk_size", chunk_size)
-        ops._checks.check_damp(damp)
+        self.damping = parse_damp(damp)
         self.pattern.check_block_size(block_size)
         if update not in ops.UPDATES:
             raise ValueError(f"update must be one of {ops.UPDATES}, got {update!r}")
@@ -131,13 +135,18 @@ class FisherPruner:
             raise ValueError(f"fisher_method must be one of {FISHER_METHODS}, got {fisher_method!r}")
         if backend != "auto" and backend not in ops.BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {ops.BACKENDS}, got {backend!r}")
-        self.block_size, self.num_grads, self.damp = block_size, num_grads, float(damp)
+        self.block_size, self.num_grads, self.damp = block_size, num_grads, self.damping.spec
         self.global_sparsity, self.update, self.backend = bool(global_sparsity), update, backend
-        self.chunk_size = min(chunk_size, num_grads)
+        self.chunk_size = self.damping.chunk_size_for(num_grads, min(chunk_size, num_grads))
         self.verbose, self.max_memory_fraction = verbose, max_memory_fraction
         self._slots = self._make_slots(_named_tensors(params))
         self.device = self._slots[0].tensor.device
         self.fisher_method = auto_fisher_method(self.device) if fisher_method == "auto" else fisher_method
+        if self.damping.needs_direct:
+            if fisher_method == "woodbury":
+                raise ValueError(f"damp={self.damp!r} needs the Fisher itself (fisher_method='direct'); on the Woodbury "
+                                 "path F₀⁻¹ = I/λ fixes λ before the first gradient: pass a relative damp 'rel:α' instead")
+            self.fisher_method = "direct"
         self._pruned = {s.name: torch.zeros(s.numel, dtype=torch.bool, device=self.device) for s in self._slots}
         self._state: _FisherState | None = None
         self.history: list[PruneReport] = []
@@ -263,7 +272,7 @@ class FisherPruner:
     def _state_or_new(self) -> _FisherState:
         if self._state is None:
             self._check_memory(announce=False)  # free memory may have changed since __init__
-            self._state = _FisherState(self.num_blocks, self.block_size, self.chunk_size, self.damp, self.fisher_method, self.device)
+            self._state = _FisherState(self.num_blocks, self.block_size, self.chunk_size, self.fisher_method, self.device)
         return self._state
 
     def _flush(self, state: _FisherState) -> None:
@@ -271,10 +280,17 @@ class FisherPruner:
             return
         chunk = state.buffer[:, : state.filled]
         if self.fisher_method == "woodbury":
+            if not state.started:
+                self.damping.start_woodbury(state.blocks, chunk, self._layout())
             ops.woodbury_update(state.blocks, chunk, self.num_grads, backend=self.backend)
         else:
             ops.fisher_accumulate(state.blocks, chunk, self.num_grads, backend=self.backend)
-        state.filled = 0
+        state.started = True
+        state.last_flushed, state.filled = state.filled, 0
+
+    def _layout(self) -> BlockLayout:
+        return block_layout([s.num_blocks for s in self._slots], [self._pruned[s.name] for s in self._slots],
+                            self.block_size, self.device)
 
     def _slot(self, name: str) -> _Slot:
         for s in self._slots:
@@ -289,11 +305,12 @@ class FisherPruner:
         """
         slot = self._slot(name)
         if self._state is None:
-            return ops.init_finv(slot.num_blocks, self.block_size, self.damp, device=self.device)
+            return self.damping.initial_finv(slot.num_blocks, self.block_size, self.device)
         self._flush(self._state)
-        blocks = self._state.blocks[slot.block_start : slot.block_start + slot.num_blocks].clone()
+        span = slice(slot.block_start, slot.block_start + slot.num_blocks)
+        blocks = self._state.blocks[span].clone()
         if not self._state.inverted:
-            ops.fisher_invert(blocks, self.damp, backend=self.backend)
+            self.damping.invert(blocks, self._layout()[span], backend=self.backend)
         return blocks
 
     # ---- pruning ------------------------------------------------------------------
@@ -319,7 +336,8 @@ class FisherPruner:
         finv = self._finalize()
         weights = {s.name: s.tensor.detach().reshape(-1).to(self.device, torch.float32, copy=True) for s in self._slots}
         new = self._select(target, weights, finv)
-        report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0)
+        report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0,
+                             damping=self.damping.describe())
         for slot in self._slots:
             w = weights[slot.name]
             blocks = finv[slot.block_start : slot.block_start + slot.num_blocks]
@@ -338,7 +356,10 @@ class FisherPruner:
         state = self._state
         self._flush(state)
         if not state.inverted:
-            ops.fisher_invert(state.blocks, self.damp, backend=self.backend)
+            layout = self._layout()
+            self.damping.fit(state.blocks, state.buffer[:, : state.last_flushed], self.num_grads, layout)
+            state.buffer = None  # not needed past here: give its memory back before inverting
+            self.damping.invert(state.blocks, layout, backend=self.backend)
             state.inverted = True
         state.buffer = None  # the buffer is not needed for scoring; give its memory back now
         return state.blocks
