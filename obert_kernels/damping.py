@@ -51,6 +51,10 @@ __all__ = ["AbsoluteDamp", "RelativeDamp", "AutoDamp", "BlockLayout", "block_lay
 # Blocks inverted per fisher_invert call: 4096 blocks of B = 50 are 41 MB of float32, so the
 # Cholesky factor and inverse it allocates stay small next to F⁻¹ (212k blocks for MiniLM).
 INVERT_SLICE = 4096
+# Blocks per float64 slice when AutoDamp scores its candidates: its ~7 temporaries of a slice
+# (B = 50: 20 MB each at 1024 blocks) are what a prune step adds on top of F⁻¹ and the
+# held-out chunk; at 4096 they added ~0.6 GB to MiniLM's peak (measured, 2026-11-21).
+FIT_SLICE = 1024
 PER_CHOICES = ("tensor", "block")
 # α grid for AutoDamp: half decades from 1e-6 to 1 of the mean Fisher diagonal.
 AUTO_CANDIDATES = tuple(10.0 ** (e / 2) for e in range(-12, 1))
@@ -221,8 +225,8 @@ class AutoDamp(RelativeDamp):
         scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
         idx = _sample_blocks(layout, self.max_blocks, self.seed)
         totals = {a: 0.0 for a in self.candidates}
-        for start in range(0, idx.numel(), INVERT_SLICE):
-            sel = idx[start : start + INVERT_SLICE]
+        for start in range(0, idx.numel(), FIT_SLICE):
+            sel = idx[start : start + FIT_SLICE]
             g = heldout[sel].double()  # (s, h, B)
             f_rest = (fisher[sel].double() * num_grads - g.transpose(1, 2) @ g) / (num_grads - h)
             d = scale[sel].double()

@@ -74,32 +74,43 @@ def prune_model(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     meter = meter if meter is not None else StepMeter(str(next(model.parameters()).device))
+    if meter.baseline_bytes is None:
+        meter.mark_baseline()
     params = list(params.items()) if isinstance(params, dict) else list(params)
-    if method == "magnitude":
+    if method == "magnitude":  # same pattern and selection as oBERT would use; no gradients
         with meter.step("prune"):
-            masks = magnitude_prune(params, sparsity)
+            masks = magnitude_prune(params, sparsity, pattern=pruner_kwargs.get("pattern", "unstructured"),
+                                    global_sparsity=pruner_kwargs.get("global_sparsity", True))
         return PruneRun(masks, None, meter)
     if loss_fn is None or batches is None:
         raise ValueError("oBERT needs loss_fn and batches for the Fisher's gradients")
     pruner = FisherPruner(params, update=method, **pruner_kwargs)
     targets = recomputation_targets(pruner.sparsity, pruner._check_sparsity(sparsity), num_recomputations)
     batch_iter = iter(batches)
-    for r, target in enumerate(targets, 1):
-        tag = f"{r}/{len(targets)}"
-        with meter.step(f"gradients {tag}"), grads_only_for(model, [t for _, t in params]):
-            collect_grads(pruner, model, loss_fn, batch_iter, progress=progress, desc=f"gradients {tag}")
-        with meter.step(f"prune {tag}"):
-            report = pruner.prune(target)
-        if progress:
-            print(f"prune {tag}: {report.sparsity:.2%} sparse in {report.seconds:.1f} s ({report.damping}); "
-                  f"{meter.records[-2]}; {meter.records[-1]}", file=sys.stderr)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(targets), desc="prune steps", unit="step", disable=not progress or len(targets) == 1) as bar:
+        for r, target in enumerate(targets, 1):
+            tag = f"{r}/{len(targets)}"
+            with meter.step(f"gradients {tag}"), grads_only_for(model, [t for _, t in params]):
+                collect_grads(pruner, model, loss_fn, batch_iter, progress=progress, desc=f"gradients {tag}")
+            with meter.step(f"prune {tag}"):
+                report = pruner.prune(target)
+            bar.update(1)
+            if progress:
+                bar.write(f"prune {tag}: {report.sparsity:.2%} sparse ({report.damping}); "
+                          f"{meter.records[-2]}; {meter.records[-1]}", file=sys.stderr)
     return PruneRun(pruner.masks, pruner, meter)
 
 
 def memory_line(pruner: FisherPruner, model: nn.Module, meter: StepMeter) -> str:
-    """'peak X; model M + F⁻¹ F + chunk C = S' for printing after a prune."""
+    """'peak X = before B + added A; F⁻¹ + chunk = E; model M' for printing after a prune."""
     est = pruner.memory_estimate()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return (f"peak memory {format_bytes(meter.max_peak())} ({meter.records[0].what}); model {format_bytes(model_bytes)} + "
+    peak = meter.max_peak()
+    added = "" if meter.baseline_bytes is None else (
+        f" = {format_bytes(meter.baseline_bytes)} in use before pruning (the model included) + "
+        f"{format_bytes(peak - meter.baseline_bytes)}")
+    return (f"peak memory {format_bytes(peak)} ({meter.records[0].what}){added}; expected to add: "
             f"F⁻¹ {format_bytes(est.fisher_bytes)} + gradient chunk {format_bytes(est.buffer_bytes)} = "
-            f"{format_bytes(model_bytes + est.total_bytes)}")
+            f"{format_bytes(est.total_bytes)}, model {format_bytes(model_bytes)}")

@@ -73,6 +73,12 @@ class StepMeter:
 
     device: str = "cpu"
     records: list[StepRecord] = field(default_factory=list)
+    baseline_bytes: int | None = None  # memory in use before the first step (RSS, or CUDA allocated)
+
+    def mark_baseline(self) -> None:
+        """Record what is in use now, so peaks can be read as baseline + what the steps added."""
+        cuda = torch.device(self.device).type == "cuda"
+        self.baseline_bytes = torch.cuda.memory_allocated(self.device) if cuda else current_rss()
 
     @contextmanager
     def step(self, name: str):

@@ -42,6 +42,12 @@ def _pruner_kwargs(args) -> dict:
             "backend": args.backend, "verbose": not args.no_progress}
 
 
+def _method_kwargs(args) -> dict:
+    if args.method == "magnitude":
+        return {"pattern": args.pattern, "global_sparsity": not args.per_tensor}
+    return _pruner_kwargs(args)
+
+
 def _read_texts(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"--texts {path}: no such file")
@@ -92,8 +98,7 @@ def _prune_encoder(args):
     run = prune_model(encoder.model, params, args.method, args.sparsity,
                       loss_fn=GaussNewtonProbe(encoder.embed, seed=args.seed),
                       batches=sentence_batches(encoder, fisher_text, args.batch_size, seed=args.seed + 1),
-                      num_recomputations=args.num_recomputations, progress=not args.no_progress,
-                      **({} if args.method == "magnitude" else _pruner_kwargs(args)))
+                      num_recomputations=args.num_recomputations, progress=not args.no_progress, **_method_kwargs(args))
     metrics = embedding_agreement(dense, encoder.encode(held_out)) if dense is not None else {}
     sparsity = _sparsity(run.masks)
     print(f"{args.method} to {sparsity:.2%}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -127,7 +132,7 @@ def _prune_digits(args):
     dense_acc = accuracy(model, data.x_test, data.y_test)
     run = prune_model(model, prunable_weights(model), args.method, args.sparsity, loss_fn=cross_entropy_loss,
                       batches=endless_batches(data, 8, args.seed + 1), num_recomputations=args.num_recomputations,
-                      progress=not args.no_progress, **({} if args.method == "magnitude" else _pruner_kwargs(args)))
+                      progress=not args.no_progress, **_method_kwargs(args))
     acc = accuracy(model, data.x_test, data.y_test)
     sparsity = _sparsity(run.masks)
     print(f"digits MLP 64-128-128-10: dense test accuracy {dense_acc:.2%}, {args.method} at {sparsity:.2%}: {acc:.2%}")
