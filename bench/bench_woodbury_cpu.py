@@ -31,6 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels import ops  # noqa: E402
 
+# read (not imported) by `python -m obert_kernels bench`: what it needs, and a short run's arguments
+REQUIRES = ("cpu",)
+QUICK_ARGS = ["--d", "100000", "--num-grads", "256"]
+
 
 def make_chunk(index: int, k: int, d: int, col_scale: torch.Tensor, seed: int) -> torch.Tensor:
     """Gradient chunk `index` (k, d) float32, reproducible from the seed alone.

@@ -4,8 +4,10 @@ from .patterns import Pattern, parse_pattern
 
 __version__ = "0.1.0"
 from .baselines import magnitude_prune
+from .damping import AbsoluteDamp, AutoDamp, RelativeDamp
 from .memory import FisherMemoryError, MemoryEstimate, estimate_memory
 from .one_shot import one_shot_prune
+from .probes import GaussNewtonProbe, gauss_newton_loss
 from .pruner import FisherPruner, prunable_weights
 from .report import PruneReport
 from .schedule import GradualSchedule, cubic_sparsity
@@ -24,4 +26,9 @@ __all__ = [
     "Pattern",
     "parse_pattern",
     "ops",
+    "GaussNewtonProbe",
+    "gauss_newton_loss",
+    "AbsoluteDamp",
+    "RelativeDamp",
+    "AutoDamp",
 ]

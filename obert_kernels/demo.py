@@ -4,14 +4,21 @@ Trains a 64-128-128-10 MLP on the 8×8 digit images that ship with scikit-learn 
 on a CPU), then prunes copies of it one-shot to each sparsity with oBERT and with global
 magnitude pruning, and prints test accuracy side by side. No network, no downloads.
 
-    python -m obert_kernels.demo [--sparsities 0.5 0.7 0.8 0.9 0.95] [--update obs] [--seed 0]
+    python -m obert_kernels demo [--sparsities 0.5 0.7 0.8 0.9 0.95] [--update obs] [--seed 0] [--plot PNG]
+
+(``python -m obert_kernels.demo`` runs the same.) The plot of accuracy vs sparsity needs
+matplotlib (``pip install 'obert_kernels[plot]'``); without it the table is still printed.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,7 +26,8 @@ from torch import nn
 from .baselines import magnitude_prune
 from .one_shot import one_shot_prune
 
-__all__ = ["DigitsData", "load_digits_data", "make_mlp", "train", "accuracy", "endless_batches", "run_demo"]
+__all__ = ["DigitsData", "load_digits_data", "make_mlp", "train", "accuracy", "endless_batches", "run_demo",
+           "plot_accuracy", "add_arguments", "run_from_args"]
 
 
 @dataclass
@@ -84,7 +92,7 @@ def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
 def run_demo(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), *, seed: int = 0, update: str = "obs", block_size: int = 32,
              num_grads: int = 128, grad_batch_size: int = 8, damp: float = 1e-6, num_recomputations: int = 4,
              backend: str = "auto", progress: bool = True, print_table: bool = True) -> list[dict]:
-    """Train once, prune copies at each sparsity; returns rows {sparsity, obert, magnitude, seconds}."""
+    """Train once, prune copies at each sparsity; returns rows {sparsity, obert, magnitude, seconds, dense}."""
     data = load_digits_data(seed)
     dense = train(make_mlp(seed), data, seed=seed)
     dense_acc = accuracy(dense, data.x_test, data.y_test)
@@ -99,7 +107,7 @@ def run_demo(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), *, seed: int = 0, update: st
         magnitude = copy.deepcopy(dense)
         magnitude_prune(magnitude, s)
         rows.append({"sparsity": s, "obert": accuracy(pruned, data.x_test, data.y_test),
-                     "magnitude": accuracy(magnitude, data.x_test, data.y_test), "seconds": seconds})
+                     "magnitude": accuracy(magnitude, data.x_test, data.y_test), "seconds": seconds, "dense": dense_acc})
     if print_table:
         print(f"digits MLP 64-128-128-10, dense test accuracy {dense_acc:.2%} "
               f"(oBERT: update={update}, B={block_size}, m={num_grads}, damp={damp:g}, recomputations={num_recomputations})")
@@ -109,8 +117,43 @@ def run_demo(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), *, seed: int = 0, update: st
     return rows
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="One-shot oBERT vs magnitude pruning of an MLP on scikit-learn's digits")
+def plot_accuracy(rows: list[dict], path, title: str, dense_accuracy: float | None = None) -> Path:
+    """PNG of test accuracy vs sparsity, oBERT and magnitude; written whole or not at all.
+
+    rows: run_demo's rows. Raises ImportError (with the install line) without matplotlib.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("the accuracy plot needs matplotlib: pip install 'obert_kernels[plot]'") from exc
+    path = Path(path)
+    xs = [100 * r["sparsity"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(xs, [100 * r["obert"] for r in rows], "o-", label="oBERT")
+    ax.plot(xs, [100 * r["magnitude"] for r in rows], "s--", label="magnitude")
+    if dense_accuracy is not None:
+        ax.axhline(100 * dense_accuracy, color="gray", lw=0.8, ls=":", label="dense")
+    ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}-", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--update", choices=["obs", "joint", "none"], default="obs")
     ap.add_argument("--block-size", type=int, default=32)
@@ -119,10 +162,28 @@ def main(argv=None) -> None:
     ap.add_argument("--num-recomputations", type=int, default=4)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    run_demo(args.sparsities, seed=args.seed, update=args.update, block_size=args.block_size,
-             num_grads=args.num_grads, damp=args.damp, num_recomputations=args.num_recomputations,
-             backend=args.backend)
+    ap.add_argument("--plot", type=Path, default=Path("obert-demo.png"), help="PNG of accuracy vs sparsity (default: %(default)s)")
+    ap.add_argument("--no-plot", action="store_true", help="print the table only")
+    ap.add_argument("--no-progress", action="store_true")
+
+
+def run_from_args(args: argparse.Namespace) -> list[dict]:
+    rows = run_demo(args.sparsities, seed=args.seed, update=args.update, block_size=args.block_size,
+                    num_grads=args.num_grads, damp=args.damp, num_recomputations=args.num_recomputations,
+                    backend=args.backend, progress=not args.no_progress)
+    if not args.no_plot:
+        title = f"digits MLP: one-shot oBERT ({args.update}, R={args.num_recomputations}) vs magnitude"
+        try:
+            print(f"plot: {plot_accuracy(rows, args.plot, title, rows[0].get('dense') if rows else None)}")
+        except ImportError as exc:
+            print(f"no plot: {exc}", file=sys.stderr)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="One-shot oBERT vs magnitude pruning of an MLP on scikit-learn's digits")
+    add_arguments(ap)
+    run_from_args(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import ops, selection
+from .damping import AbsoluteDamp, BlockLayout, block_layout, parse_damp
 from .distributed import Shard, agree, all_gather_flat, all_reduce_sum, resolve_group, split_blocks
 from .memory import FisherMemoryError, MemoryEstimate, estimate_memory
 from .patterns import parse_pattern
@@ -91,13 +92,11 @@ class _Piece:
 class _FisherState:
     """F⁻¹ (or, on the direct path, Σ g gᵀ / m until finalized) and the gradient buffer."""
 
-    def __init__(self, num_blocks: int, block_size: int, chunk_size: int, damp: float, method: str, device,
-                 storage: str = "dense"):
-        packed = storage == "packed"  # (num_blocks, B(B+1)/2) upper triangles: ops/packed.py
-        if method == "woodbury":
-            init = ops.init_finv_packed if packed else ops.init_finv
-            self.blocks = init(num_blocks, block_size, damp, device=device)
-        elif packed:
+    def __init__(self, num_blocks: int, block_size: int, chunk_size: int, method: str, device, storage: str = "dense"):
+        # Woodbury: the damping policy sets F₀⁻¹ = diag(1/λ) at the first flush (a relative λ
+        # needs that first chunk); direct: Σ g gᵀ / m starts at zero. Packed storage keeps
+        # each block's upper triangle, (num_blocks, B(B+1)/2): ops/packed.py.
+        if storage == "packed":
             self.blocks = torch.zeros(num_blocks, ops.packed.packed_size(block_size), device=device)
         else:
             self.blocks = torch.zeros(num_blocks, block_size, block_size, device=device)
@@ -107,6 +106,8 @@ class _FisherState:
         self.buffer = torch.zeros(num_blocks, chunk_size, block_size, device=device)
         self.filled = 0
         self.collected = 0
+        self.last_flushed = 0  # gradients in the last flushed chunk (still in the buffer): AutoDamp's held-out set
+        self.started = False
         self.inverted = method == "woodbury"
 
 
@@ -117,7 +118,9 @@ class FisherPruner:
         iterable of (name, tensor); floating point, all on one device.
     block_size: B, weights per Fisher block (blocks never straddle tensors).
     num_grads: m, gradients per Fisher estimate.
-    damp: λ > 0 of F = λI + (1/m) Σ g gᵀ.
+    damp: λ of F = λI + (1/m) Σ g gᵀ: a number > 0 (absolute), "rel:α[:block]" (α × the mean
+        Fisher diagonal per tensor or block), "auto[:block]" (α chosen on held-out gradients;
+        direct Fisher build only) or a ``damping.Damping``; see ``obert_kernels.damping``.
     pattern: "unstructured" | "block4" | "N:M" (e.g. "2:4").
     global_sparsity: one threshold over all tensors (True) or sparsity s per tensor.
     update: "obs" (summed single-weight/group OBS updates, the paper's) | "joint" | "none".
@@ -162,7 +165,7 @@ class FisherPruner:
         _check_positive_int("block_size", block_size)
         _check_positive_int("num_grads", num_grads)
         _check_positive_int("chunk_size", chunk_size)
-        ops._checks.check_damp(damp)
+        self.damping = parse_damp(damp)
         self.pattern.check_block_size(block_size)
         if update not in ops.UPDATES:
             raise ValueError(f"update must be one of {ops.UPDATES}, got {update!r}")
@@ -173,13 +176,21 @@ class FisherPruner:
         self.fisher_storage = fisher_storage
         if backend != "auto" and backend not in ops.BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {ops.BACKENDS}, got {backend!r}")
-        self.block_size, self.num_grads, self.damp = block_size, num_grads, float(damp)
+        self.block_size, self.num_grads, self.damp = block_size, num_grads, self.damping.spec
         self.global_sparsity, self.update, self.backend = bool(global_sparsity), update, backend
-        self.chunk_size = min(chunk_size, num_grads)
+        self.chunk_size = self.damping.chunk_size_for(num_grads, min(chunk_size, num_grads))
         self.verbose, self.max_memory_fraction = verbose, max_memory_fraction
         self._slots = self._make_slots(_named_tensors(params))
         self.device = self._slots[0].tensor.device
         self.fisher_method = auto_fisher_method(self.device) if fisher_method == "auto" else fisher_method
+        if self.damping.needs_direct:
+            if fisher_method == "woodbury":
+                raise ValueError(f"damp={self.damp!r} needs the Fisher itself (fisher_method='direct'); on the Woodbury "
+                                 "path F₀⁻¹ = I/λ fixes λ before the first gradient: pass a relative damp 'rel:α' instead")
+            self.fisher_method = "direct"
+        if fisher_storage == "packed" and not isinstance(self.damping, AbsoluteDamp):
+            raise ValueError(f"damp={self.damp!r} is relative to the Fisher diagonal, which packed storage does not "
+                             "keep per tensor here: pass an absolute damp (a number) with fisher_storage='packed'")
         self._shard: Shard = resolve_group(process_group)
         self._pieces = self._make_pieces()
         self._pruned = {s.name: torch.zeros(s.numel, dtype=torch.bool, device=self.device) for s in self._slots}
@@ -328,20 +339,32 @@ class FisherPruner:
     def _state_or_new(self) -> _FisherState:
         if self._state is None:
             self._check_memory(announce=False)  # free memory may have changed since __init__
-            self._state = _FisherState(self.local_num_blocks, self.block_size, self.chunk_size, self.damp,
-                                       self.fisher_method, self.device, self.fisher_storage)
+            self._state = _FisherState(self.local_num_blocks, self.block_size, self.chunk_size, self.fisher_method,
+                                       self.device, self.fisher_storage)
         return self._state
 
     def _flush(self, state: _FisherState) -> None:
-        if state.filled == 0 or state.blocks.shape[0] == 0:
-            state.filled = 0
+        if state.filled == 0:
             return
         chunk = state.buffer[:, : state.filled]
+        has_blocks = state.blocks.shape[0] > 0  # a rank may own none; it still joins the damping's collectives
         if self.fisher_method == "woodbury":
-            ops.woodbury_update(state.blocks, chunk, self.num_grads, backend=self.backend)
-        else:
+            if not state.started:
+                self.damping.start_woodbury(state.blocks, chunk, self._layout())
+            if has_blocks:
+                ops.woodbury_update(state.blocks, chunk, self.num_grads, backend=self.backend)
+        elif has_blocks:
             ops.fisher_accumulate(state.blocks, chunk, self.num_grads, backend=self.backend)
-        state.filled = 0
+        state.started = True
+        state.last_flushed, state.filled = state.filled, 0
+
+    def _layout(self) -> BlockLayout:
+        """Where this rank's blocks sit (tensor, live weights); sums per tensor over the ranks when sharded."""
+        slot_index = {s.name: i for i, s in enumerate(self._slots)}
+        reduce = (lambda t: all_reduce_sum(self._shard, t)) if self._shard.distributed else None
+        return block_layout([p.num_blocks for p in self._pieces], [self._pruned[p.slot.name][p.weights] for p in self._pieces],
+                            self.block_size, self.device, tensor_ids=[slot_index[p.slot.name] for p in self._pieces],
+                            num_tensors=len(self._slots), reduce=reduce)
 
     def _slot(self, name: str) -> _Slot:
         for s in self._slots:
@@ -354,21 +377,22 @@ class FisherPruner:
         whatever ``fisher_storage`` is).
 
         Uses the gradients collected so far (still divided by m); with none, (1/λ)·I.
-        When sharded this is a collective: every rank must call it, and each gets all blocks.
+        When sharded this is a collective: every rank must call it, and each gets all blocks
+        (with a per-tensor relative damp, λ then comes from this rank's share of the tensor).
         """
         slot = self._slot(name)
-        out = ops.init_finv(slot.num_blocks, self.block_size, self.damp, device=self.device)
         if self._state is None:
-            return out
+            return self.damping.initial_finv(slot.num_blocks, self.block_size, self.device)
         self._flush(self._state)
-        own = torch.zeros_like(out)
+        layout = self._layout()
+        own = torch.zeros(slot.num_blocks, self.block_size, self.block_size, device=self.device)
         for piece in self._pieces:
             if piece.slot is slot:
                 blocks = self._state.blocks[piece.blocks].clone()
                 if blocks.dim() == 2:  # packed storage: hand out dense blocks
                     blocks = ops.unpack_upper(blocks, self.block_size)
                 if not self._state.inverted:
-                    ops.fisher_invert(blocks, self.damp, backend=self.backend)
+                    self.damping.invert(blocks, layout[piece.blocks], backend=self.backend)
                 first = piece.start // self.block_size
                 own[first : first + piece.num_blocks] = blocks
         if not self._shard.distributed:
@@ -400,7 +424,8 @@ class FisherPruner:
         weights = {s.name: s.tensor.detach().reshape(-1).to(self.device, torch.float32, copy=True) for s in self._slots}
         new = self._select(target, weights, finv)
         updated = self._updated_weights(weights, finv, new)
-        report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0)
+        report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0,
+                             damping=self.damping.describe())
         for slot in self._slots:
             pruned = self._pruned[slot.name] | new[slot.name]
             self._pruned[slot.name] = pruned
@@ -415,9 +440,12 @@ class FisherPruner:
     def _finalize(self) -> torch.Tensor:
         state = self._state
         self._flush(state)
-        if not state.inverted and state.blocks.shape[0]:
-            ops.fisher_invert(state.blocks, self.damp, backend=self.backend)
-        state.inverted = True
+        if not state.inverted:
+            layout = self._layout()  # every rank reaches this: the damping may sum per-tensor statistics over ranks
+            self.damping.fit(state.blocks, state.buffer[:, : state.last_flushed], self.num_grads, layout)
+            state.buffer = None  # not needed past here: give its memory back before inverting
+            self.damping.invert(state.blocks, layout, backend=self.backend)
+            state.inverted = True
         state.buffer = None  # the buffer is not needed for scoring; give its memory back now
         return state.blocks
 

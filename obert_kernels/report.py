@@ -26,6 +26,7 @@ class PruneReport:
     backend: str
     seconds: float
     tensors: dict[str, TensorReport] = field(default_factory=dict)
+    damping: str = ""  # the damping policy and, for "auto", the λ it chose
 
     @property
     def total(self) -> int:
@@ -52,7 +53,8 @@ class PruneReport:
         width = max([len("total")] + [len(n) for n in self.tensors])
         lines = [
             f"prune to {self.target_sparsity:.2%} ({self.pattern}, update={self.update}, "
-            f"{'global' if self.global_sparsity else 'per-tensor'}, backend={self.backend}) in {self.seconds:.2f} s",
+            f"{'global' if self.global_sparsity else 'per-tensor'}, backend={self.backend}"
+            f"{', damp ' + self.damping if self.damping else ''}) in {self.seconds:.2f} s",
             f"{'tensor':<{width}}  {'weights':>12}  {'pruned':>12}  {'new':>10}  {'sparsity':>8}",
         ]
         for name, t in self.tensors.items():

@@ -26,6 +26,14 @@ CONFIGS = [
     {"pattern": "2:4", "global_sparsity": True, "update": "joint"},
     {"pattern": "2:4", "global_sparsity": False, "update": "obs"},
 ]
+# damping and storage options, checked on 3 ranks: identical on every rank, and (up to the
+# order of the per-tensor sums over ranks) the single-process result
+OPTION_CONFIGS = [
+    {"damp": "rel:1e-2"},
+    {"damp": "rel:1e-2", "fisher_method": "woodbury"},
+    {"damp": "auto"},
+    {"fisher_storage": "packed", "fisher_method": "woodbury"},
+]
 SHAPES = ((7, 12), (5, 20), (3, 4, 2, 2), (9, 8))
 TINY = ((2, 8),)  # 2 blocks of 8: with 3 ranks one rank owns none
 TIMEOUT = timedelta(seconds=60)
@@ -41,7 +49,8 @@ def make_case(seed: int, shapes=SHAPES):
 def run_pruner(config, seed, process_group=None, shapes=SHAPES):
     """Two prune steps (0.3 then 0.6) on the seeded case; returns masks and weights."""
     params, grads = make_case(seed, shapes)
-    p = FisherPruner(params, block_size=8, num_grads=12, damp=1e-2, chunk_size=5, verbose=False,
+    config = {"damp": 1e-2, **config}
+    p = FisherPruner(params, block_size=8, num_grads=12, chunk_size=5, verbose=False,
                      process_group=process_group, **config)
     for step, target in enumerate((0.3, 0.6)):
         for g in grads[12 * step : 12 * (step + 1)]:
@@ -56,6 +65,8 @@ def _worker(rank, world, store_path, out_dir, seed, mode):
         if mode == "compare":
             results = [run_pruner(c, seed) for c in CONFIGS] + [run_pruner(CONFIGS[0], seed, shapes=TINY)]
             torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        elif mode == "options":
+            torch.save([run_pruner(c, seed) for c in OPTION_CONFIGS], os.path.join(out_dir, f"rank{rank}.pt"))
         else:  # rank 1 fails while scoring; the others must raise, not hang
             import obert_kernels.ops as ops
 
@@ -72,6 +83,7 @@ def _worker(rank, world, store_path, out_dir, seed, mode):
                 outcome = f"FloatingPointError: {exc}"
             torch.save(outcome, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
+        dist.barrier()  # leave together: gloo can abort a rank whose peers tear down mid-exit
         dist.destroy_process_group()
 
 
@@ -94,6 +106,21 @@ def test_sharded_equals_single_process_exactly(seed, world):
             for name in want["masks"]:
                 assert torch.equal(got["masks"][name], want["masks"][name]), (config, name)
                 assert torch.equal(got["weights"][name], want["weights"][name]), (config, name)
+
+
+def test_damping_and_storage_options_sharded(seed):
+    single = [run_pruner(c, seed, process_group=False) for c in OPTION_CONFIGS]
+    ranks = spawn(3, seed, "options")
+    for config, *per_rank, want in zip(OPTION_CONFIGS, *ranks, single):
+        for got in per_rank[1:]:  # every rank ends with the same weights and masks, bit for bit
+            for name in want["masks"]:
+                assert torch.equal(got["masks"][name], per_rank[0]["masks"][name]), (config, name)
+                assert torch.equal(got["weights"][name], per_rank[0]["weights"][name]), (config, name)
+        for name in want["masks"]:  # and what one process gets, to rounding of the summed statistics
+            mismatch = (per_rank[0]["masks"][name] != want["masks"][name]).float().mean().item()
+            assert mismatch <= 0.02, (config, name, mismatch)
+            if mismatch == 0:
+                assert torch.allclose(per_rank[0]["weights"][name], want["weights"][name], rtol=1e-4, atol=1e-6), (config, name)
 
 
 def test_failing_rank_fails_the_others_clearly(seed):

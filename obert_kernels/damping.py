@@ -1,0 +1,355 @@
+"""Damping of the Fisher blocks: λ of F = λI + (1/m) Σ g gᵀ, chosen so users need not tune it.
+
+The right absolute λ scales with the gradients: on the same MiniLM it ranged from 1e-6
+to 1e-12 between two losses. Three policies, all accepted as FisherPruner's ``damp=``:
+
+- ``AbsoluteDamp(λ)`` (a plain number, or "1e-7"): the paper's fixed λ.
+- ``RelativeDamp(α, per="tensor"|"block")`` ("rel:0.01", "rel:0.01:block"):
+  λ = α · the mean diagonal of the Fisher over the live (unpruned, non-padding) weights
+  of each tensor or each block, so the same α means the same thing whatever the
+  gradients' scale. Blocks whose diagonal is all zero (fully pruned, dead weights) borrow
+  their tensor's mean, then the global mean.
+- ``AutoDamp(per=...)`` ("auto"): a relative damp whose α is chosen on held-out
+  gradients: the last chunk of k collected gradients is held out, and α maximises their
+  Gaussian log-likelihood under N(0, F_rest + λ(α)I), F_rest built from the other m − k
+  (cross-validated shrinkage of a covariance estimate; the gradients are zero-mean by
+  construction for the Gauss-Newton probe). The held-out chunk then joins F, which is
+  inverted with α·(m − k)/m: the best ridge shrinks about as 1/samples, and F has m, not
+  m − k (the pruner caps k at m/4 for this). Scored on a seeded sample of up to ``max_blocks`` blocks
+  (α is one number; a sample estimates the total log-likelihood well), in float64.
+
+Where λ is needed:
+
+- Direct path (``fisher_accumulate`` then ``fisher_invert``): the Fisher diagonal is known
+  before inversion, so every policy applies exactly. Relative damping inverts the
+  normalised blocks F/D with damp α and rescales: (F/D + αI)⁻¹/D = (F + αD·I)⁻¹, so
+  ``ops.fisher_invert``'s retry-with-more-damping works in units of the mean diagonal.
+- Woodbury path: F₀⁻¹ = I/λ is set before the first gradient is applied, so a relative λ
+  is estimated from the diagonal of the *first chunk* of k gradients (an unbiased but
+  noisier estimate of the mean diagonal); ``AutoDamp`` needs F itself and refuses the
+  Woodbury path (``needs_direct``).
+
+Inversion is done in slices of ``INVERT_SLICE`` blocks, so its temporaries (the Cholesky
+factor and the inverse) are a few tens of MB instead of twice F⁻¹. A slice whose Cholesky
+still fails after ``fisher_invert``'s own retries (absolute λ far below the gradients'
+scale) is inverted again with a relative damp, with a warning: a prune never stops there
+(only non-finite gradients, which no damping can fix, raise).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+
+__all__ = ["AbsoluteDamp", "RelativeDamp", "AutoDamp", "BlockLayout", "block_layout", "parse_damp", "Damping",
+           "INVERT_SLICE"]
+
+# Blocks inverted per fisher_invert call: 4096 blocks of B = 50 are 41 MB of float32, so the
+# Cholesky factor and inverse it allocates stay small next to F⁻¹ (212k blocks for MiniLM).
+INVERT_SLICE = 4096
+# Blocks per float64 slice when AutoDamp scores its candidates: its ~7 temporaries of a slice
+# (B = 50: 20 MB each at 1024 blocks) are what a prune step adds on top of F⁻¹ and the
+# held-out chunk; at 4096 they added ~0.6 GB to MiniLM's peak (measured, 2026-11-21).
+FIT_SLICE = 1024
+PER_CHOICES = ("tensor", "block")
+# α grid for AutoDamp: half decades from 1e-6 to 1 of the mean Fisher diagonal.
+AUTO_CANDIDATES = tuple(10.0 ** (e / 2) for e in range(-12, 1))
+# the relative damp a failed absolute one falls back to (then raised 10x per retry by fisher_invert)
+FALLBACK_FRACTION = 1e-4
+
+
+@dataclass
+class BlockLayout:
+    """Where each Fisher block sits: its tensor, and its live (unpruned, non-padding) coordinates.
+
+    tensor_index: (nb,) int64, the tracked tensor each block belongs to; live: (nb, B) bool.
+    reduce: when the blocks are sharded over ranks (obert_kernels.distributed), sums a
+    tensor of per-tensor statistics over the ranks, in place; None on one process. A slice
+    of a layout drops it: slices are used on one rank's own (e.g. fallback) paths, where a
+    collective would wait for ranks that never come.
+    """
+
+    tensor_index: torch.Tensor
+    live: torch.Tensor
+    num_tensors: int
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __getitem__(self, sl: slice) -> "BlockLayout":
+        return BlockLayout(self.tensor_index[sl], self.live[sl], self.num_tensors)
+
+
+def block_layout(blocks_per_tensor: list[int], pruned: list[torch.Tensor], block_size: int, device, *,
+                 tensor_ids: list[int] | None = None, num_tensors: int | None = None, reduce=None) -> BlockLayout:
+    """Layout of the Fisher state: pieces in order, each cut into its own blocks of B.
+
+    pruned: one flat bool mask (d_t,) per piece, True where pruned. Each piece is a whole
+    tensor unless ``tensor_ids`` names the tensor of each (a rank's share of a tensor).
+    """
+    ids = list(range(len(blocks_per_tensor))) if tensor_ids is None else tensor_ids
+    index, live = [], []
+    for t, nb, mask in zip(ids, blocks_per_tensor, pruned):
+        alive = torch.zeros(nb * block_size, dtype=torch.bool, device=device)
+        alive[: mask.numel()] = ~mask.to(device)
+        live.append(alive.view(nb, block_size))
+        index.append(torch.full((nb,), t, dtype=torch.long, device=device))
+    if not index:  # a rank that owns no block
+        index, live = [torch.zeros(0, dtype=torch.long, device=device)], [torch.zeros(0, block_size, dtype=torch.bool, device=device)]
+    return BlockLayout(torch.cat(index), torch.cat(live), len(ids) if num_tensors is None else num_tensors, reduce)
+
+
+class Damping:
+    """A damping policy; FisherPruner calls ``start_woodbury`` or ``fit`` + ``invert``."""
+
+    needs_direct = False  # True: needs F itself (the direct Fisher build)
+
+    @property
+    def spec(self):
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return str(self.spec)
+
+    def chunk_size_for(self, num_grads: int, chunk_size: int) -> int:
+        """The gradient chunk size k the pruner should use (a policy may need it smaller)."""
+        return chunk_size
+
+    def initial_finv(self, num_blocks: int, block_size: int, device) -> torch.Tensor:
+        """F⁻¹ before any gradient (fisher_inverse with none collected)."""
+        raise ValueError(f"damp={self.spec!r} is relative to the Fisher diagonal: collect gradients first")
+
+    def start_woodbury(self, finv: torch.Tensor, first_chunk: torch.Tensor, layout: BlockLayout) -> None:
+        """Set F₀⁻¹ = diag(1/λ) in place before the first Woodbury update; first_chunk: (nb, k, B)."""
+        raise NotImplementedError
+
+    def fit(self, fisher: torch.Tensor, heldout: torch.Tensor, num_grads: int, layout: BlockLayout) -> None:
+        """Direct path, before ``invert``: see the last chunk (already inside ``fisher``). No-op by default."""
+
+    def invert(self, fisher: torch.Tensor, layout: BlockLayout, *, backend: str = "auto") -> None:
+        """fisher (nb, B, B), holding Σ g gᵀ / m, ← (fisher + λI)⁻¹ in place."""
+        raise NotImplementedError
+
+
+class AbsoluteDamp(Damping):
+    """A fixed λ > 0 (the paper's damp)."""
+
+    def __init__(self, value: float):
+        ops._checks.check_damp(value)
+        self.value = float(value)
+
+    @property
+    def spec(self) -> float:
+        return self.value
+
+    def describe(self) -> str:
+        return f"λ={self.value:g}"
+
+    def initial_finv(self, num_blocks, block_size, device):
+        return ops.init_finv(num_blocks, block_size, self.value, device=device)
+
+    def start_woodbury(self, finv, first_chunk, layout):
+        if ops.packed.is_packed(finv):
+            finv.copy_(ops.init_finv_packed(finv.shape[0], first_chunk.shape[2], self.value, dtype=finv.dtype, device=finv.device))
+        else:
+            finv.zero_().diagonal(dim1=1, dim2=2).fill_(1.0 / self.value)
+
+    def invert(self, fisher, layout, *, backend="auto"):
+        for start in range(0, fisher.shape[0], INVERT_SLICE):
+            part = fisher[start : start + INVERT_SLICE]
+            if not bool(torch.isfinite(part).all()):
+                raise FloatingPointError("the Fisher blocks hold non-finite values: check the gradients for overflow")
+            backup = part.clone()  # one slice (tens of MB): whatever a backend left behind, start over from it
+            try:
+                ops.fisher_invert(part, self.value, backend=backend)
+            except FloatingPointError as exc:
+                part.copy_(backup)
+                if ops.packed.is_packed(part):  # the relative fallback reads a dense diagonal
+                    raise
+                warnings.warn(f"{exc}; inverting blocks {start}..{start + part.shape[0] - 1} with a relative damp "
+                              f"{FALLBACK_FRACTION:g} × their mean Fisher diagonal instead (raise damp, or pass "
+                              f"damp='auto')", RuntimeWarning, stacklevel=3)
+                _invert_relative(part, layout[start : start + part.shape[0]], FALLBACK_FRACTION, "block", backend)
+
+
+class RelativeDamp(Damping):
+    """λ = fraction · mean Fisher diagonal over the live weights of each tensor (or block)."""
+
+    def __init__(self, fraction: float, per: str = "tensor"):
+        if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < math.inf):
+            raise ValueError(f"a relative damp must be a finite number > 0, got {fraction!r}")
+        if per not in PER_CHOICES:
+            raise ValueError(f"per must be one of {PER_CHOICES}, got {per!r}")
+        self.fraction, self.per = float(fraction), per
+
+    @property
+    def spec(self) -> str:
+        return f"rel:{self.fraction:g}" + (":block" if self.per == "block" else "")
+
+    def describe(self) -> str:
+        return f"λ={self.fraction:g}×mean diag per {self.per}"
+
+    def start_woodbury(self, finv, first_chunk, layout):
+        diag = (first_chunk.float() ** 2).sum(dim=1) / first_chunk.shape[1]  # (nb, B): mean g² over the chunk
+        lam = self.fraction * _mean_diag(diag, layout, self.per)
+        finv.zero_().diagonal(dim1=1, dim2=2).copy_((1.0 / lam)[:, None].expand(-1, finv.shape[1]))
+
+    def invert(self, fisher, layout, *, backend="auto"):
+        scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
+        for start in range(0, fisher.shape[0], INVERT_SLICE):
+            stop = start + INVERT_SLICE
+            _invert_scaled(fisher[start:stop], scale[start:stop], self.fraction, backend)
+
+
+class AutoDamp(RelativeDamp):
+    """A relative damp whose fraction is chosen on the held-out last chunk (see the module doc)."""
+
+    needs_direct = True
+
+    def __init__(self, per: str = "tensor", candidates=AUTO_CANDIDATES, max_blocks: int = 8192, seed: int = 0):
+        cands = sorted(float(c) for c in candidates)
+        if not cands or cands[0] <= 0:
+            raise ValueError(f"candidates must be positive fractions, got {candidates!r}")
+        super().__init__(cands[len(cands) // 2], per)
+        self.candidates, self.max_blocks, self.seed = tuple(cands), int(max_blocks), seed
+        self.chosen: float | None = None
+        self.log_likelihood: dict[float, float] = {}
+
+    @property
+    def spec(self) -> str:
+        return "auto" + (":block" if self.per == "block" else "")
+
+    def describe(self) -> str:
+        if self.chosen is None:
+            return f"auto (per {self.per}; not chosen yet)"
+        return f"auto: λ={self.chosen:.3g}×mean diag per {self.per}"
+
+    def chunk_size_for(self, num_grads, chunk_size):
+        """The held-out set is the last chunk: cap k at m/4 so F_rest keeps at least 3/4 of the gradients."""
+        if num_grads < 2:
+            raise ValueError("damp='auto' holds out some gradients to choose λ: needs num_grads >= 2")
+        return min(chunk_size, max(1, num_grads // 4))
+
+    def fit(self, fisher, heldout, num_grads, layout):
+        h = heldout.shape[1]
+        if h < 1 or num_grads - h < 1:
+            raise ValueError(f"damp='auto' holds out the last chunk ({h} gradients) and builds F from the rest "
+                             f"({num_grads - h}): needs num_grads > chunk_size")
+        scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
+        idx = _sample_blocks(layout, self.max_blocks, self.seed)
+        totals = {a: 0.0 for a in self.candidates}
+        for start in range(0, idx.numel(), FIT_SLICE):
+            sel = idx[start : start + FIT_SLICE]
+            g = heldout[sel].double()  # (s, h, B)
+            f_rest = (fisher[sel].double() * num_grads - g.transpose(1, 2) @ g) / (num_grads - h)
+            d = scale[sel].double()
+            c = f_rest / d[:, None, None]
+            gn = g / d.sqrt()[:, None, None]
+            n_dead = (~layout.live[sel]).sum().item()
+            for a in self.candidates:
+                totals[a] += _gaussian_log_likelihood(c, gn, a, n_dead)
+        if layout.reduce is not None:  # sharded: every rank scores its own blocks; all must choose alike
+            summed = layout.reduce(torch.tensor([totals[a] for a in self.candidates], dtype=torch.float64,
+                                                device=layout.live.device))
+            totals = dict(zip(self.candidates, summed.tolist()))
+        self.log_likelihood = totals
+        best = max(totals, key=totals.get)
+        # best is right for F_rest's m − h gradients; the inverted F has m, and the right ridge
+        # shrinks about as 1/(number of samples): scale it to m (first-order correction).
+        self.chosen = best * (num_grads - h) / num_grads
+        self.fraction = self.chosen
+
+    def invert(self, fisher, layout, *, backend="auto"):
+        if self.chosen is None:  # fisher_inverse() before prune(): no held-out chunk seen yet
+            warnings.warn(f"damp='auto' has not chosen yet; using {self.fraction:g}×mean diag", RuntimeWarning, stacklevel=3)
+        super().invert(fisher, layout, backend=backend)
+
+
+def parse_damp(damp) -> Damping:
+    """FisherPruner's ``damp=``: a number (absolute λ), "rel:α[:block]", "auto[:block]", or a Damping."""
+    if isinstance(damp, Damping):
+        return damp
+    if isinstance(damp, str):
+        text = damp.strip().lower()
+        parts = text.split(":")
+        if parts[0] == "auto" and len(parts) <= 2:
+            return AutoDamp(per=parts[1] if len(parts) == 2 else "tensor")
+        if parts[0] == "rel" and len(parts) in (2, 3):
+            try:
+                fraction = float(parts[1])
+            except ValueError:
+                fraction = None
+            if fraction is not None:
+                return RelativeDamp(fraction, per=parts[2] if len(parts) == 3 else "tensor")
+        try:
+            return AbsoluteDamp(float(text))
+        except ValueError:
+            raise ValueError(f"damp must be a number > 0, 'rel:α', 'rel:α:block', 'auto' or 'auto:block'; got {damp!r}") from None
+    return AbsoluteDamp(damp)
+
+
+# ---- helpers ----------------------------------------------------------------------
+def _mean_diag(diag: torch.Tensor, layout: BlockLayout, per: str) -> torch.Tensor:
+    """(nb,) mean of ``diag`` (nb, B) over live coordinates, per block or per tensor, with fallbacks.
+
+    A block (or tensor) with no live weight or an all-zero diagonal borrows its tensor's
+    mean, then the global mean, then 1.
+    """
+    diag = diag.detach().double().clamp_min(0) * layout.live
+    live = layout.live.double().sum(1)
+    block_sum = diag.sum(1)
+    t_sum = torch.zeros(layout.num_tensors, dtype=torch.float64, device=diag.device).index_add_(0, layout.tensor_index, block_sum)
+    t_live = torch.zeros(layout.num_tensors, dtype=torch.float64, device=diag.device).index_add_(0, layout.tensor_index, live)
+    if layout.reduce is not None:  # sharded: a tensor's blocks may sit on several ranks
+        both = layout.reduce(torch.stack([t_sum, t_live]))
+        t_sum, t_live = both[0], both[1]
+    global_mean = (t_sum.sum() / t_live.sum()).item() if t_live.sum() > 0 else 0.0
+    global_mean = global_mean if global_mean > 0 else 1.0
+    t_mean = torch.where((t_live > 0) & (t_sum > 0), t_sum / t_live.clamp_min(1), torch.full_like(t_sum, global_mean))
+    per_block_of_tensor = t_mean[layout.tensor_index]
+    if per == "tensor":
+        return per_block_of_tensor.float()
+    b_mean = torch.where((live > 0) & (block_sum > 0), block_sum / live.clamp_min(1), per_block_of_tensor)
+    return b_mean.float()
+
+
+def _invert_scaled(part: torch.Tensor, scale: torch.Tensor, fraction: float, backend: str) -> None:
+    """part ← (part + fraction·scale·I)⁻¹ via the normalised blocks part/scale (in place)."""
+    s = scale.to(part.dtype)[:, None, None]
+    part.div_(s)
+    ops.fisher_invert(part, fraction, backend=backend)
+    part.div_(s)
+
+
+def _invert_relative(part: torch.Tensor, layout: BlockLayout, fraction: float, per: str, backend: str) -> None:
+    _invert_scaled(part, _mean_diag(part.diagonal(dim1=1, dim2=2), layout, per), fraction, backend)
+
+
+def _sample_blocks(layout: BlockLayout, max_blocks: int, seed: int) -> torch.Tensor:
+    """Indices of up to max_blocks blocks with a live weight, a seeded sample, sorted."""
+    candidates = torch.nonzero(layout.live.any(1)).flatten()
+    if candidates.numel() > max_blocks:
+        perm = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))[:max_blocks]
+        candidates = candidates[perm.to(candidates.device)].sort().values
+    return candidates
+
+
+def _gaussian_log_likelihood(c: torch.Tensor, g: torch.Tensor, fraction: float, n_dead: int) -> float:
+    """Σ over blocks and samples of log N(g; 0, c + αI), up to a constant; dead coordinates removed.
+
+    c: (s, B, B) float64 normalised Fisher; g: (s, h, B) normalised held-out gradients,
+    zero at dead coordinates (which contribute exactly −½·log α per sample and are dropped).
+    A candidate whose Cholesky fails scores −inf.
+    """
+    a = c.clone()
+    a.diagonal(dim1=1, dim2=2).add_(fraction)
+    chol, info = torch.linalg.cholesky_ex(a)
+    if bool(info.any()):
+        return -math.inf
+    h = g.shape[1]
+    logdet = 2.0 * torch.log(chol.diagonal(dim1=1, dim2=2)).sum().item() - n_dead * math.log(fraction)
+    z = torch.linalg.solve_triangular(chol, g.transpose(1, 2), upper=False)  # (s, B, h)
+    return -0.5 * ((z ** 2).sum().item() + h * logdet)

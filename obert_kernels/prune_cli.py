@@ -1,0 +1,154 @@
+"""``obert-kernels prune``: one-shot prune a model, check it, and write it as safetensors.
+
+Hugging Face encoders (a directory or the built-in all-MiniLM-L6-v2): the Fisher is the
+label-free Gauss-Newton probe over the sentence embeddings (``probes``), on sentences from
+the standard library's docstrings (``text``) or ``--texts``; held-out sentences measure
+how well the pruned embeddings agree with the dense ones. ``digits-mlp``: the digits demo's
+MLP, trained here, with its cross-entropy Fisher; test accuracy is the check.
+
+OUT/ gets: the pruned model (``model.safetensors`` + config/tokenizer files for HF
+models), ``masks.safetensors`` (bool keep-masks by parameter name) and
+``obert_report.json`` (arguments, versions, per-step time and peak memory, prune reports,
+metrics). It appears only when everything was written.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .export import MASKS_FILE, atomic_output_dir, check_output_dir, require_safetensors, save_masks, save_tensors
+from .info import versions
+from .pipeline import memory_line, prune_model
+from .profiling import StepMeter
+
+__all__ = ["run_prune", "BUILTIN_DIGITS"]
+
+BUILTIN_DIGITS = "digits-mlp"
+REPORT_FILE = "obert_report.json"
+# sentence-transformers files copied as they are, so OUT/ also loads as a SentenceTransformer
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
+
+
+def _pruner_kwargs(args) -> dict:
+    return {"block_size": args.block_size, "num_grads": args.num_grads, "chunk_size": args.chunk_size, "damp": args.damp,
+            "pattern": args.pattern, "global_sparsity": not args.per_tensor, "fisher_method": args.fisher_method,
+            "backend": args.backend, "verbose": not args.no_progress}
+
+
+def _method_kwargs(args) -> dict:
+    if args.method == "magnitude":
+        return {"pattern": args.pattern, "global_sparsity": not args.per_tensor}
+    return _pruner_kwargs(args)
+
+
+def _read_texts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--texts {path}: no such file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line]
+
+
+def _steps(meter: StepMeter) -> list[dict]:
+    return [{"step": r.name, "seconds": round(r.seconds, 3), "peak_bytes": r.peak_bytes, "memory": r.what} for r in meter.records]
+
+
+def _print_steps(meter: StepMeter) -> None:
+    for r in meter.records:
+        print(f"  {r}")
+
+
+def run_prune(args) -> dict:
+    """Run ``prune`` from parsed arguments; returns the report written to OUT/obert_report.json."""
+    out = check_output_dir(args.out, args.overwrite)
+    require_safetensors()  # fail before the long part, not at the end
+    if args.model.lower() == BUILTIN_DIGITS:
+        report, write = _prune_digits(args)
+    else:
+        report, write = _prune_encoder(args)
+    report.update(command="prune", args={k: str(v) for k, v in vars(args).items()}, versions=versions(),
+                  machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                  date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    with atomic_output_dir(out, args.overwrite) as tmp:
+        write(tmp)
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    return report
+
+
+def _prune_encoder(args):
+    from .hf import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches
+    from .probes import GaussNewtonProbe
+    from .text import split_sentences, stdlib_sentences
+
+    encoder = load_sentence_encoder(args.model, device=args.device, max_length=args.max_length)
+    sentences = _read_texts(args.texts) if args.texts else stdlib_sentences()
+    n_eval = min(args.eval_sentences, len(sentences) // 4)
+    held_out, fisher_text = split_sentences(sentences, [n_eval, len(sentences) - n_eval], seed=args.seed)
+    dense = encoder.encode(held_out) if n_eval >= 2 else None
+    params = encoder_weights(encoder.model)
+    print(f"{encoder.model_dir}: {sum(w.numel() for _, w in params):,} encoder Linear weights in {len(params)} tensors; "
+          f"Fisher from {len(fisher_text)} sentences, {n_eval} held out", file=sys.stderr)
+    run = prune_model(encoder.model, params, args.method, args.sparsity,
+                      loss_fn=GaussNewtonProbe(encoder.embed, seed=args.seed),
+                      batches=sentence_batches(encoder, fisher_text, args.batch_size, seed=args.seed + 1),
+                      num_recomputations=args.num_recomputations, progress=not args.no_progress, **_method_kwargs(args))
+    metrics = embedding_agreement(dense, encoder.encode(held_out)) if dense is not None else {}
+    sparsity = _sparsity(run.masks)
+    print(f"{args.method} to {sparsity:.2%}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    _print_steps(run.meter)
+    if run.pruner is not None:
+        print(memory_line(run.pruner, encoder.model, run.meter))
+    report = {"model": str(encoder.model_dir), "method": args.method, "sparsity": sparsity, "held_out_sentences": n_eval,
+              "metrics": metrics, "steps": _steps(run.meter),
+              "prune_reports": [r.to_dict() for r in run.pruner.history] if run.pruner else []}
+
+    def write(tmp: Path) -> None:
+        encoder.model.save_pretrained(tmp, safe_serialization=True)
+        encoder.tokenizer.save_pretrained(tmp)
+        for name in ST_FILES:
+            src = encoder.model_dir / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            elif src.is_file():
+                shutil.copy2(src, tmp / name)
+        save_masks(run.masks, tmp / MASKS_FILE)
+
+    return report, write
+
+
+def _prune_digits(args):
+    from .demo import accuracy, cross_entropy_loss, endless_batches, load_digits_data, make_mlp, train
+    from .pruner import prunable_weights
+
+    data = load_digits_data(args.seed)
+    model = train(make_mlp(args.seed), data, seed=args.seed)
+    dense_acc = accuracy(model, data.x_test, data.y_test)
+    run = prune_model(model, prunable_weights(model), args.method, args.sparsity, loss_fn=cross_entropy_loss,
+                      batches=endless_batches(data, 8, args.seed + 1), num_recomputations=args.num_recomputations,
+                      progress=not args.no_progress, **_method_kwargs(args))
+    acc = accuracy(model, data.x_test, data.y_test)
+    sparsity = _sparsity(run.masks)
+    print(f"digits MLP 64-128-128-10: dense test accuracy {dense_acc:.2%}, {args.method} at {sparsity:.2%}: {acc:.2%}")
+    _print_steps(run.meter)
+    report = {"model": BUILTIN_DIGITS, "method": args.method, "sparsity": sparsity,
+              "metrics": {"dense_accuracy": dense_acc, "accuracy": acc}, "steps": _steps(run.meter),
+              "prune_reports": [r.to_dict() for r in run.pruner.history] if run.pruner else []}
+    state = copy.deepcopy(model.state_dict())
+
+    def write(tmp: Path) -> None:
+        save_tensors(state, tmp / "model.safetensors", {"architecture": "nn.Sequential(Linear(64,128), ReLU, Linear(128,128), ReLU, Linear(128,10))"})
+        save_masks(run.masks, tmp / MASKS_FILE)
+
+    return report, write
+
+
+def _sparsity(masks: dict[str, torch.Tensor]) -> float:
+    total = sum(m.numel() for m in masks.values())
+    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total if total else 0.0

@@ -1,0 +1,119 @@
+"""The command line: info, bench discovery and runs, prune of the built-in digits MLP, demo plot."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from obert_kernels import benchrun
+from obert_kernels.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_info_lists_backends_with_reasons_and_a_memory_estimate(capsys):
+    assert main(["info", "--d", "10616832", "--block-size", "50", "--chunk-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "backends on cpu" in out and "torch" in out and "versions:" in out
+    for op in ("woodbury_update", "fisher_accumulate", "fisher_invert", "obs_scores", "obs_update"):
+        assert f"{op:<18} torch   yes" in out
+    # every backend that cannot run says why
+    for line in out.splitlines():
+        if " no" in line and ("triton" in line or "cuda " in line):
+            assert ": " in line.split(" no", 1)[1]
+    assert "212,337 blocks of 50" in out and "F⁻¹ 1.98 GiB" in out
+
+
+def test_python_dash_m_runs():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "obert_kernels", "--help"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert res.returncode == 0 and all(c in res.stdout for c in ("demo", "prune", "bench", "info"))
+
+
+def _fake_bench(tmp_path):
+    (tmp_path / "bench_fake_cpu.py").write_text(
+        'import sys\nQUICK_ARGS = ["--n", "3"]\nprint("fake cpu ran", sys.argv[1:])\n')
+    (tmp_path / "bench_fake_triton_gpu.py").write_text('raise SystemExit("must not run here")\n')
+    (tmp_path / "bench_broken_cpu.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "helper.py").write_text("# not a benchmark\n")
+    return tmp_path
+
+
+def test_bench_discovers_scripts_and_what_they_need(tmp_path, capsys):
+    bench = _fake_bench(tmp_path)
+    scripts = {s.name: s for s in benchrun.discover(bench)}
+    assert set(scripts) == {"bench_fake_cpu", "bench_fake_triton_gpu", "bench_broken_cpu"}
+    assert scripts["bench_fake_cpu"].runnable and scripts["bench_fake_cpu"].quick_args == ["--n", "3"]
+    gpu = scripts["bench_fake_triton_gpu"]
+    assert gpu.requires == ("triton", "cuda-device")
+    if not torch.cuda.is_available():
+        assert not gpu.runnable and any("CUDA device" in m for m in gpu.missing)
+    assert main(["bench", "--list", "--bench-dir", str(bench)]) == 0
+    assert "skipped" in capsys.readouterr().out or torch.cuda.is_available()
+    with pytest.raises(ValueError, match="no benchmark nope"):
+        benchrun.discover(bench, ["nope"])
+    # the real checkout's CPU benchmark is found, with its quick arguments
+    real = {s.name: s for s in benchrun.discover(ROOT / "bench")}
+    assert real["bench_woodbury_cpu"].runnable and real["bench_woodbury_cpu"].quick_args
+
+
+def test_bench_runs_what_it_can_and_reports_failures(tmp_path, capfd):
+    bench = _fake_bench(tmp_path)
+    assert main(["bench", "--quick", "--bench-dir", str(bench), "fake_cpu", "--", "--extra"]) == 0
+    out = capfd.readouterr().out
+    assert "fake cpu ran ['--n', '3', '--extra']" in out and "bench_fake_cpu" in out and "ok in" in out
+    assert main(["bench", "--bench-dir", str(bench)]) == 1  # bench_broken_cpu exits 3
+    out = capfd.readouterr().out
+    assert "failed (exit 3)" in out and ("skipped" in out or torch.cuda.is_available())
+    assert main(["bench", "--bench-dir", str(bench), "nope"]) == 2
+
+
+@pytest.fixture
+def digits_ok():
+    pytest.importorskip("sklearn", reason="the digits MLP needs scikit-learn ([demo] extra)")
+    pytest.importorskip("safetensors", reason="writing safetensors needs the [models] extra")
+
+
+def test_prune_digits_writes_safetensors_only_when_complete(digits_ok, tmp_path, capsys, monkeypatch):
+    from obert_kernels import prune_cli
+    from obert_kernels.export import load_masks
+
+    out = tmp_path / "mlp"
+    args = ["prune", "digits-mlp", "--sparsity", "0.7", "--out", str(out), "--num-grads", "16", "--block-size", "16",
+            "--damp", "rel:0.01", "--no-progress"]
+    assert main(args) == 0
+    assert sorted(os.listdir(out)) == ["masks.safetensors", "model.safetensors", "obert_report.json"]
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not left owner-only by mkdtemp
+    masks = load_masks(out / "masks.safetensors")
+    import safetensors.torch as st
+
+    weights = st.load_file(str(out / "model.safetensors"))
+    assert sum(int((~m).sum()) for m in masks.values()) == pytest.approx(0.7 * sum(m.numel() for m in masks.values()), abs=1)
+    for name, mask in masks.items():
+        assert torch.all(weights[name][~mask] == 0)
+    report = json.loads((out / "obert_report.json").read_text())
+    assert report["metrics"]["accuracy"] > 0.5 and [s["step"] for s in report["steps"]] == ["gradients 1/1", "prune 1/1"]
+    assert "accuracy" in capsys.readouterr().out
+    # a run that fails while writing leaves no output and no temporary directory behind
+    out2 = tmp_path / "mlp2"
+
+    def boom(*a, **k):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(prune_cli, "save_masks", boom)
+    with pytest.raises(OSError, match="simulated"):
+        main(args[:5] + [str(out2)] + args[6:])
+    assert not out2.exists() and sorted(os.listdir(tmp_path)) == ["mlp"]
+
+
+def test_demo_writes_the_plot(digits_ok, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib ([plot] extra)")
+    png = tmp_path / "plot.png"
+    assert main(["demo", "--sparsities", "0.5", "0.8", "--num-grads", "16", "--num-recomputations", "1",
+                 "--plot", str(png), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "oBERT" in out and "magnitude" in out and f"plot: {png}" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
