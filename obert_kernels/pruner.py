@@ -420,6 +420,9 @@ class FisherPruner:
         if self.num_collected < self.num_grads:
             raise RuntimeError(f"prune() needs {self.num_grads} gradients, {self.num_collected} collected: call add_grads() more")
         start = time.perf_counter()
+        # two agreements: a rank that fails applying its last chunk is known before the
+        # damping's own per-tensor collectives (relative/auto damp) start
+        agree(self._shard, "applying gradients", lambda: self._flush(self._state))
         finv = agree(self._shard, "building F⁻¹", self._finalize)
         weights = {s.name: s.tensor.detach().reshape(-1).to(self.device, torch.float32, copy=True) for s in self._slots}
         new = self._select(target, weights, finv)
