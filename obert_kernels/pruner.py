@@ -6,6 +6,8 @@ masks; the Fisher state is freed and the next step starts from fresh gradients.
 """
 from __future__ import annotations
 
+import itertools
+import math
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -233,7 +235,7 @@ class FisherPruner:
             )
 
     def _make_pieces(self) -> list[_Piece]:
-        lo, hi = split_blocks(sum(s.num_blocks for s in self._slots), self._shard.world)[self._shard.rank]
+        lo, hi = split_blocks(self.num_blocks, self._shard.world)[self._shard.rank]
         pieces, B = [], self.block_size
         for slot in self._slots:
             first, last = max(slot.block_start, lo), min(slot.block_start + slot.num_blocks, hi)
@@ -475,7 +477,7 @@ class FisherPruner:
         scores, offset = {}, 0
         for slot in self._slots:
             shape = self._score_units(slot)
-            size = int(torch.tensor(shape).prod())
+            size = math.prod(shape)
             scores[slot.name] = flat[offset : offset + size].reshape(shape)
             offset += size
         if self.pattern.is_nm:
@@ -492,7 +494,7 @@ class FisherPruner:
 
         def local_update() -> torch.Tensor:
             contrib = torch.zeros(sum(s.numel for s in self._slots), device=self.device)
-            offsets = dict(zip(self.names, torch.tensor([0] + [s.numel for s in self._slots]).cumsum(0).tolist()))
+            offsets = dict(zip(self.names, itertools.accumulate((s.numel for s in self._slots), initial=0)))
             for p in self._pieces:
                 w = weights[p.slot.name][p.weights].clone()
                 ops.obs_update(w, finv[p.blocks], new[p.slot.name][p.weights], self.pattern, self.update, backend=self.backend)
