@@ -160,8 +160,7 @@ class AbsoluteDamp(Damping):
     def invert(self, fisher, layout, *, backend="auto"):
         for start in range(0, fisher.shape[0], INVERT_SLICE):
             part = fisher[start : start + INVERT_SLICE]
-            if not bool(torch.isfinite(part).all()):
-                raise FloatingPointError("the Fisher blocks hold non-finite values: check the gradients for overflow")
+            ops._checks.check_finite_blocks(part)
             backup = part.clone()  # one slice (tens of MB): whatever a backend left behind, start over from it
             try:
                 ops.fisher_invert(part, self.value, backend=backend)

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from ._checks import padded_blocks
+from ._checks import check_finite_blocks, padded_blocks
 
 __all__ = [
     "init_finv",
@@ -116,8 +116,7 @@ def fisher_invert_torch(fisher: torch.Tensor, damp: float, max_retries: int = 6)
     (up to ``max_retries`` times), with a warning that says how many blocks needed it;
     only if that fails too is an error raised. Non-finite blocks raise at once.
     """
-    if not bool(torch.isfinite(fisher).all()):
-        raise FloatingPointError("the Fisher blocks hold non-finite values: check the gradients for overflow")
+    check_finite_blocks(fisher)
     fisher.diagonal(dim1=1, dim2=2).add_(damp)
     chol, info = torch.linalg.cholesky_ex(fisher)
     failed = torch.nonzero(info).flatten()

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import check_finite_blocks
 from ._triton_util import column_warps, grads_layout, next_pow2, warps_for
 from .woodbury import fisher_invert_torch
 
@@ -214,11 +215,7 @@ def fisher_invert_triton(fisher: torch.Tensor, damp: float) -> torch.Tensor:
     backend, which retries them with more damping and warns.
     """
     nb, B = fisher.shape[0], fisher.shape[1]
-    # checked before anything is written, in slices: a whole-tensor isfinite would allocate
-    # a bool per entry (11 GB for the 43.5 GB F of d = 8.5e7, B = 128)
-    for part in fisher.split(max(1, (1 << 28) // (B * B))):
-        if not bool(torch.isfinite(part).all()):
-            raise FloatingPointError("the Fisher blocks hold non-finite values: check the gradients for overflow")
+    check_finite_blocks(fisher)  # before anything is written
     status = torch.zeros(nb, dtype=torch.int32, device=fisher.device)
     P = next_pow2(B)
     _fisher_invert_kernel[(nb,)](fisher, status, B, *fisher.stride(), float(damp), P=P, num_warps=column_warps(P))
