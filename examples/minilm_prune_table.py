@@ -56,7 +56,7 @@ def run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, method
                       **({} if method == "magnitude" else dict(block_size=args.block_size, num_grads=args.num_grads,
                                                                 chunk_size=args.chunk_size, damp=damp, verbose=False)))
     total = time.perf_counter() - start
-    metrics = embedding_agreement(dense_emb, encoder.encode(held_out, model=model))
+    metrics = embedding_agreement(dense_emb, encoder.encode(held_out, model=model), per_sentence=True)
     grad_s = sum(r.seconds for r in run.meter.records if r.name.startswith("gradients"))
     prune_s = sum(r.seconds for r in run.meter.records if r.name.startswith("prune"))
     row = {"method": method, "sparsity": sparsity, "recomputations": recomputations if method != "magnitude" else 0,
@@ -80,12 +80,29 @@ HEADER = ("| sparsity | method | damp | mean cosine | NN agreement | gradients s
           "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
 
 
+PER_SENTENCE = {"mean_cosine": "cosine_each", "nn_agreement": "nn_same"}
+
+
+def paired_interval(better: dict, worse: dict, key: str) -> tuple[float, float]:
+    """95% interval (normal, paired over the held-out sentences) of better − worse on ``key``.
+
+    Informational only: the verdict is on the means, as the issue states it; the interval
+    says how much of a difference the held-out set can resolve.
+    """
+    diff = torch.tensor(better[PER_SENTENCE[key]], dtype=torch.float64) - torch.tensor(worse[PER_SENTENCE[key]], dtype=torch.float64)
+    half = 1.96 * diff.std().item() / diff.numel() ** 0.5
+    return diff.mean().item() - half, diff.mean().item() + half
+
+
 def _verdict(better: dict, worse: dict, strict: bool) -> str:
-    """'cos PASS/FAIL, NN PASS/FAIL' for better vs worse (strictly greater, or not lower)."""
+    """'cos PASS/FAIL, NN PASS/FAIL' for better vs worse (strictly greater, or not lower),
+    each with the paired 95% interval of the difference."""
     parts = []
     for key, short in (("mean_cosine", "cos"), ("nn_agreement", "NN")):
         ok = better[key] > worse[key] if strict else better[key] >= worse[key]
-        parts.append(f"{short} {'PASS' if ok else 'FAIL'} ({better[key]:.4f} vs {worse[key]:.4f})")
+        lo, hi = paired_interval(better, worse, key)
+        parts.append(f"{short} {'PASS' if ok else 'FAIL'} ({better[key]:.4f} vs {worse[key]:.4f}, "
+                     f"difference 95% [{lo:+.4f}, {hi:+.4f}])")
     return ", ".join(parts)
 
 

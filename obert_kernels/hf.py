@@ -180,12 +180,14 @@ def sentence_batches(encoder: SentenceEncoder, sentences: list[str], batch_size:
         yield encoder.tokenize([sentences[i] for i in idx])
 
 
-def embedding_agreement(dense: torch.Tensor, pruned: torch.Tensor) -> dict[str, float]:
+def embedding_agreement(dense: torch.Tensor, pruned: torch.Tensor, per_sentence: bool = False) -> dict:
     """How well pruned embeddings (N, h) agree with dense ones on the same N sentences.
 
     mean_cosine: mean over sentences of cos(dense_i, pruned_i).
     nn_agreement: fraction of sentences whose nearest neighbour (cosine, among the other
     N − 1) is the same sentence under both models, the retrieval a user of the embeddings sees.
+    per_sentence: also return "cosine_each" (N floats) and "nn_same" (N bools), the terms of
+    both means, so two pruned models can be compared sentence by sentence (paired).
     """
     if dense.shape != pruned.shape or dense.dim() != 2 or dense.shape[0] < 2:
         raise ValueError(f"need two (N ≥ 2, h) embedding matrices of one shape, got {tuple(dense.shape)} and {tuple(pruned.shape)}")
@@ -198,4 +200,8 @@ def embedding_agreement(dense: torch.Tensor, pruned: torch.Tensor) -> dict[str, 
         sim.fill_diagonal_(-float("inf"))
         return sim.argmax(-1)
 
-    return {"mean_cosine": cos.mean().item(), "nn_agreement": (nearest(a) == nearest(b)).double().mean().item()}
+    same = nearest(a) == nearest(b)
+    out = {"mean_cosine": cos.mean().item(), "nn_agreement": same.double().mean().item()}
+    if per_sentence:
+        out.update(cosine_each=cos.tolist(), nn_same=same.tolist())
+    return out

@@ -127,6 +127,10 @@ def test_embedding_agreement_metrics():
     assert same == {"mean_cosine": pytest.approx(1.0), "nn_agreement": 1.0}
     noisy = hf.embedding_agreement(a, a + 5 * torch.randn(20, 8))
     assert noisy["mean_cosine"] < 0.6 and noisy["nn_agreement"] < 1.0
+    each = hf.embedding_agreement(a, a + 5 * torch.randn(20, 8), per_sentence=True)
+    assert len(each["cosine_each"]) == len(each["nn_same"]) == 20
+    assert sum(each["cosine_each"]) / 20 == pytest.approx(each["mean_cosine"])
+    assert sum(each["nn_same"]) / 20 == pytest.approx(each["nn_agreement"])
     with pytest.raises(ValueError):
         hf.embedding_agreement(a, a[:5])
 
