@@ -10,8 +10,9 @@ For every d (weights), B (block size) and k (gradients per chunk) that fits in m
             amortised per gradient
   torch     woodbury_update_torch (rank-k batched products; optional, --methods)
 
-and, per (d, B), obs_scores (unstructured, block4, 2:4) and obs_update (obs, joint,
-block4/2:4 obs) against the time to read F⁻¹ once at the measured bandwidth.
+and, per (d, B), obs_scores (unstructured, block4, 2:4; also writing the factors for the
+update) and obs_update (obs, joint, block4/2:4 obs; obs also from the factors) against the
+time to read F⁻¹ once at the measured bandwidth.
 
 Method (bench/README conventions): flops and bytes are counted first (SPEC §5: 4·d·B
 useful flops per gradient, also credited to the direct path; naive moves 3·4·d·B bytes per
@@ -355,6 +356,11 @@ def score_update_rows(cfg: Config, finv, args, ceil, ops, st, ut, parse_pattern,
         ms = bench_ms(lambda: st.obs_scores_triton(w, finv, pattern, pruned), device)
         rows.append({"d": cfg.d, "B": cfg.B, "op": "obs_scores", "pattern": name, "ms": ms, "rel_err": err,
                      "passed": err < 2e-4 and exact_inf, "vs_read_finv": ms / read_ms if read_ms else None})
+        # the same scores writing the factors the "obs" update takes (checked equal to the scores above)
+        same = bool(torch.equal(st.obs_scores_triton(w, finv, pattern, pruned, return_factors=True)[0], out))
+        ms = bench_ms(lambda: st.obs_scores_triton(w, finv, pattern, pruned, return_factors=True), device)
+        rows.append({"d": cfg.d, "B": cfg.B, "op": "obs_scores+factors", "pattern": name, "ms": ms, "rel_err": err,
+                     "passed": err < 2e-4 and exact_inf and same, "vs_read_finv": ms / read_ms if read_ms else None})
     updates = [("unstructured", "obs"), ("unstructured", "joint")]
     if "block4" in patterns:
         updates += [("block4", "obs"), ("2:4", "obs")]
@@ -375,6 +381,15 @@ def score_update_rows(cfg: Config, finv, args, ceil, ops, st, ut, parse_pattern,
         ms = bench_ms(lambda: ut.obs_update_triton(work, finv, new, pattern, update), device)
         rows.append({"d": cfg.d, "B": cfg.B, "op": "obs_update", "pattern": name, "update": update, "ms": ms,
                      "rel_err": err, "passed": err < 2e-3, "vs_read_finv": ms / read_ms if read_ms else None})
+        if update == "obs":  # from scoring's factors: the gather of v and one matvec pass, no solve
+            factors = st.obs_scores_triton(w, finv, pattern, None, return_factors=True)[1]
+            work = w.clone()
+            ops.obs_update(work, finv, new, pattern, "obs", factors=factors, backend="triton")
+            err = rel_err(work[pos[inside].to(device)], ref)
+            ms = bench_ms(lambda: ops.obs_update(work, finv, new, pattern, "obs", factors=factors, backend="triton"), device)
+            rows.append({"d": cfg.d, "B": cfg.B, "op": "obs_update(factors)", "pattern": name, "update": update, "ms": ms,
+                         "rel_err": err, "passed": err < 2e-3, "vs_read_finv": ms / read_ms if read_ms else None})
+            del factors
         del work
     return rows
 

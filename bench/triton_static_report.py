@@ -135,9 +135,10 @@ def other_cases(B: int) -> list[dict]:
     out.append({"kernel": "fisher_invert", "B": B, **resources(inv), "loop": hottest_loop(inv)})
     upd_types = dict(w_ptr="*fp32", finv_ptr="*fp32", mask_ptr="*u8", status_ptr="*i32", d=I64, B=I32,
                      s_fb=I32, s_fr=I32)
-    obs = compile_kernel(update_triton._update_obs_kernel, {k: v for k, v in upd_types.items() if k != "status_ptr"},
-                         dict(P=P, s_fc=1), cw)
-    out.append({"kernel": "update_obs", "B": B, **resources(obs)})
+    obs_types = {**{k: v for k, v in upd_types.items() if k != "status_ptr"}, "v_ptr": "*fp32"}
+    for has_v, name in ((False, "update_obs"), (True, "obs_apply")):
+        obs = compile_kernel(update_triton._update_obs_kernel, obs_types, dict(P=P, s_fc=1, HAS_V=has_v), cw)
+        out.append({"kernel": name, "B": B, **resources(obs)})
     joint = compile_kernel(update_triton._update_joint_kernel, upd_types, dict(P=P, s_fc=1), cw)
     out.append({"kernel": "update_joint", "B": B, **resources(joint), "loop": hottest_loop(joint)})
     if B % 4 == 0:
@@ -150,18 +151,21 @@ def other_cases(B: int) -> list[dict]:
 
 def score_cases() -> list[dict]:
     out = []
-    k = compile_kernel(scores_triton._scores_unstructured_kernel,
-                       dict(w_ptr="*fp32", finv_ptr="*fp32", pruned_ptr="*u8", out_ptr="*fp32", d=I64, B=I32,
-                            s_fb=I32, s_fd=I32),
-                       dict(HAS_PRUNED=True, TILE=scores_triton.SCORE_TILE), 4)
-    out.append({"kernel": "scores_unstructured", **resources(k)})
-    for name, M, N, nm in (("block4", 4, 4, False), ("2:4", 4, 2, True)):
-        TG = max(1, min(scores_triton.GROUP_TILE, 4096 // 16))
-        k = compile_kernel(scores_triton._scores_grouped_kernel,
-                           dict(w_ptr="*fp32", finv_ptr="*fp32", pruned_ptr="*u8", members_ptr="*i32", out_ptr="*fp32",
-                                num_groups=I64, B=I32, num_subsets=I32, s_fb=I32, s_fr=I32),
-                           dict(M=M, N=N, IS_NM=nm, HAS_PRUNED=True, MP=4, TG=TG, s_fc=1), 4)
-        out.append({"kernel": f"scores_{name}", **resources(k), "loop": hottest_loop(k)})
+    for factors in (False, True):
+        tag = " +factors" if factors else ""
+        k = compile_kernel(scores_triton._scores_unstructured_kernel,
+                           dict(w_ptr="*fp32", finv_ptr="*fp32", pruned_ptr="*u8", out_ptr="*fp32", factors_ptr="*fp32",
+                                d=I64, B=I32, s_fb=I32, s_fd=I32),
+                           dict(HAS_PRUNED=True, RETURN_FACTORS=factors, TILE=scores_triton.SCORE_TILE), 4)
+        out.append({"kernel": f"scores_unstructured{tag}", **resources(k)})
+        for name, M, N, nm in (("block4", 4, 4, False), ("2:4", 4, 2, True)):
+            TG = max(1, min(scores_triton.GROUP_TILE, 4096 // 16))
+            k = compile_kernel(scores_triton._scores_grouped_kernel,
+                               dict(w_ptr="*fp32", finv_ptr="*fp32", pruned_ptr="*u8", members_ptr="*i32", out_ptr="*fp32",
+                                    factors_ptr="*fp32", status_ptr="*i32", num_groups=I64, B=I32, num_subsets=I32,
+                                    s_fb=I32, s_fr=I32),
+                               dict(M=M, N=N, IS_NM=nm, HAS_PRUNED=True, RETURN_FACTORS=factors, MP=4, TG=TG, s_fc=1), 4)
+            out.append({"kernel": f"scores_{name}{tag}", **resources(k), "loop": hottest_loop(k)})
     return out
 
 

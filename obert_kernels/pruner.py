@@ -427,8 +427,8 @@ class FisherPruner:
         agree(self._shard, "applying gradients", lambda: self._flush(self._state))
         finv = agree(self._shard, "building F⁻¹", self._finalize)
         weights = {s.name: s.tensor.detach().reshape(-1).to(self.device, torch.float32, copy=True) for s in self._slots}
-        new = self._select(target, weights, finv)
-        updated = self._updated_weights(weights, finv, new)
+        new, factors = self._select(target, weights, finv)
+        updated = self._updated_weights(weights, finv, new, factors)
         report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0,
                              damping=self.damping.describe())
         for slot in self._slots:
@@ -454,14 +454,30 @@ class FisherPruner:
         state.buffer = None  # the buffer is not needed for scoring; give its memory back now
         return state.blocks
 
-    def _local_scores(self, weights: dict, finv: torch.Tensor) -> torch.Tensor:
-        """This rank's scores, each piece flattened, in global block order."""
-        parts = [
-            ops.obs_scores(weights[p.slot.name][p.weights], finv[p.blocks], self.pattern,
-                           self._pruned[p.slot.name][p.weights], backend=self.backend).reshape(-1)
-            for p in self._pieces
-        ]
-        return torch.cat(parts) if parts else torch.zeros(0, device=self.device)
+    def _local_scores(self, weights: dict, finv: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """This rank's scores, each piece flattened, in global block order; and each piece's
+        factors for the "obs" update (ops.obs_scores(return_factors=True); None for other updates),
+        so the update applies the solves scoring made instead of repeating them."""
+        want = bool(self._pieces) and self._wants_factors(weights[self._pieces[0].slot.name], finv)
+        scores, factors = [], []
+        for p in self._pieces:
+            out = ops.obs_scores(weights[p.slot.name][p.weights], finv[p.blocks], self.pattern,
+                                 self._pruned[p.slot.name][p.weights], return_factors=want, backend=self.backend)
+            scores.append((out[0] if want else out).reshape(-1))
+            factors.append(out[1] if want else None)
+        return (torch.cat(scores) if scores else torch.zeros(0, device=self.device)), factors
+
+    def _wants_factors(self, weight: torch.Tensor, finv: torch.Tensor) -> bool:
+        """Whether scoring hands the update its solves: for update="obs", on a backend whose
+        scoring writes them (auto always finds one; CUDA's kernels solve in the update instead)."""
+        if self.update != "obs":
+            return False
+        if self.backend == "auto":
+            return True
+        B = self.block_size
+        dense = ops.unpack_upper(finv[:1], B) if finv.dim() == 2 else finv[:1]  # the reasons look at a dense block
+        return not ops.not_supported_reasons("obs_scores", self.backend, weight=weight[:B], finv=dense,
+                                             pattern=self.pattern, return_factors=True)
 
     def _score_units(self, slot: _Slot) -> tuple[int, ...]:
         """Shape of one tensor's scores: (d,), (d/g,) or (d/M, C(M, N))."""
@@ -470,9 +486,10 @@ class FisherPruner:
             return (slot.numel // g, len(self.pattern.subsets))
         return (slot.numel // g,)
 
-    def _select(self, target: float, weights: dict, finv: torch.Tensor) -> dict[str, torch.Tensor]:
-        """name -> bool (d,) mask of the weights newly pruned in this step (the same on every rank)."""
-        local = agree(self._shard, "scoring", lambda: self._local_scores(weights, finv))
+    def _select(self, target: float, weights: dict, finv: torch.Tensor) -> tuple[dict[str, torch.Tensor], list]:
+        """name -> bool (d,) mask of the weights newly pruned in this step (the same on every
+        rank), and this rank's per-piece factors (see _local_scores)."""
+        local, factors = agree(self._shard, "scoring", lambda: self._local_scores(weights, finv))
         flat = all_gather_flat(self._shard, local)
         scores, offset = {}, 0
         for slot in self._slots:
@@ -486,18 +503,19 @@ class FisherPruner:
             pick = selection.select_global if self.global_sparsity else selection.select_per_tensor
             units = pick(scores, target)
             chosen = {n: selection.expand_groups(u, self.pattern.group_size) for n, u in units.items()}
-        return {n: chosen[n] & ~self._pruned[n] for n in chosen}
+        return {n: chosen[n] & ~self._pruned[n] for n in chosen}, factors
 
-    def _updated_weights(self, weights: dict, finv: torch.Tensor, new: dict) -> dict[str, torch.Tensor]:
+    def _updated_weights(self, weights: dict, finv: torch.Tensor, new: dict, factors: list) -> dict[str, torch.Tensor]:
         """name -> flat float32 weights after the OBS update; when sharded, each rank updates
         its pieces and one all-reduce (one non-zero term per weight) gives everyone all of them."""
 
         def local_update() -> torch.Tensor:
             contrib = torch.zeros(sum(s.numel for s in self._slots), device=self.device)
             offsets = dict(zip(self.names, itertools.accumulate((s.numel for s in self._slots), initial=0)))
-            for p in self._pieces:
+            for p, piece_factors in zip(self._pieces, factors):
                 w = weights[p.slot.name][p.weights].clone()
-                ops.obs_update(w, finv[p.blocks], new[p.slot.name][p.weights], self.pattern, self.update, backend=self.backend)
+                ops.obs_update(w, finv[p.blocks], new[p.slot.name][p.weights], self.pattern, self.update,
+                               factors=piece_factors, backend=self.backend)
                 base = offsets[p.slot.name]
                 contrib[base + p.start : base + p.stop] = w
             return contrib

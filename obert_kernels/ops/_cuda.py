@@ -104,8 +104,11 @@ def _group_reasons(pattern: Pattern) -> list[str]:
     return []
 
 
-def _scores_reasons(finv, weight, pattern, **_) -> list[str]:
-    return _common_reasons(finv, {"weight": weight}) or _group_reasons(pattern)
+def _scores_reasons(finv, weight, pattern, return_factors=False, **_) -> list[str]:
+    out = _common_reasons(finv, {"weight": weight}) or _group_reasons(pattern)
+    if return_factors:  # the Triton and torch backends write them (ops/scores.py)
+        out.append("the CUDA scoring kernel does not write the per-candidate factors (return_factors=True)")
+    return out
 
 
 def _update_reasons(finv, weight, pattern, update, **_) -> list[str]:

@@ -16,7 +16,7 @@ import triton  # noqa: F401  (an ImportError here marks the backend unavailable)
 from ._dispatch import register
 from ._triton_util import MAX_BLOCK, is_interpreted
 from .scores_triton import _scores_grouped_kernel, obs_scores_triton
-from .update_triton import obs_update_triton
+from .update_triton import obs_apply_triton, obs_update_triton
 from .woodbury_triton import fisher_accumulate_triton, fisher_invert_triton, woodbury_update_triton
 
 __all__ = ["register_all", "INTERPRETED"]
@@ -87,6 +87,10 @@ def _update_reasons(weight, finv, pattern, update, **_call) -> list[str]:
     return out
 
 
+def _apply_reasons(weight, finv, direction, **_call) -> list[str]:
+    return _finv_reasons(finv) + _data_reasons(weight, "weight") + _data_reasons(direction, "direction")
+
+
 def _auto_reasons(finv, **_call) -> list[str]:
     """Why "auto" should not pick Triton although it could run: only CUDA, only compiled."""
     if finv.device.type != "cuda":
@@ -103,3 +107,4 @@ def register_all() -> None:
     register("fisher_invert", "triton", fisher_invert_triton, _invert_reasons, _auto_reasons)
     register("obs_scores", "triton", obs_scores_triton, _scores_reasons, _auto_reasons)
     register("obs_update", "triton", obs_update_triton, _update_reasons, _auto_reasons)
+    register("obs_apply", "triton", obs_apply_triton, _apply_reasons, _auto_reasons)

@@ -8,6 +8,14 @@ Scores are the loss increase of removing a weight or group, with F⁻¹ from §2
 Already-pruned weights/groups score −∞; for N:M a subset that would un-prune a pruned
 weight scores +∞, and a group with ≥ N pruned weights scores −∞ on the subsets inside
 its pruned set, so nothing pruned is ever revived.
+
+Factors (``return_factors=True``): every candidate's solve v_S = ([F⁻¹]_SS)⁻¹ w_S, which
+scoring computes anyway (ρ_S = ½ w_Sᵀ v_S) and the "obs" update needs for the candidates
+that selection takes (SPEC §2c), so the update does no solve of its own:
+- unstructured: (d,)            v_q = w_q / [F⁻¹]_qq
+- block4:       (d/4, 4)        v_Q, members in order
+- N:M:          (d/M, C(M,N), N) v_S for every subset, members in Pattern.subsets order.
+They are computed from the weights as given, whatever the ±∞ rules say of the score.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ import torch
 from ..patterns import Pattern
 from ._checks import padded_blocks
 
-__all__ = ["group_diag_blocks", "obs_scores_torch", "obs_scores_ref", "nm_subset_masks"]
+__all__ = ["group_diag_blocks", "obs_scores_torch", "obs_scores_ref", "obs_factors_ref", "nm_subset_masks", "factor_shape"]
 
 
 def group_diag_blocks(finv: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -35,13 +43,28 @@ def nm_subset_masks(pattern: Pattern, device=None) -> torch.Tensor:
     return masks
 
 
-def _quad_inverse(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """½ wᵀ A⁻¹ w for batches of SPD A (…, n, n) and w (…, n)."""
+def factor_shape(pattern: Pattern, d: int) -> tuple[int, ...]:
+    """Shape of the factors obs_scores returns for d weights (module docstring)."""
+    g = pattern.group_size
+    if g == 1:
+        return (d,)
+    if pattern.is_nm:
+        return (d // g, len(pattern.subsets), pattern.n_prune)
+    return (d // g, g)
+
+
+def _quad_inverse(a: torch.Tensor, w: torch.Tensor, want_solution: bool = False):
+    """½ wᵀ A⁻¹ w for batches of SPD A (…, n, n) and w (…, n); with want_solution, also A⁻¹ w (…, n)."""
     chol, info = torch.linalg.cholesky_ex(a)
     if bool(info.any()):  # not SPD in this precision: a general solve still gives the quadratic form
-        return 0.5 * (w * torch.linalg.solve(a, w)).sum(-1)
+        v = torch.linalg.solve(a, w)
+        quad = 0.5 * (w * v).sum(-1)
+        return (quad, v) if want_solution else quad
     y = torch.linalg.solve_triangular(chol, w.unsqueeze(-1), upper=False).squeeze(-1)
-    return 0.5 * (y * y).sum(-1)
+    quad = 0.5 * (y * y).sum(-1)
+    if not want_solution:
+        return quad
+    return quad, torch.cholesky_solve(w.unsqueeze(-1), chol).squeeze(-1)
 
 
 def _check_groups(d: int, pattern: Pattern) -> int:
@@ -62,11 +85,13 @@ def _nm_constrain(scores: torch.Tensor, pruned_groups: torch.Tensor, pattern: Pa
     return torch.where(saturated, torch.where(inside_pruned, -inf, inf), allowed)
 
 
-def obs_scores_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None) -> torch.Tensor:
+def obs_scores_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None,
+                     return_factors: bool = False):
     """Saliency scores of one tensor (see module docstring for shapes).
 
     weight: any shape, d elements, any float dtype; finv: (ceil(d/B), B, B) float32/64;
-    pruned: bool, d elements, True where already pruned. Returns scores in finv.dtype.
+    pruned: bool, d elements, True where already pruned. Returns scores in finv.dtype,
+    or (scores, factors) with return_factors.
     """
     nb, B = finv.shape[0], finv.shape[1]
     d = weight.numel()
@@ -77,25 +102,28 @@ def obs_scores_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern,
         scores = (w * w / (2 * diag))[:d]
         if pruned_flat is not None:
             scores = scores.masked_fill(pruned_flat, float("-inf"))
-        return scores
+        return (scores, (w / diag)[:d]) if return_factors else scores
     g = pattern.group_size
     ng = _check_groups(d, pattern)
     blocks = group_diag_blocks(finv, g)[:ng]  # (ng, g, g)
     wg = w[: ng * g].reshape(ng, g)
     if not pattern.is_nm:
-        scores = _quad_inverse(blocks, wg)
+        scores, factors = _quad_inverse(blocks, wg, want_solution=True) if return_factors else (_quad_inverse(blocks, wg), None)
         if pruned_flat is not None:
             scores = scores.masked_fill(pruned_flat.reshape(ng, g).all(-1), float("-inf"))
-        return scores
-    per_subset = []
+        return (scores, factors) if return_factors else scores
+    per_subset, per_subset_factors = [], []
     for subset in pattern.subsets:
         idx = torch.tensor(subset, device=finv.device)
         sub = blocks.index_select(1, idx).index_select(2, idx)
-        per_subset.append(_quad_inverse(sub, wg.index_select(1, idx)))
+        solved = _quad_inverse(sub, wg.index_select(1, idx), want_solution=return_factors)
+        per_subset.append(solved[0] if return_factors else solved)
+        if return_factors:
+            per_subset_factors.append(solved[1])
     scores = torch.stack(per_subset, dim=1)  # (ng, C)
     if pruned_flat is not None:
         scores = _nm_constrain(scores, pruned_flat.reshape(ng, g), pattern)
-    return scores
+    return (scores, torch.stack(per_subset_factors, dim=1)) if return_factors else scores
 
 
 def obs_scores_ref(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,3 +159,20 @@ def obs_scores_ref(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, p
             else:
                 out[q, c] = 0.5 * w[idx] @ torch.linalg.inv(fblock(idx)) @ w[idx]
     return out
+
+
+def obs_factors_ref(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """Float64 oracle of the factors (module docstring): ([F⁻¹]_SS)⁻¹ w_S by explicit inverses."""
+    f = finv.detach().to("cpu", torch.float64)
+    B = f.shape[1]
+    w = weight.detach().reshape(-1).to("cpu", torch.float64)
+    g = pattern.group_size
+    candidates = pattern.subsets if pattern.is_nm else (tuple(range(g)),)
+    out = torch.empty(w.numel() // g, len(candidates), len(candidates[0]), dtype=torch.float64)
+    for q in range(out.shape[0]):
+        for c, members in enumerate(candidates):
+            idx = [q * g + i for i in members]
+            b = idx[0] // B
+            local = [i - b * B for i in idx]
+            out[q, c] = torch.linalg.inv(f[b][local][:, local]) @ w[idx]
+    return out.reshape(factor_shape(pattern, w.numel()))

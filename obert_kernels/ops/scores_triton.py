@@ -9,12 +9,14 @@
 
 Already-pruned weights give −∞ / +∞ exactly as in ops/scores.py.
 
-Factors for the update: the scores are not handed to ``obs_update`` — the public API
-takes a prune mask, and selection (a global threshold) decides which groups are pruned
-only after every tensor is scored. Keeping the per-group solves for all C(M,N) subsets
-would store up to C(M,N)·N floats per group (3× the weights for 2:4) and write them out,
-while the update recomputes the one chosen subset's M×M solve from the sub-block it
-reads anyway as part of F⁻¹'s block (see update_triton.py): no extra memory traffic.
+Factors for the update (``return_factors=True``): the grouped kernel eliminates each
+subset Gauss–Jordan style (the pivot row normalized, the pivot column cleared above and
+below), so after the N pivots of S the right-hand side holds v_S = ([F⁻¹]_SS)⁻¹ w_S while
+the score accumulates Σ_s y_s² / D_s from the same pivots; with factors asked for, v_S is
+stored for every subset ((d/M, C, N) floats: 3× the weights for 2:4), else dropped. The
+unstructured kernel stores w_q / [F⁻¹]_qq. A group with a pivot ≤ 0 (the sub-block not
+positive definite in float32) flags its program, and the launcher then recomputes the call
+on the torch backend, which falls back to a general solve.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import triton.language as tl
 
 from ..patterns import Pattern
 from ._triton_util import next_pow2
-from .scores import _check_groups
+from .scores import _check_groups, factor_shape, obs_scores_torch
 
 __all__ = ["obs_scores_triton", "subset_members"]
 
@@ -44,8 +46,8 @@ def subset_members(pattern: Pattern, device) -> torch.Tensor:
 
 
 @triton.jit
-def _scores_unstructured_kernel(w_ptr, finv_ptr, pruned_ptr, out_ptr, d, B, s_fb, s_fd,
-                                HAS_PRUNED: tl.constexpr, TILE: tl.constexpr):
+def _scores_unstructured_kernel(w_ptr, finv_ptr, pruned_ptr, out_ptr, factors_ptr, d, B, s_fb, s_fd,
+                                HAS_PRUNED: tl.constexpr, RETURN_FACTORS: tl.constexpr, TILE: tl.constexpr):
     q = tl.program_id(0).to(tl.int64) * TILE + tl.arange(0, TILE)
     ok = q < d
     blk = q // B
@@ -53,6 +55,8 @@ def _scores_unstructured_kernel(w_ptr, finv_ptr, pruned_ptr, out_ptr, d, B, s_fb
     diag = tl.load(finv_ptr + blk * s_fb + at * s_fd, mask=ok, other=1.0)  # s_fd: diagonal step
     w = tl.load(w_ptr + q, mask=ok, other=0.0).to(tl.float32)
     score = w * w / (2.0 * diag)
+    if RETURN_FACTORS:
+        tl.store(factors_ptr + q, w / diag, mask=ok)
     if HAS_PRUNED:
         pruned = tl.load(pruned_ptr + q, mask=ok, other=0) != 0
         score = tl.where(pruned, float("-inf"), score)
@@ -60,11 +64,12 @@ def _scores_unstructured_kernel(w_ptr, finv_ptr, pruned_ptr, out_ptr, d, B, s_fb
 
 
 @triton.jit
-def _scores_grouped_kernel(w_ptr, finv_ptr, pruned_ptr, members_ptr, out_ptr, num_groups, B, num_subsets,
-                           s_fb, s_fr, s_fc,
+def _scores_grouped_kernel(w_ptr, finv_ptr, pruned_ptr, members_ptr, out_ptr, factors_ptr, status_ptr,
+                           num_groups, B, num_subsets, s_fb, s_fr, s_fc,
                            M: tl.constexpr, N: tl.constexpr, IS_NM: tl.constexpr, HAS_PRUNED: tl.constexpr,
-                           MP: tl.constexpr, TG: tl.constexpr):
-    """out[q, c] = ½ w_Sᵀ (A_SS)⁻¹ w_S for group q and subset c (members_ptr: (C, N) int32)."""
+                           RETURN_FACTORS: tl.constexpr, MP: tl.constexpr, TG: tl.constexpr):
+    """out[q, c] = ½ w_Sᵀ (A_SS)⁻¹ w_S for group q and subset c (members_ptr: (C, N) int32);
+    factors[q, c, j] = ((A_SS)⁻¹ w_S)_j; status[program] = 1 if a pivot was ≤ 0."""
     q = tl.program_id(0).to(tl.int64) * TG + tl.arange(0, TG)
     q_ok = q < num_groups
     t = tl.arange(0, MP)
@@ -84,6 +89,7 @@ def _scores_grouped_kernel(w_ptr, finv_ptr, pruned_ptr, members_ptr, out_ptr, nu
     else:
         pruned = t[None, :] < 0  # nothing pruned (a (1, MP) all-False mask)
     num_pruned = tl.sum(pruned.to(tl.int32), axis=1)
+    bad = (q < 0) & q_ok  # (TG,) all False: a pivot ≤ 0 seen
     for c in range(num_subsets):
         sel = t < 0
         for j in tl.static_range(N):
@@ -91,15 +97,21 @@ def _scores_grouped_kernel(w_ptr, finv_ptr, pruned_ptr, members_ptr, out_ptr, nu
         a = tl.where(sel[None, :, None] & sel[None, None, :], a_group, eye[None, :, :].to(tl.float32))
         x = tl.where(sel[None, :], w, 0.0)
         quad = tl.zeros((TG,), dtype=tl.float32)
-        for j in tl.static_range(N):
+        for j in tl.static_range(N):  # Gauss–Jordan over the members of S: a → I, x → (A_SS)⁻¹ w_S
             on = t == tl.load(members_ptr + c * N + j)
-            row = tl.sum(tl.where(on[None, :, None], a, 0.0), axis=1)  # (TG, MP): a[:, s, :] = a[:, :, s]
+            row = tl.sum(tl.where(on[None, :, None], a, 0.0), axis=1)  # (TG, MP) = a[:, s, :]
+            col = tl.sum(tl.where(on[None, None, :], a, 0.0), axis=2)  # (TG, MP) = a[:, :, s]
             piv = tl.sum(tl.where(on[None, :], row, 0.0), axis=1)
+            bad = bad | ~(piv > 0.0)
             xs = tl.sum(tl.where(on[None, :], x, 0.0), axis=1)
-            quad += xs * xs / piv
-            mult = row / piv[:, None]
-            x = x - mult * xs[:, None]
-            a = a - mult[:, :, None] * row[:, None, :]
+            quad += xs * xs / piv  # the LDLᵀ terms y_s² / D_s: unpivoted entries evolve as in LDLᵀ
+            mult = col / piv[:, None]
+            x = tl.where(on[None, :], (xs / piv)[:, None], x - mult * xs[:, None])
+            a = tl.where(on[None, :, None], (row / piv[:, None])[:, None, :], a - mult[:, :, None] * row[:, None, :])
+        if RETURN_FACTORS:
+            for j in tl.static_range(N):
+                on = t == tl.load(members_ptr + c * N + j)
+                tl.store(factors_ptr + (q * num_subsets + c) * N + j, tl.sum(tl.where(on[None, :], x, 0.0), axis=1), mask=q_ok)
         score = 0.5 * quad
         if IS_NM:
             outside = tl.sum((pruned & ~sel[None, :]).to(tl.int32), axis=1)  # pruned but not in S
@@ -109,10 +121,13 @@ def _scores_grouped_kernel(w_ptr, finv_ptr, pruned_ptr, members_ptr, out_ptr, nu
         else:
             score = tl.where(num_pruned == M, float("-inf"), score)
         tl.store(out_ptr + q * num_subsets + c, score, mask=q_ok)
+    tl.store(status_ptr + tl.program_id(0), tl.max((bad & q_ok).to(tl.int32), axis=0))
 
 
-def obs_scores_triton(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None) -> torch.Tensor:
-    """Saliency scores of one tensor, float32; shapes as ``obs_scores_torch``.
+def obs_scores_triton(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None,
+                      return_factors: bool = False):
+    """Saliency scores of one tensor, float32; shapes as ``obs_scores_torch``, and with
+    return_factors also the factors (ops/scores.py), float32.
 
     weight: any shape, d elements, any float dtype; finv: (ceil(d/B), B, B) float32
     (any strides); pruned: bool, d elements, True where already pruned.
@@ -122,12 +137,14 @@ def obs_scores_triton(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern
     w = weight.detach().reshape(-1)  # contiguous: a view, or a copy of a strided weight
     has_pruned = pruned is not None
     pr = pruned.detach().reshape(-1).view(torch.uint8) if has_pruned else w  # a dummy pointer when absent
+    factors = torch.empty(factor_shape(pattern, d), dtype=torch.float32, device=finv.device) if return_factors else None
     if pattern.group_size == 1:
         out = torch.empty(d, dtype=torch.float32, device=finv.device)
         diag_step = finv.stride(1) + finv.stride(2)
         _scores_unstructured_kernel[(triton.cdiv(d, SCORE_TILE),)](
-            w, finv, pr, out, d, B, finv.stride(0), diag_step, HAS_PRUNED=has_pruned, TILE=SCORE_TILE, num_warps=4)
-        return out
+            w, finv, pr, out, out if factors is None else factors, d, B, finv.stride(0), diag_step,
+            HAS_PRUNED=has_pruned, RETURN_FACTORS=return_factors, TILE=SCORE_TILE, num_warps=4)
+        return (out, factors) if return_factors else out
     g = pattern.group_size
     ng = _check_groups(d, pattern)
     members = subset_members(pattern, finv.device)
@@ -135,7 +152,12 @@ def obs_scores_triton(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern
     out = torch.empty(ng, C, dtype=torch.float32, device=finv.device)
     MP = next_pow2(g)
     TG = max(1, min(GROUP_TILE, 4096 // (MP * MP)))
-    _scores_grouped_kernel[(triton.cdiv(ng, TG),)](
-        w, finv, pr, members, out, ng, B, C, *finv.stride(),
-        M=g, N=N, IS_NM=pattern.is_nm, HAS_PRUNED=has_pruned, MP=MP, TG=TG, num_warps=4)
-    return out if pattern.is_nm else out.reshape(ng)
+    programs = triton.cdiv(ng, TG)
+    status = torch.zeros(programs, dtype=torch.int32, device=finv.device)
+    _scores_grouped_kernel[(programs,)](
+        w, finv, pr, members, out, out if factors is None else factors, status, ng, B, C, *finv.stride(),
+        M=g, N=N, IS_NM=pattern.is_nm, HAS_PRUNED=has_pruned, RETURN_FACTORS=return_factors, MP=MP, TG=TG, num_warps=4)
+    if return_factors and bool(status.any()):  # a sub-block not positive definite in float32: torch's general solve
+        return obs_scores_torch(weight, finv, pattern, pruned, return_factors=True)
+    out = out if pattern.is_nm else out.reshape(ng)
+    return (out, factors) if return_factors else out

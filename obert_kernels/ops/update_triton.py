@@ -16,6 +16,8 @@ kernel writes w ← w + δw and w_P ← 0 in the weight's own dtype, in place.
   kept rows Q: |P| sweeps of B² each, no second copy of the block. The sweep keeps f
   symmetric, so each pivot needs one extraction, along rows (in-thread, see _triton_util).
 - "none": zero P only.
+- ``obs_apply`` (factors from scoring, ops/update.py): v is given, so every pattern takes the
+  unstructured kernel's one P×P tile and one matvec, with v loaded instead of w_q/[F⁻¹]_qq.
 
 A block whose elimination meets a pivot ≤ 0 (F⁻¹ not positive definite in fp32) is not
 written; the launcher redoes it with the torch backend, which falls back to a general solve.
@@ -32,7 +34,7 @@ from ._triton_util import column_warps, next_pow2
 from .update import obs_update_torch
 from .woodbury_triton import _sweep
 
-__all__ = ["obs_update_triton"]
+__all__ = ["obs_update_triton", "obs_apply_triton"]
 
 ZERO_TILE = 1024
 
@@ -46,7 +48,7 @@ def _update_none_kernel(w_ptr, mask_ptr, d, TILE: tl.constexpr):
 
 
 @triton.jit
-def _update_obs_kernel(w_ptr, finv_ptr, mask_ptr, d, B, s_fb, s_fr, s_fc, P: tl.constexpr):
+def _update_obs_kernel(w_ptr, finv_ptr, mask_ptr, v_ptr, d, B, s_fb, s_fr, s_fc, HAS_V: tl.constexpr, P: tl.constexpr):
     blk = tl.program_id(0).to(tl.int64)
     idx = tl.arange(0, P)
     pos = blk * B + idx
@@ -54,8 +56,11 @@ def _update_obs_kernel(w_ptr, finv_ptr, mask_ptr, d, B, s_fb, s_fr, s_fc, P: tl.
     pruned = tl.load(mask_ptr + pos, mask=ok, other=0) != 0
     if tl.max(pruned.to(tl.int32), axis=0) > 0:
         w = tl.load(w_ptr + pos, mask=ok, other=0.0).to(tl.float32)
-        diag = tl.load(finv_ptr + blk * s_fb + idx * (s_fr + s_fc), mask=ok, other=1.0)
-        v = tl.where(pruned, w / diag, 0.0)
+        if HAS_V:  # the direction from scoring's factors
+            v = tl.where(pruned, tl.load(v_ptr + pos, mask=ok, other=0.0).to(tl.float32), 0.0)
+        else:
+            diag = tl.load(finv_ptr + blk * s_fb + idx * (s_fr + s_fc), mask=ok, other=1.0)
+            v = tl.where(pruned, w / diag, 0.0)
         f = tl.load(finv_ptr + blk * s_fb + idx[:, None] * s_fr + idx[None, :] * s_fc,
                     mask=ok[:, None] & ok[None, :], other=0.0)
         delta = tl.sum(f * v[:, None], axis=0)  # F⁻¹ symmetric: reduce over rows, inside each thread
@@ -144,6 +149,20 @@ def _redo_with_torch(work: torch.Tensor, finv: torch.Tensor, mask: torch.Tensor,
     work[pos[inside]] = w_blocks[inside]
 
 
+def _work_copy(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The flat tensor the kernels write: weight itself when contiguous and not tracked by
+    autograd (a raw write would not bump its version counter), else a copy (in_place False)."""
+    in_place = weight.is_contiguous() and not weight.requires_grad
+    return (weight.detach().reshape(-1) if in_place else weight.detach().reshape(-1).clone()), in_place
+
+
+def _write_back(weight: torch.Tensor, work: torch.Tensor, in_place: bool) -> torch.Tensor:
+    if not in_place:
+        with torch.no_grad():
+            weight.copy_(work.view(weight.shape))
+    return weight
+
+
 def obs_update_triton(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.Tensor, pattern: Pattern, update: str) -> torch.Tensor:
     """Apply the update for newly pruned weights and zero them, in place on ``weight``.
 
@@ -152,10 +171,7 @@ def obs_update_triton(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torc
     """
     nb, B = finv.shape[0], finv.shape[1]
     d = weight.numel()
-    # the kernels write through a contiguous view; otherwise (strided, or a tensor autograd
-    # tracks, whose version counter a raw write would not bump) they work on a copy, copied back
-    in_place = weight.is_contiguous() and not weight.requires_grad
-    work = weight.detach().reshape(-1) if in_place else weight.detach().reshape(-1).clone()
+    work, in_place = _work_copy(weight)
     mask = prune_mask.detach().reshape(-1)
     mask_u8 = mask.view(torch.uint8)
     if update == "none":
@@ -167,7 +183,7 @@ def obs_update_triton(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torc
         if update == "joint":
             _update_joint_kernel[(nb,)](work, finv, mask_u8, status, d, B, *finv.stride(), P=P, num_warps=warps)
         elif pattern.group_size == 1:
-            _update_obs_kernel[(nb,)](work, finv, mask_u8, d, B, *finv.stride(), P=P, num_warps=warps)
+            _update_obs_kernel[(nb,)](work, finv, mask_u8, work, d, B, *finv.stride(), HAS_V=False, P=P, num_warps=warps)
         else:
             g = pattern.group_size
             NGP, MP = next_pow2(-(-B // g)), next_pow2(g)
@@ -176,7 +192,20 @@ def obs_update_triton(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torc
         failed = torch.nonzero(status).flatten()
         if failed.numel():
             _redo_with_torch(work, finv, mask, failed, pattern, update)
-    if not in_place:
-        with torch.no_grad():
-            weight.copy_(work.view(weight.shape))
-    return weight
+    return _write_back(weight, work, in_place)
+
+
+def obs_apply_triton(weight: torch.Tensor, finv: torch.Tensor, direction: torch.Tensor, prune_mask: torch.Tensor) -> torch.Tensor:
+    """w ← w − F⁻¹ v, w_P ← 0, in place on ``weight`` (as ``obs_apply_torch``).
+
+    weight: any shape, d elements, any float dtype; finv: (ceil(d/B), B, B) float32 (any
+    strides); direction: v, d elements, any float dtype; prune_mask: bool, d elements.
+    """
+    nb, B = finv.shape[0], finv.shape[1]
+    work, in_place = _work_copy(weight)
+    v = direction.detach().reshape(-1).contiguous()
+    mask_u8 = prune_mask.detach().reshape(-1).view(torch.uint8)
+    P = next_pow2(B)
+    _update_obs_kernel[(nb,)](work, finv, mask_u8, v, weight.numel(), B, *finv.stride(), HAS_V=True, P=P,
+                              num_warps=column_warps(P))
+    return _write_back(weight, work, in_place)
