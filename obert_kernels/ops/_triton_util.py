@@ -8,7 +8,8 @@ from __future__ import annotations
 import triton
 from triton.runtime.jit import JITFunction
 
-__all__ = ["MAX_BLOCK", "next_pow2", "is_interpreted", "warps_for", "column_warps", "grads_layout"]
+__all__ = ["MAX_BLOCK", "next_pow2", "is_interpreted", "fix_interpreter_index", "warps_for", "column_warps",
+           "grads_layout"]
 
 # A Fisher block is held in registers as a P×P tile, P = next power of two ≥ B. At
 # P = 128 that is 16384 fp32 values per program (64 KB): the largest tile we launch.
@@ -27,6 +28,41 @@ def is_interpreted(kernel) -> bool:
     environment says later.
     """
     return not isinstance(kernel, JITFunction)
+
+
+def fix_interpreter_index() -> None:
+    """Make ``range(n)`` over a runtime argument n work in Triton 3.6's interpreter with NumPy ≥ 2.4.
+
+    The interpreter holds a scalar kernel argument as a shape-(1,) array, and Triton 3.6's gives
+    its tensors ``__index__ = int(self.handle.data)``. NumPy 2.4 raises TypeError on int() of an
+    array with ndim > 0 (1.25–2.3 warn: DeprecationWarning, an error where warnings are), so every
+    kernel looping over a runtime count (gradients, pivots, subsets) fails under TRITON_INTERPRET=1
+    (TypeError: only 0-dimensional arrays can be converted to Python scalars). Triton
+    fixed it upstream (triton-lang/triton#9171: ``int(self.handle.data.squeeze())``, as 3.9
+    has); this applies that same fix to an older interpreter. The interpreter only: compiled
+    kernels never reach this code, and the kernels themselves are unchanged.
+    """
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "_squeezes_index", False):
+        return
+
+    def index(self):
+        return int(self.handle.data.squeeze())
+
+    def patched(tensor, *rest):
+        patch(tensor, *rest)
+        scope = rest[0] if rest else None  # 3.6 and 3.9 pass a scope that undoes this after the launch
+        if hasattr(scope, "set_attr"):
+            scope.set_attr(tensor, "__index__", index)
+        else:
+            tensor.__index__ = index
+
+    patched._squeezes_index = True
+    interpreter._patch_lang_tensor = patched
 
 
 def warps_for(elements: int) -> int:
