@@ -10,6 +10,9 @@ estimate, not a timing: bench/bench_triton_gpu.py measures on a GPU.
 
     python bench/triton_static_report.py [--sweep] [--out bench/results/]
 
+With --out, writes triton-static-sm90-triton<version>-<date>.txt (what it prints, under a
+header naming the command, versions and bundled tools) and .json.
+
 Needs triton's CUDA backend (the pip wheel has it); no GPU, no CUDA driver.
 """
 from __future__ import annotations
@@ -185,33 +188,52 @@ def main(argv=None) -> None:
             for G, warps in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 2), (2, 4), (4, 4)):
                 if (G, warps) != (default["G"], default["num_warps"]) and G * P <= 256:
                     rows.append(woodbury_case(B, G, warps))
-    print("Woodbury chunk loop, per gradient (sm_90a SASS; static):")
-    print(f"{'B':>4} {'P':>4} {'G':>2} {'warps':>5} {'regs':>4} {'spill st/ld':>11} {'loop instr':>10} "
-          f"{'FFMA':>5} {'FMUL':>5} {'FADD':>5} {'SHFL':>5} {'LDS':>4} {'BAR':>4} {'LDL+STL':>7} {'useful FMA/instr':>16}")
+    lines = ["Woodbury chunk loop, per gradient (sm_90a SASS; static):",
+             f"{'B':>4} {'P':>4} {'G':>2} {'warps':>5} {'regs':>4} {'spill st/ld':>11} {'loop instr':>10} "
+             f"{'FFMA':>5} {'FMUL':>5} {'FADD':>5} {'SHFL':>5} {'LDS':>4} {'BAR':>4} {'LDL+STL':>7} {'useful FMA/instr':>16}"]
     for r in rows:
         mix = r["loop"]["mix"]
-        print(f"{r['B']:>4} {r['P']:>4} {r['G']:>2} {r['num_warps']:>5} {r['registers']:>4} "
-              f"{r['spill_store_bytes']:>5}/{r['spill_load_bytes']:<5} {r['loop']['instructions']:>10} "
-              f"{mix.get('FFMA', 0):>5} {mix.get('FMUL', 0):>5} {mix.get('FADD', 0):>5} {mix.get('SHFL', 0):>5} "
-              f"{mix.get('LDS', 0):>4} {mix.get('BAR', 0):>4} {mix.get('LDL', 0) + mix.get('STL', 0):>7} "
-              f"{r['useful_fma_per_issued_instruction']:>16}{'  (default)' if r.get('default') else ''}")
+        lines.append(f"{r['B']:>4} {r['P']:>4} {r['G']:>2} {r['num_warps']:>5} {r['registers']:>4} "
+                     f"{r['spill_store_bytes']:>5}/{r['spill_load_bytes']:<5} {r['loop']['instructions']:>10} "
+                     f"{mix.get('FFMA', 0):>5} {mix.get('FMUL', 0):>5} {mix.get('FADD', 0):>5} {mix.get('SHFL', 0):>5} "
+                     f"{mix.get('LDS', 0):>4} {mix.get('BAR', 0):>4} {mix.get('LDL', 0) + mix.get('STL', 0):>7} "
+                     f"{r['useful_fma_per_issued_instruction']:>16}{'  (default)' if r.get('default') else ''}")
     others = [c for B in blocks for c in other_cases(B)] + score_cases()
-    print("\nOther kernels (registers, spills; they compile for sm_90a):")
+    lines.append("\nOther kernels (registers, spills; they compile for sm_90a):")
     for r in others:
         loop = f", hottest loop {r['loop']['instructions']} instructions" if "loop" in r else ""
-        print(f"  {r['kernel']:<24} B={r.get('B', '-')!s:>4}: {r['registers']} registers, "
-              f"spills {r['spill_store_bytes']}/{r['spill_load_bytes']} bytes{loop}")
+        lines.append(f"  {r['kernel']:<28} B={r.get('B', '-')!s:>4}: {r['registers']} registers, "
+                     f"spills {r['spill_store_bytes']}/{r['spill_load_bytes']} bytes{loop}")
+    print("\n".join(lines))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         stamp = datetime.date.today().isoformat()
+        tools = tool_versions()
         record = {"what": "static SASS analysis (compiled, not run)", "target": "sm_90a", "date": stamp,
-                  "triton": triton.__version__, "python": platform.python_version(),
+                  "triton": triton.__version__, "python": platform.python_version(), "tools": tools,
                   "woodbury": rows, "others": others}
-        path = os.path.join(args.out, f"triton-static-sm90-{stamp}.json")
-        with open(path, "w") as f:
+        stem = os.path.join(args.out, f"triton-static-sm90-triton{triton.__version__}-{stamp}")
+        with open(stem + ".json", "w") as f:
             json.dump(record, f, indent=1)
-        print(f"\nwrote {path}")
+        command = "python " + " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+        head = (f"# {command} ; {stamp}, triton {triton.__version__} (bundled "
+                f"{', '.join(f'{k} {v}' for k, v in tools.items())}), python {platform.python_version()}, compiled for "
+                "sm_90a on a CPU-only machine: a static SASS analysis, nothing was run on a GPU")
+        with open(stem + ".txt", "w") as f:
+            f.write(head + "\n" + "\n".join(lines) + "\n")
+        print(f"\nwrote {stem}.txt and .json")
 
+
+def tool_versions() -> dict:
+    """Release of each bundled tool the report runs (ptxas, ptxas-blackwell, cuobjdump)."""
+    out = {}
+    for name in ("ptxas", "ptxas-blackwell", "cuobjdump"):
+        path = os.path.join(NV_BIN, name)
+        if os.path.exists(path):
+            text = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+            m = re.search(r"release [\d.]+, V([\d.]+)", text)
+            out[name] = m.group(1) if m else "?"
+    return out
 
 if __name__ == "__main__":
     main()

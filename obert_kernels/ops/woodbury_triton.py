@@ -149,7 +149,8 @@ def _fisher_invert_kernel(fisher_ptr, status_ptr, B, s_fb, s_fr, s_fc, damp, P: 
 
 
 # (G blocks per program, num_warps) by P. Chosen from the sm_90a SASS of the chunk loop
-# (bench/results/triton-static-sm90-2026-11-21.txt: compiled without a GPU, Triton 3.9):
+# (bench/results/triton-static-sm90-triton3.9.0-2026-11-21.txt: compiled without a GPU, Triton 3.9;
+# under 3.6 every ratio is higher and the same settings win, see the triton3.6.0 report):
 # with as many threads as tile columns the compiler gives each thread whole columns, so
 # F⁻¹g reduces over rows inside the thread; more warps split rows across threads and add
 # shuffles, replicated gradient loads and barriers. Useful FMA per loop instruction at B = P:
