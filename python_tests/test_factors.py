@@ -24,6 +24,13 @@ def on(device, request):
     return device, backend
 
 
+def problem(pattern: str):
+    """A pattern, an awkward size (test_scores_update.shape_for), a float64 F⁻¹ and fresh weights."""
+    p = parse_pattern(pattern)
+    d, B = shape_for(pattern)
+    return p, d, random_finv(d, B), torch.randn(d)
+
+
 def chosen_mask(scores, pattern, fraction=0.3):
     """What selection prunes from these scores: N:M per group, else the lowest ``fraction`` of units."""
     if pattern.is_nm:
@@ -36,10 +43,7 @@ def chosen_mask(scores, pattern, fraction=0.3):
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_factors_match_oracle_and_leave_scores_alone(seed, on, pattern):
     device, backend = on
-    p = parse_pattern(pattern)
-    d, B = shape_for(pattern)
-    finv = random_finv(d, B)
-    w = torch.randn(d)
+    p, d, finv, w = problem(pattern)
     ref = ops.obs_factors_ref(w, finv, p)
     f32 = finv.to(device, torch.float32)
     scores, factors = ops.obs_scores(w.to(device), f32, p, return_factors=True, backend=backend)
@@ -56,10 +60,7 @@ def test_factors_match_oracle_and_leave_scores_alone(seed, on, pattern):
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_update_from_factors_matches_oracle(seed, on, pattern):
     device, backend = on
-    p = parse_pattern(pattern)
-    d, B = shape_for(pattern)
-    finv = random_finv(d, B)
-    w = torch.randn(d)
+    p, d, finv, w = problem(pattern)
     f32 = finv.to(device, torch.float32)
     scores, factors = ops.obs_scores(w.to(device), f32, p, return_factors=True, backend=backend)
     new = chosen_mask(scores, p)
@@ -76,10 +77,8 @@ def test_update_from_factors_matches_oracle(seed, on, pattern):
 
 
 def test_update_from_factors_does_not_solve(seed, monkeypatch):
-    p = parse_pattern("2:4")
-    d, B = shape_for("2:4")
-    finv = random_finv(d, B).float()
-    w = torch.randn(d)
+    p, d, finv, w = problem("2:4")
+    finv = finv.float()
     scores, factors = ops.obs_scores(w, finv, p, return_factors=True, backend="torch")
     new = chosen_mask(scores, p)
 
@@ -96,10 +95,7 @@ def test_update_from_factors_does_not_solve(seed, monkeypatch):
 @pytest.mark.parametrize("pattern", ["block4", "2:4"])
 def test_masks_not_made_of_candidates_fall_back_to_solving(seed, on, pattern):
     device, backend = on
-    p = parse_pattern(pattern)
-    d, B = shape_for(pattern)
-    finv = random_finv(d, B)
-    w = torch.randn(d)
+    p, d, finv, w = problem(pattern)
     pruned = torch.zeros(d, dtype=torch.bool)
     if p.is_nm:  # groups with one weight already pruned: the new set is part of a subset
         pruned[0::8] = True
@@ -117,10 +113,8 @@ def test_masks_not_made_of_candidates_fall_back_to_solving(seed, on, pattern):
 
 
 def test_packed_storage_gives_the_same_factors_and_update(seed):
-    p = parse_pattern("block4")
-    d, B = shape_for("block4")
-    finv = random_finv(d, B).float()
-    w = torch.randn(d)
+    p, d, finv, w = problem("block4")
+    finv = finv.float()
     packed = ops.pack_upper(finv)
     scores, factors = ops.obs_scores(w, finv, p, return_factors=True, backend="torch")
     pscores, pfactors = ops.obs_scores(w, packed, p, return_factors=True, backend="torch")
@@ -133,10 +127,8 @@ def test_packed_storage_gives_the_same_factors_and_update(seed):
 
 
 def test_factor_argument_errors():
-    p = parse_pattern("block4")
-    d, B = shape_for("block4")
-    finv = random_finv(d, B).float()
-    w = torch.randn(d)
+    p, d, finv, w = problem("block4")
+    finv = finv.float()
     _, factors = ops.obs_scores(w, finv, p, return_factors=True)
     new = torch.zeros(d, dtype=torch.bool)
     with pytest.raises(ValueError, match="update='obs' only"):
