@@ -13,7 +13,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from obert_kernels import ops  # noqa: E402
+from obert_kernels import ops, parse_pattern  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -62,3 +62,24 @@ def naive_fp32_error(grads: torch.Tensor, block_size: int, damp: float, ref: tor
 def spec_tolerance(naive_err: float) -> float:
     """SPEC §4: no worse than about twice the naive fp32 error (a float32-eps floor for exact cases)."""
     return 2.0 * naive_err + 1e-6
+
+
+def random_finv(d, B, dtype=torch.float64):
+    """A realistic F⁻¹ from random gradients, in float64: (ceil(d/B), B, B)."""
+    return ops.fisher_inverse_ref(random_grads(max(2 * B, 16), d), B, 1e-2).to(dtype)
+
+
+def shape_for(pattern, block8: int = 24):
+    """An awkward (d, B) for a pattern: B not a power of two, d not a multiple of B, groups
+    aligned; block8 is B for groups of 8 (the update tests take 40, for larger pruned sets)."""
+    g = parse_pattern(pattern).group_size
+    return {1: (233, 13), 4: (4 * 59, 12), 8: (8 * 23, block8)}[g]
+
+
+def random_pruned(d, pattern, frac=0.2):
+    """A bool (d,) mask pruning about ``frac``: whole groups for block patterns, single weights otherwise."""
+    p = parse_pattern(pattern)
+    groups = torch.rand(d // p.group_size) < frac
+    if p.kind == "block":  # block4 prunes whole groups
+        return groups.repeat_interleave(p.group_size)
+    return torch.rand(d) < frac

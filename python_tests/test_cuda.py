@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from conftest import RTOL, naive_fp32_error, random_grads, rel_err, spec_tolerance
+from conftest import RTOL, naive_fp32_error, random_finv, random_grads, random_pruned, rel_err, shape_for, spec_tolerance
 
 from obert_kernels import FisherPruner, ops, parse_pattern
 from obert_kernels.ops import _cuda
@@ -125,23 +125,17 @@ def test_cuda_reasons_on_a_gpu():
                                  grads=torch.randn(1, 8, device="cuda"))[0] == "cuda"
 
 
-def _finv(d, B):
-    return ops.fisher_inverse_ref(random_grads(max(2 * B, 16), d), B, 1e-2)
-
-
 @needs_gpu
 @pytest.mark.parametrize("pattern", ["unstructured", "block4", "2:4", "1:4", "3:8"])
 @pytest.mark.parametrize("storage", ["dense", "packed"])
 def test_scores_cuda_match_oracle(seed, pattern, storage):
     pat = parse_pattern(pattern)
-    d, B = {1: (233, 13), 4: (4 * 59, 12), 8: (8 * 23, 24)}[pat.group_size]
-    finv64 = _finv(d, B)
+    d, B = shape_for(pattern)
+    finv64 = random_finv(d, B)
     f = finv64.float().cuda()
     f = ops.pack_upper(f) if storage == "packed" else f
     w = torch.randn(d)
-    pruned = torch.rand(d) < 0.2
-    if pat.kind == "block":
-        pruned = (torch.rand(d // 4) < 0.2).repeat_interleave(4)
+    pruned = random_pruned(d, pattern, 0.2)
     ref = ops.obs_scores_ref(w, finv64, pat, pruned)
     out = ops.obs_scores(w.cuda(), f, pattern, pruned.cuda(), backend="cuda").cpu()
     finite = torch.isfinite(ref)
@@ -156,12 +150,12 @@ def test_scores_cuda_match_oracle(seed, pattern, storage):
 @pytest.mark.parametrize("storage", ["dense", "packed"])
 def test_update_cuda_matches_oracle(seed, pattern, update, storage):
     pat = parse_pattern(pattern)
-    d, B = {1: (233, 13), 4: (4 * 59, 12), 8: (8 * 23, 40)}[pat.group_size]
-    finv64 = _finv(d, B)
+    d, B = shape_for(pattern, block8=40)
+    finv64 = random_finv(d, B)
     f = finv64.float().cuda()
     f = ops.pack_upper(f) if storage == "packed" else f
     w = torch.randn(d)
-    mask = (torch.rand(d // 4) < 0.3).repeat_interleave(4) if pat.kind == "block" else torch.rand(d) < 0.3
+    mask = random_pruned(d, pattern, 0.3)
     ref = ops.obs_update_ref(w, finv64, mask, pat, update)
     out = w.cuda().reshape(-1, pat.group_size).clone()  # 2-D weight, as a Linear's
     ops.obs_update(out, f, mask.cuda().reshape(out.shape), pattern, update, backend="cuda")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RTOL, naive_fp32_error, random_grads, rel_err, spec_tolerance
+from conftest import RTOL, naive_fp32_error, random_finv, random_grads, random_pruned, rel_err, shape_for, spec_tolerance
 
 from obert_kernels import ops, parse_pattern
 
@@ -151,24 +151,18 @@ def subset_bits(pattern):
     return torch.tensor([sum(1 << i for i in s) for s in pattern.subsets], dtype=torch.int32)
 
 
-def random_finv(d, B):
-    return ops.fisher_inverse_ref(random_grads(max(2 * B, 16), d), B, 1e-2)
-
-
 @pytest.mark.parametrize("pattern", ["unstructured", "block4", "2:4", "1:4", "3:8"])
 @pytest.mark.parametrize("layout", ["dense", "packed"])
 @pytest.mark.parametrize("with_pruned", [False, True])
 def test_score_group_matches_oracle(harness, seed, pattern, layout, with_pruned):
     pat = parse_pattern(pattern)
-    d, B = {1: (233, 13), 4: (4 * 59, 12), 8: (8 * 23, 24)}[pat.group_size]
+    d, B = shape_for(pattern)
     finv64 = random_finv(d, B)
     finv = finv64.float()
     if layout == "packed":
         finv = ops.pack_upper(finv)
     w = torch.randn(d)
-    pruned = torch.rand(d) < 0.25 if with_pruned else None
-    if pruned is not None and pat.kind == "block":
-        pruned = (torch.rand(d // 4) < 0.25).repeat_interleave(4)
+    pruned = random_pruned(d, pattern, 0.25) if with_pruned else None
     ref = ops.obs_scores_ref(w, finv64, pat, pruned)
     out = torch.empty(ref.shape, dtype=torch.float32)
     bits = subset_bits(pat) if pat.is_nm else torch.zeros(1, dtype=torch.int32)
@@ -199,16 +193,13 @@ def test_score_group_falls_back_when_not_positive_definite(harness):
 @pytest.mark.parametrize("layout", ["dense", "packed"])
 def test_update_program_matches_oracle(harness, seed, pattern, update, layout):
     pat = parse_pattern(pattern)
-    d, B = {1: (233, 13), 4: (4 * 59, 12), 8: (8 * 23, 40)}[pat.group_size]
+    d, B = shape_for(pattern, block8=40)
     finv64 = random_finv(d, B)
     finv = finv64.float()
     if layout == "packed":
         finv = ops.pack_upper(finv)
     w = torch.randn(d)
-    if pat.kind == "block":
-        mask = (torch.rand(d // 4) < 0.3).repeat_interleave(4)
-    else:
-        mask = torch.rand(d) < 0.3
+    mask = random_pruned(d, pattern, 0.3)
     mask[:B] = False  # one block with nothing to prune: left exactly as it was
     ref = ops.obs_update_ref(w, finv64, mask, pat, update)
     out, mask8 = w.clone(), mask.to(torch.uint8)  # keep the uint8 copy alive: ctypes takes its address

@@ -1,5 +1,4 @@
 """Damping users need not tune: relative and automatic damp, recovery from failed Cholesky."""
-import math
 import warnings
 
 import pytest

@@ -1,6 +1,4 @@
 """Backend dispatch: auto falls back and says why; an explicit backend raises."""
-import importlib.util
-
 import pytest
 import torch
 

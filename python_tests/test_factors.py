@@ -3,8 +3,7 @@ the factors against the float64 oracle, the update from them against the update 
 the fallback when a mask is not made of whole candidates, and the pruner using them."""
 import pytest
 import torch
-from conftest import RTOL, rel_err
-from test_scores_update import random_finv, shape_for
+from conftest import RTOL, random_finv, rel_err, shape_for
 
 from obert_kernels import FisherPruner, ops, parse_pattern, selection
 from obert_kernels.ops import update as update_mod
@@ -25,7 +24,7 @@ def on(device, request):
 
 
 def problem(pattern: str):
-    """A pattern, an awkward size (test_scores_update.shape_for), a float64 F⁻¹ and fresh weights."""
+    """A pattern, an awkward size (conftest.shape_for), a float64 F⁻¹ and fresh weights."""
     p = parse_pattern(pattern)
     d, B = shape_for(pattern)
     return p, d, random_finv(d, B), torch.randn(d)

@@ -1,31 +1,12 @@
 """Saliency scores (SPEC §2b) and the weight update (SPEC §2c) against the float64 oracle."""
 import pytest
 import torch
-from conftest import RTOL, random_grads, rel_err
+from conftest import RTOL, random_finv, random_pruned, rel_err, shape_for
 
 from obert_kernels import ops, parse_pattern
 
 PATTERNS = ["unstructured", "block4", "2:4", "1:4", "3:8"]
 UPDATES = ["obs", "joint", "none"]
-
-
-def random_finv(d, B, dtype=torch.float64):
-    """A realistic F⁻¹ from random gradients, in float64: (ceil(d/B), B, B)."""
-    return ops.fisher_inverse_ref(random_grads(max(2 * B, 16), d), B, 1e-2).to(dtype)
-
-
-def shape_for(pattern):
-    """An awkward size: B not a power of two, d not a multiple of B, groups aligned."""
-    g = parse_pattern(pattern).group_size
-    return {1: (233, 13), 4: (4 * 59, 12), 8: (8 * 23, 24)}[g]
-
-
-def random_pruned(d, pattern, frac=0.2):
-    p = parse_pattern(pattern)
-    groups = torch.rand(d // p.group_size) < frac
-    if p.kind == "block":  # block4 prunes whole groups
-        return groups.repeat_interleave(p.group_size)
-    return torch.rand(d) < frac
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)

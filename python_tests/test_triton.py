@@ -10,8 +10,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import RTOL, naive_fp32_error, random_grads, rel_err, spec_tolerance
-from test_scores_update import random_finv, random_pruned, shape_for
+from conftest import RTOL, naive_fp32_error, random_finv, random_grads, random_pruned, rel_err, shape_for, spec_tolerance
 from test_woodbury import build
 
 pytest.importorskip("triton", reason="triton is not installed: pip install 'obert_kernels[triton]'")
