@@ -48,12 +48,20 @@ def _update_none_kernel(w_ptr, mask_ptr, d, TILE: tl.constexpr):
 
 
 @triton.jit
-def _update_obs_kernel(w_ptr, finv_ptr, mask_ptr, v_ptr, d, B, s_fb, s_fr, s_fc, HAS_V: tl.constexpr, P: tl.constexpr):
+def _block_lanes(mask_ptr, d, B, P: tl.constexpr):
+    """This program's Fisher block (one per program): its index, its P lanes, their flat
+    weight positions, which lanes hold weights (not padding, not past d), and which are newly pruned."""
     blk = tl.program_id(0).to(tl.int64)
     idx = tl.arange(0, P)
     pos = blk * B + idx
     ok = (idx < B) & (pos < d)
     pruned = tl.load(mask_ptr + pos, mask=ok, other=0) != 0
+    return blk, idx, pos, ok, pruned
+
+
+@triton.jit
+def _update_obs_kernel(w_ptr, finv_ptr, mask_ptr, v_ptr, d, B, s_fb, s_fr, s_fc, HAS_V: tl.constexpr, P: tl.constexpr):
+    blk, idx, pos, ok, pruned = _block_lanes(mask_ptr, d, B, P)
     if tl.max(pruned.to(tl.int32), axis=0) > 0:
         w = tl.load(w_ptr + pos, mask=ok, other=0.0).to(tl.float32)
         if HAS_V:  # the direction from scoring's factors
@@ -71,11 +79,7 @@ def _update_obs_kernel(w_ptr, finv_ptr, mask_ptr, v_ptr, d, B, s_fb, s_fr, s_fc,
 @triton.jit
 def _update_obs_grouped_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb, s_fr, s_fc,
                                M: tl.constexpr, P: tl.constexpr, NGP: tl.constexpr, MP: tl.constexpr):
-    blk = tl.program_id(0).to(tl.int64)
-    idx = tl.arange(0, P)
-    pos = blk * B + idx
-    ok = (idx < B) & (pos < d)
-    pruned = tl.load(mask_ptr + pos, mask=ok, other=0) != 0
+    blk, idx, pos, ok, pruned = _block_lanes(mask_ptr, d, B, P)
     if tl.max(pruned.to(tl.int32), axis=0) > 0:
         t = tl.arange(0, MP)
         col = tl.arange(0, NGP)[:, None] * M + t[None, :]  # (NGP, MP): in-block index of member t of group gi
@@ -111,11 +115,7 @@ def _update_obs_grouped_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb
 
 @triton.jit
 def _update_joint_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb, s_fr, s_fc, P: tl.constexpr):
-    blk = tl.program_id(0).to(tl.int64)
-    idx = tl.arange(0, P)
-    pos = blk * B + idx
-    ok = (idx < B) & (pos < d)
-    pruned = tl.load(mask_ptr + pos, mask=ok, other=0) != 0
+    blk, idx, pos, ok, pruned = _block_lanes(mask_ptr, d, B, P)
     pruned_i = pruned.to(tl.int32)
     if tl.max(pruned_i, axis=0) > 0:
         f = tl.load(finv_ptr + blk * s_fb + idx[:, None] * s_fr + idx[None, :] * s_fc,
