@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels import ops  # noqa: E402
-from obert_kernels.ops import _cuda  # noqa: E402
+from obert_kernels.ops.backends import cuda as cuda_backend  # noqa: E402
 
 METHODS = ("naive", "cuda-dense", "cuda-packed", "torch", "triton", "direct")
 
@@ -149,7 +149,7 @@ def measure_ceilings(device, timer: Timer) -> dict:
 
 def environment(device) -> dict:
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
-           "torch": torch.__version__, "platform": platform.platform(), "cuda_extension": _cuda.status()}
+           "torch": torch.__version__, "platform": platform.platform(), "cuda_extension": cuda_backend.status()}
     if torch.device(device).type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(device=props.name, sm_count=props.multi_processor_count, memory_gib=props.total_memory / 2**30,
@@ -191,7 +191,7 @@ def run(args) -> dict:
     for method in methods:
         for r_ in rows if method.startswith("cuda") else [0]:
             name = f"{method} (rows={r_ or 'default'})" if method.startswith("cuda") and len(rows) > 1 else method
-            _cuda.WOODBURY_ROWS = r_  # F⁻¹ rows per thread in the CUDA Woodbury kernel
+            cuda_backend.WOODBURY_ROWS = r_  # F⁻¹ rows per thread in the CUDA Woodbury kernel
             try:
                 r = run_method(method, chunks, seq, nb, B, m, k, args, device, timer, sample, ref)
             except torch.cuda.OutOfMemoryError as exc:
@@ -200,7 +200,7 @@ def run(args) -> dict:
                 r = {"skipped": str(exc)}
             result["methods"][name] = r
             print(format_row(name, r), flush=True)
-    _cuda.WOODBURY_ROWS = 0
+    cuda_backend.WOODBURY_ROWS = 0
     naive = result["methods"].get("naive", {})
     for r in result["methods"].values():
         if r.get("seconds") and naive.get("seconds"):

@@ -324,7 +324,7 @@ def score_update_rows(cfg: Config, finv, args, ceil, ops, st, ut, parse_pattern,
     """Time obs_scores / obs_update at this (d, B), each checked on sampled blocks first."""
     import torch
 
-    from obert_kernels.ops._checks import padded_blocks
+    from obert_kernels.ops.blocks import padded_blocks
 
     gen = torch.Generator(device=device).manual_seed(args.seed + 7)
     w = torch.randn(cfg.d, generator=gen, device=device)
@@ -502,9 +502,9 @@ def main(argv=None) -> dict:
     from tqdm import tqdm
 
     from obert_kernels import ops, parse_pattern
-    from obert_kernels.ops import scores_triton as st
-    from obert_kernels.ops import update_triton as ut
-    from obert_kernels.ops import woodbury_triton as wt
+    from obert_kernels.ops.backends.triton import scores as st
+    from obert_kernels.ops.backends.triton import update as ut
+    from obert_kernels.ops.backends.triton import woodbury as wt
 
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():

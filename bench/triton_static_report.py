@@ -37,7 +37,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from obert_kernels.ops import scores_triton, update_triton, woodbury_triton  # noqa: E402
+from obert_kernels.ops.backends.triton import scores as scores_triton, update as update_triton, woodbury as woodbury_triton  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 NV_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -112,7 +112,7 @@ def woodbury_case(B: int, G: int | None = None, warps: int | None = None) -> dic
     G, warps = G or g0, warps or w0
     types = dict(finv_ptr="*fp32", grads_ptr="*fp32", num_blocks=I32, num_new=I32, B=I32, d_limit=I64,
                  s_fb=I32, s_fr=I32, s_block=I32, s_grad=I32, num_grads=F32)
-    k = compile_kernel(woodbury_triton._woodbury_chunk_kernel, types,
+    k = compile_kernel(woodbury_triton.woodbury_chunk_kernel, types,
                        dict(P=P, G=G, s_fc=1, s_weight=1), warps)
     loop = hottest_loop(k)
     useful = 2 * G * B * B / (32 * warps)  # FMAs per thread per gradient that the math needs (SPEC §5: 4·B² flops)
@@ -125,14 +125,14 @@ def woodbury_case(B: int, G: int | None = None, warps: int | None = None) -> dic
 def other_cases(B: int) -> list[dict]:
     P = triton.next_power_of_2(B)
     out = []
-    acc = compile_kernel(woodbury_triton._fisher_accumulate_kernel,
+    acc = compile_kernel(woodbury_triton.fisher_accumulate_kernel,
                          dict(fisher_ptr="*fp32", grads_ptr="*fp32", num_new=I32, B=I32, d_limit=I64, s_fb=I32,
                               s_fr=I32, s_block=I32, s_grad=I32, inv_m=F32),
                          dict(P=max(16, P), KT=woodbury_triton.ACCUMULATE_K_TILE, s_fc=1, s_weight=1),
                          woodbury_triton.warps_for(max(16, P) ** 2))
     out.append({"kernel": "fisher_accumulate", "B": B, **resources(acc), "loop": hottest_loop(acc)})
     cw = woodbury_triton.column_warps(P)
-    inv = compile_kernel(woodbury_triton._fisher_invert_kernel,
+    inv = compile_kernel(woodbury_triton.fisher_invert_kernel,
                          dict(fisher_ptr="*fp32", status_ptr="*i32", B=I32, s_fb=I32, s_fr=I32, damp=F32),
                          dict(P=P, s_fc=1), cw)
     out.append({"kernel": "fisher_invert", "B": B, **resources(inv), "loop": hottest_loop(inv)})
@@ -140,13 +140,13 @@ def other_cases(B: int) -> list[dict]:
                      s_fb=I32, s_fr=I32)
     obs_types = {**{k: v for k, v in upd_types.items() if k != "status_ptr"}, "v_ptr": "*fp32"}
     for has_v, name in ((False, "update_obs"), (True, "obs_apply")):
-        obs = compile_kernel(update_triton._update_obs_kernel, obs_types, dict(P=P, s_fc=1, HAS_V=has_v), cw)
+        obs = compile_kernel(update_triton.update_obs_kernel, obs_types, dict(P=P, s_fc=1, HAS_V=has_v), cw)
         out.append({"kernel": name, "B": B, **resources(obs)})
-    joint = compile_kernel(update_triton._update_joint_kernel, upd_types, dict(P=P, s_fc=1), cw)
+    joint = compile_kernel(update_triton.update_joint_kernel, upd_types, dict(P=P, s_fc=1), cw)
     out.append({"kernel": "update_joint", "B": B, **resources(joint), "loop": hottest_loop(joint)})
     if B % 4 == 0:
         NGP = triton.next_power_of_2(-(-B // 4))
-        grp = compile_kernel(update_triton._update_obs_grouped_kernel, upd_types,
+        grp = compile_kernel(update_triton.update_obs_grouped_kernel, upd_types,
                              dict(M=4, P=P, NGP=NGP, MP=4, s_fc=1), cw)
         out.append({"kernel": "update_obs_grouped(M=4)", "B": B, **resources(grp)})
     return out
@@ -156,14 +156,14 @@ def score_cases() -> list[dict]:
     out = []
     for factors in (False, True):
         tag = " +factors" if factors else ""
-        k = compile_kernel(scores_triton._scores_unstructured_kernel,
+        k = compile_kernel(scores_triton.scores_unstructured_kernel,
                            dict(w_ptr="*fp32", finv_ptr="*fp32", pruned_ptr="*u8", out_ptr="*fp32", factors_ptr="*fp32",
                                 d=I64, B=I32, s_fb=I32, s_fd=I32),
                            dict(HAS_PRUNED=True, RETURN_FACTORS=factors, TILE=scores_triton.SCORE_TILE), 4)
         out.append({"kernel": f"scores_unstructured{tag}", **resources(k)})
         for name, M, N, nm in (("block4", 4, 4, False), ("2:4", 4, 2, True)):
             TG = max(1, min(scores_triton.GROUP_TILE, 4096 // 16))
-            k = compile_kernel(scores_triton._scores_grouped_kernel,
+            k = compile_kernel(scores_triton.scores_grouped_kernel,
                                dict(w_ptr="*fp32", finv_ptr="*fp32", pruned_ptr="*u8", members_ptr="*i32", out_ptr="*fp32",
                                     factors_ptr="*fp32", status_ptr="*i32", num_groups=I64, B=I32, num_subsets=I32,
                                     s_fb=I32, s_fr=I32),

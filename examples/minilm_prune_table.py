@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from obert_kernels.hf import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches  # noqa: E402
-from obert_kernels.info import versions  # noqa: E402
-from obert_kernels.memory import format_bytes  # noqa: E402
-from obert_kernels.pipeline import prune_model  # noqa: E402
-from obert_kernels.probes import GaussNewtonProbe  # noqa: E402
-from obert_kernels.text import split_sentences, stdlib_sentences  # noqa: E402
+from obert_kernels.integrations.hf_models import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches  # noqa: E402
+from obert_kernels.app.info import versions  # noqa: E402
+from obert_kernels.core.memory import format_bytes  # noqa: E402
+from obert_kernels.recipes.prune_model import prune_model  # noqa: E402
+from obert_kernels.recipes.probes import GaussNewtonProbe  # noqa: E402
+from obert_kernels.app.text import split_sentences, stdlib_sentences  # noqa: E402
 
 
 def cpu_name() -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from obert_kernels import benchrun
-from obert_kernels.cli import main
+from obert_kernels.app import bench_runner as benchrun
+from obert_kernels.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,8 +78,8 @@ def digits_ok():
 
 
 def test_prune_digits_writes_safetensors_only_when_complete(digits_ok, tmp_path, capsys, monkeypatch):
-    from obert_kernels import prune_cli
-    from obert_kernels.export import load_masks
+    from obert_kernels.app import prune_command as prune_cli
+    from obert_kernels.integrations.export import load_masks
 
     out = tmp_path / "mlp"
     args = ["prune", "digits-mlp", "--sparsity", "0.7", "--out", str(out), "--num-grads", "16", "--block-size", "16",

@@ -12,23 +12,23 @@ import torch
 from conftest import RTOL, naive_fp32_error, random_finv, random_grads, random_pruned, rel_err, shape_for, spec_tolerance
 
 from obert_kernels import FisherPruner, ops, parse_pattern
-from obert_kernels.ops import _cuda
+from obert_kernels.ops.backends import cuda as cuda_backend
 
 HAS_GPU = torch.cuda.is_available()
-BUILT = _cuda._C is not None
+BUILT = cuda_backend.extension is not None
 needs_gpu = pytest.mark.skipif(not (HAS_GPU and BUILT), reason=(
-    "no CUDA device (torch.cuda.is_available() is False)" if not HAS_GPU else _cuda.status()))
+    "no CUDA device (torch.cuda.is_available() is False)" if not HAS_GPU else cuda_backend.status()))
 
 
 def test_extension_is_built_when_the_build_was_required():
     if os.environ.get("OBERT_KERNELS_BUILD_CUDA") != "1":
         pytest.skip("OBERT_KERNELS_BUILD_CUDA is not 1: the extension is optional here")
-    assert BUILT, _cuda.status()
-    assert set(_cuda._C.compiled_archs.split(",")) >= {"sm_80", "sm_90"}
+    assert BUILT, cuda_backend.status()
+    assert set(cuda_backend.extension.compiled_archs.split(",")) >= {"sm_80", "sm_90"}
 
 
 def test_status_says_what_is_missing():
-    line = _cuda.status()
+    line = cuda_backend.status()
     if not BUILT:
         assert "not built" in line and "OBERT_KERNELS_BUILD_CUDA=1" in line
     elif not HAS_GPU:
@@ -57,10 +57,10 @@ def test_without_a_device_cuda_says_so_and_auto_falls_back(op, call):
     assert not torch.equal(finv, ops.init_finv(2, 4, 1.0))
 
 
-@pytest.mark.skipif(not BUILT, reason=_cuda.status())
+@pytest.mark.skipif(not BUILT, reason=cuda_backend.status())
 def test_binding_rechecks_its_pointers():
     """The C++ side refuses null and host pointers with ValueError, before any launch."""
-    C = _cuda._C
+    C = cuda_backend.extension
     finv = ops.init_finv(2, 4, 1.0)
     with pytest.raises(ValueError, match="null pointer"):
         C.woodbury_update(0, 2, 4, False, finv.data_ptr(), 4, 8, 8, 1, 1.0, 0, 0)
@@ -121,7 +121,7 @@ def test_cuda_reasons_on_a_gpu():
     assert "cpu" in ops.not_supported_reasons("woodbury_update", "cuda", finv=cpu, grads=torch.randn(1, 8))[0]
     big = ops.init_finv(1, 130, 1.0, device="cuda")
     assert "B ≤ 128" in ops.not_supported_reasons("woodbury_update", "cuda", finv=big, grads=torch.randn(1, 130, device="cuda"))[0]
-    assert ops._dispatch.resolve("woodbury_update", "auto", finv=ops.init_finv(2, 4, 1.0, device="cuda"),
+    assert ops.dispatch.resolve("woodbury_update", "auto", finv=ops.init_finv(2, 4, 1.0, device="cuda"),
                                  grads=torch.randn(1, 8, device="cuda"))[0] == "cuda"
 
 

@@ -57,7 +57,7 @@ def config(lib, B, rows=0):
 
 def host_woodbury(lib, finv, grads, num_grads, rows=0):
     """Run woodbury_program on finv (dense or packed, float32) with a (k, d) or (nb, k, B) chunk."""
-    nb, B = ops._checks.block_dims(finv)
+    nb, B = ops.checks.block_dims(finv)
     g = grads.float().contiguous()
     if g.dim() == 3:
         k, sb, sk, dv = g.shape[1], g.stride(0), g.stride(1), nb * B

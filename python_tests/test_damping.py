@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from obert_kernels import FisherPruner, ops
-from obert_kernels import damping as dmp
-from obert_kernels.damping import AbsoluteDamp, AutoDamp, RelativeDamp, parse_damp
+from obert_kernels.core import damping as dmp
+from obert_kernels.core.damping import AbsoluteDamp, AutoDamp, RelativeDamp, parse_damp
 
 from conftest import naive_fp32_error, random_grads, rel_err, spec_tolerance
 

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from obert_kernels import ops
-from obert_kernels.ops import _dispatch
+from obert_kernels.ops import dispatch
 
 
 def test_auto_serves_cpu_tensors_with_torch():
     finv = ops.init_finv(2, 4, 1.0)
-    name, _ = _dispatch.resolve("woodbury_update", "auto", finv=finv, grads=torch.randn(1, 8))
+    name, _ = dispatch.resolve("woodbury_update", "auto", finv=finv, grads=torch.randn(1, 8))
     assert name == "torch"
 
 
@@ -40,8 +40,8 @@ def test_registered_reasons_are_consulted():
         calls.append(call)
         return ["never on Tuesdays"]
 
-    saved = _dispatch._REGISTRY["obs_scores"].get("cuda")
-    _dispatch.register("obs_scores", "cuda", lambda *a: None, refuse)
+    saved = dispatch._REGISTRY["obs_scores"].get("cuda")
+    dispatch.register("obs_scores", "cuda", lambda *a: None, refuse)
     try:
         finv = ops.init_finv(1, 4, 1.0)
         with pytest.raises(ops.BackendNotSupported, match="never on Tuesdays"):
@@ -50,6 +50,6 @@ def test_registered_reasons_are_consulted():
         assert len(calls) == 2
     finally:
         if saved is None:
-            del _dispatch._REGISTRY["obs_scores"]["cuda"]
+            del dispatch._REGISTRY["obs_scores"]["cuda"]
         else:
-            _dispatch._REGISTRY["obs_scores"]["cuda"] = saved
+            dispatch._REGISTRY["obs_scores"]["cuda"] = saved

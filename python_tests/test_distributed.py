@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from obert_kernels import FisherPruner
-from obert_kernels.distributed import DistributedPruneError, split_blocks
+from obert_kernels.core.sharding import DistributedPruneError, split_blocks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
 

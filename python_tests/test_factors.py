@@ -5,8 +5,9 @@ import pytest
 import torch
 from conftest import RTOL, random_finv, rel_err, shape_for
 
-from obert_kernels import FisherPruner, ops, parse_pattern, selection
-from obert_kernels.ops import update as update_mod
+from obert_kernels import FisherPruner, ops, parse_pattern
+from obert_kernels.core import selection
+from obert_kernels.ops.backends.torch import update as update_mod
 
 PATTERNS = ["unstructured", "block4", "2:4", "1:4", "3:8"]
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.triton)]
@@ -17,7 +18,7 @@ def on(device, request):
     """(device, backend) pairs this machine can run; Triton on the CPU only when interpreted."""
     backend = request.param
     if backend == "triton":
-        tri = pytest.importorskip("obert_kernels.ops._triton", reason="the Triton backend did not load")
+        tri = pytest.importorskip("obert_kernels.ops.backends.triton", reason="the Triton backend did not load")
         if device == "cpu" and not tri.INTERPRETED:
             pytest.skip("Triton kernels are compiled (TRITON_INTERPRET is not 1): they do not run on CPU tensors")
     return device, backend

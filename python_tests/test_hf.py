@@ -9,12 +9,12 @@ import torch
 transformers = pytest.importorskip("transformers", reason="needs the [models] extra (transformers)")
 pytest.importorskip("safetensors", reason="needs the [models] extra (safetensors)")
 
-from obert_kernels import hf  # noqa: E402
-from obert_kernels.cli import main  # noqa: E402
-from obert_kernels.export import load_masks  # noqa: E402
-from obert_kernels.pipeline import prune_model  # noqa: E402
-from obert_kernels.probes import GaussNewtonProbe  # noqa: E402
-from obert_kernels.text import split_sentences, stdlib_sentences  # noqa: E402
+from obert_kernels.integrations import hf_models as hf  # noqa: E402
+from obert_kernels.app.cli import main  # noqa: E402
+from obert_kernels.integrations.export import load_masks  # noqa: E402
+from obert_kernels.recipes.prune_model import prune_model  # noqa: E402
+from obert_kernels.recipes.probes import GaussNewtonProbe  # noqa: E402
+from obert_kernels.app.text import split_sentences, stdlib_sentences  # noqa: E402
 
 WORDS = ("[PAD] [UNK] [CLS] [SEP] [MASK] the a an of to and is in it for return value list this that with "
          "object file string name data by be are as on if not or from default").split()

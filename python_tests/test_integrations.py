@@ -112,7 +112,7 @@ def test_conversion_on_gpu_matches_the_dense_pruned_layer(seed):
 def test_trainer_callback_reaches_target_sparsity_with_masks_held(seed, tmp_path):
     transformers = pytest.importorskip("transformers", reason="needs the [models] extra (transformers)")
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate ([models] extra)")
-    from obert_kernels.hf import encoder_weights
+    from obert_kernels.integrations.hf_models import encoder_weights
     from obert_kernels.integrations.hf_trainer import ObertPruningCallback
 
     config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

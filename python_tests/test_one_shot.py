@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from obert_kernels import FisherPruner, GradualSchedule, cubic_sparsity, magnitude_prune, one_shot_prune
-from obert_kernels.demo import accuracy, cross_entropy_loss, endless_batches, load_digits_data, make_mlp, train
-from obert_kernels.one_shot import recomputation_targets
+from obert_kernels.app.demo import accuracy, cross_entropy_loss, endless_batches, load_digits_data, make_mlp, train
+from obert_kernels.recipes.one_shot import recomputation_targets
 
 
 @pytest.fixture(scope="module")

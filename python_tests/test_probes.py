@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from obert_kernels import FisherPruner
-from obert_kernels.probes import GaussNewtonProbe, gauss_newton_loss
+from obert_kernels.recipes.probes import GaussNewtonProbe, gauss_newton_loss
 
 
 def test_probe_gradients_sample_the_gauss_newton_matrix(seed):

@@ -1,7 +1,7 @@
 """Offline English text: standard-library docstring sentences, split reproducibly."""
 import pytest
 
-from obert_kernels.text import docstring_sentences, split_sentences, stdlib_sentences
+from obert_kernels.app.text import docstring_sentences, split_sentences, stdlib_sentences
 
 
 def test_stdlib_sentences_are_prose_and_reproducible():

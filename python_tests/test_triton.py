@@ -16,9 +16,9 @@ from test_woodbury import build
 pytest.importorskip("triton", reason="triton is not installed: pip install 'obert_kernels[triton]'")
 
 from obert_kernels import FisherPruner, ops, parse_pattern  # noqa: E402
-from obert_kernels.ops import _dispatch  # noqa: E402
+from obert_kernels.ops import dispatch  # noqa: E402
 
-_triton = pytest.importorskip("obert_kernels.ops._triton", reason="the Triton backend did not load")
+_triton = pytest.importorskip("obert_kernels.ops.backends.triton", reason="the Triton backend did not load")
 
 pytestmark = pytest.mark.triton
 
@@ -38,13 +38,12 @@ def test_cpu_runs_are_interpreted_when_no_gpu():
     """conftest's TRITON_INTERPRET=1 really reaches the kernels (they are InterpretedFunctions)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    from obert_kernels.ops import scores_triton, update_triton, woodbury_triton
+    from obert_kernels.ops.backends.triton import KERNELS
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: kernels are compiled")
-    kernels = [woodbury_triton._woodbury_chunk_kernel, woodbury_triton._fisher_invert_kernel,
-               scores_triton._scores_grouped_kernel, update_triton._update_joint_kernel]
-    assert _triton.INTERPRETED == all(isinstance(k, InterpretedFunction) for k in kernels)
+    assert len(KERNELS) == 9
+    assert _triton.INTERPRETED == all(isinstance(k, InterpretedFunction) for k in KERNELS)
     import os
 
     assert _triton.INTERPRETED == (os.environ.get("TRITON_INTERPRET") == "1")
@@ -228,7 +227,7 @@ def test_joint_update_redoes_non_positive_definite_blocks_with_torch(seed, tdevi
 def test_auto_stays_on_torch_for_cpu_tensors():
     finv = ops.init_finv(2, 4, 1.0)
     call = dict(finv=finv, grads=torch.randn(1, 8))
-    assert _dispatch.resolve("woodbury_update", "auto", **call)[0] == "torch"
+    assert dispatch.resolve("woodbury_update", "auto", **call)[0] == "torch"
     assert "only on CUDA" in _triton._auto_reasons(**call)[0]
 
 

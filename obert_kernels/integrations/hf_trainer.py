@@ -16,7 +16,7 @@ With gradient accumulation, the gradient offered is the accumulated one of the s
 """
 from __future__ import annotations
 
-from ..schedule import GradualSchedule
+from ..recipes.gradual import GradualSchedule
 
 try:
     from transformers import TrainerCallback

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from ..patterns import Pattern, parse_pattern
-from . import _checks, packed
-from ._dispatch import BACKENDS, PREFERENCE, BackendNotSupported, not_supported_reasons, register, resolve, resolve_packed
+from .patterns import Pattern, parse_pattern
+from . import checks
+from . import packed
+from .dispatch import BACKENDS, PREFERENCE, BackendNotSupported, not_supported_reasons, resolve, resolve_packed
 from .packed import init_finv_packed, pack_upper, unpack_upper
-from .scores import factor_shape, obs_factors_ref, obs_scores_ref, obs_scores_torch
-from .update import UPDATES, obs_apply_torch, obs_direction, obs_update_ref, obs_update_torch
-from .woodbury import (
-    fisher_accumulate_torch,
-    fisher_inverse_ref,
-    fisher_invert_torch,
-    init_finv,
-    naive_woodbury_update,
-    woodbury_update_torch,
-)
+from .blocks import factor_shape
+from .reference import fisher_inverse_ref, obs_factors_ref, obs_scores_ref, obs_update_ref
+from .backends.torch.update import UPDATES, obs_direction
+from .backends.torch.woodbury import init_finv, naive_woodbury_update
 
 __all__ = [
     "BACKENDS",
@@ -48,14 +43,6 @@ __all__ = [
     "UPDATES",
 ]
 
-register("woodbury_update", "torch", woodbury_update_torch)
-register("fisher_accumulate", "torch", fisher_accumulate_torch)
-register("fisher_invert", "torch", fisher_invert_torch)
-register("obs_scores", "torch", obs_scores_torch)
-register("obs_update", "torch", obs_update_torch)
-register("obs_apply", "torch", obs_apply_torch)
-
-
 def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, backend: str = "auto") -> torch.Tensor:
     """Apply a chunk of gradients to F⁻¹ by Woodbury (SPEC §2a), in place; returns finv.
 
@@ -64,9 +51,9 @@ def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, 
     (num_blocks-1)·B < d ≤ num_blocks·B (missing padding is zero), or block-major
     (num_blocks, k, B); any float dtype; num_grads: m, the 1/m of the empirical Fisher.
     """
-    _, B = _checks.check_finv(finv)
-    grads = _checks.check_grads(grads, finv)
-    _checks.check_num_grads(num_grads)
+    _, B = checks.check_finv(finv)
+    grads = checks.check_grads(grads, finv)
+    checks.check_num_grads(num_grads)
     if packed.is_packed(finv):
         native = resolve_packed("woodbury_update", backend, finv=finv, grads=grads)
         if native:
@@ -84,9 +71,9 @@ def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
 
     fisher: (num_blocks, B, B) float32/float64 (or packed), zero before the first chunk.
     """
-    _, B = _checks.check_finv(fisher, "fisher")
-    grads = _checks.check_grads(grads, fisher)
-    _checks.check_num_grads(num_grads)
+    _, B = checks.check_finv(fisher, "fisher")
+    grads = checks.check_grads(grads, fisher)
+    checks.check_num_grads(num_grads)
     if packed.is_packed(fisher):  # accumulate each tile's chunk from zero and add its upper triangle
         for a, b in packed.tiles(fisher.shape[0], B, fisher.element_size()):
             tile = fisher.new_zeros(b - a, B, B)
@@ -100,8 +87,8 @@ def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
 def fisher_invert(fisher: torch.Tensor, damp: float, *, backend: str = "auto") -> torch.Tensor:
     """Direct path, step 2: fisher ← (fisher + λI)⁻¹ per block, in place (Cholesky; a block
     that fails is retried with more damping and a warning)."""
-    _, B = _checks.check_finv(fisher, "fisher")
-    _checks.check_damp(damp)
+    _, B = checks.check_finv(fisher, "fisher")
+    checks.check_damp(damp)
     if packed.is_packed(fisher):
         return packed.run_tiled_inplace(fisher, B, lambda tile, a, b: fisher_invert(tile, damp, backend=backend))
     _, fn = resolve("fisher_invert", backend, finv=fisher)
@@ -122,10 +109,10 @@ def obs_scores(weight: torch.Tensor, finv: torch.Tensor, pattern: "str | Pattern
     — for ``obs_update(..., factors=)`` so the "obs" update does not solve them again.
     """
     pattern = parse_pattern(pattern)
-    _, B = _checks.check_finv(finv)
-    _checks.check_weight(weight, finv)
+    _, B = checks.check_finv(finv)
+    checks.check_weight(weight, finv)
     pattern.check_block_size(B)
-    _checks.check_mask(pruned, weight, "pruned")
+    checks.check_mask(pruned, weight, "pruned")
     call = dict(weight=weight, finv=finv, pattern=pattern, return_factors=return_factors)
     if packed.is_packed(finv):
         native = resolve_packed("obs_scores", backend, **call)
@@ -162,10 +149,10 @@ def obs_update(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.Tenso
     pattern = parse_pattern(pattern)
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-    _, B = _checks.check_finv(finv)
-    _checks.check_weight(weight, finv)
+    _, B = checks.check_finv(finv)
+    checks.check_weight(weight, finv)
     pattern.check_block_size(B)
-    _checks.check_mask(prune_mask, weight, "prune_mask")
+    checks.check_mask(prune_mask, weight, "prune_mask")
     if factors is not None:
         if update != "obs":
             raise ValueError(f"factors serve update='obs' only (update={update!r} solves for the whole pruned set of a block)")
@@ -211,10 +198,10 @@ def _tiled_update(weight, finv, B, fn, prune_mask):
     return weight
 
 
-def _load_optional_backends() -> None:
-    from ._backends import load_optional_backends
+def _load_backends() -> None:
+    from .backends import load_backends
 
-    load_optional_backends()
+    load_backends()
 
 
-_load_optional_backends()
+_load_backends()

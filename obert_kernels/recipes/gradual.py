@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 from .one_shot import collect_grads
-from .pruner import FisherPruner
-from .report import PruneReport
+from ..core.pruner import FisherPruner
+from ..core.report import PruneReport
 
 __all__ = ["GradualSchedule", "cubic_sparsity"]
 

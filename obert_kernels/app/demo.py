@@ -6,7 +6,7 @@ magnitude pruning, and prints test accuracy side by side. No network, no downloa
 
     python -m obert_kernels demo [--sparsities 0.5 0.7 0.8 0.9 0.95] [--update obs] [--seed 0] [--plot PNG]
 
-(``python -m obert_kernels.demo`` runs the same.) The plot of accuracy vs sparsity needs
+(``python -m obert_kernels.app.demo`` runs the same.) The plot of accuracy vs sparsity needs
 matplotlib (``pip install 'obert_kernels[plot]'``); without it the table is still printed.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .baselines import magnitude_prune
-from .one_shot import one_shot_prune
+from ..recipes.baselines import magnitude_prune
+from ..recipes.one_shot import one_shot_prune
 
 __all__ = ["DigitsData", "load_digits_data", "make_mlp", "train", "accuracy", "endless_batches", "run_demo",
            "plot_accuracy", "add_arguments", "run_from_args"]

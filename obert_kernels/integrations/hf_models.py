@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .pruner import prunable_weights
+from ..core.pruner import prunable_weights
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import ops, selection
+from .. import ops
+
+from . import selection
 from .damping import AbsoluteDamp, BlockLayout, block_layout, parse_damp
-from .distributed import Shard, agree, all_gather_flat, all_reduce_sum, resolve_group, split_blocks
+from .sharding import Shard, agree, all_gather_flat, all_reduce_sum, resolve_group, split_blocks
 from .memory import FisherMemoryError, MemoryEstimate, estimate_memory
-from .patterns import parse_pattern
+from ..ops.patterns import parse_pattern
 from .report import PruneReport, TensorReport
 
 __all__ = ["FisherPruner", "prunable_weights", "auto_fisher_method", "PRUNABLE_MODULES", "FISHER_METHODS", "FISHER_STORAGES"]
@@ -122,7 +124,7 @@ class FisherPruner:
     num_grads: m, gradients per Fisher estimate.
     damp: λ of F = λI + (1/m) Σ g gᵀ: a number > 0 (absolute), "rel:α[:block]" (α × the mean
         Fisher diagonal per tensor or block), "auto[:block]" (α chosen on held-out gradients;
-        direct Fisher build only) or a ``damping.Damping``; see ``obert_kernels.damping``.
+        direct Fisher build only) or a ``damping.Damping``; see ``obert_kernels.core.damping``.
     pattern: "unstructured" | "block4" | "N:M" (e.g. "2:4").
     global_sparsity: one threshold over all tensors (True) or sparsity s per tensor.
     update: "obs" (summed single-weight/group OBS updates, the paper's) | "joint" | "none".
@@ -139,7 +141,7 @@ class FisherPruner:
     process_group: a torch.distributed group over which to shard the Fisher blocks;
         None (default) uses the initialized default group if there is one, False never
         shards. Every rank must pass the same (all-reduced) gradients; prune() and, when
-        sharded, fisher_inverse() are collective calls (see obert_kernels.distributed).
+        sharded, fisher_inverse() are collective calls (see obert_kernels.core.sharding).
 
     The Fisher state is float32 whatever the weights' dtype; fp16/bf16 weights are
     updated in float32 and cast back.
@@ -182,7 +184,7 @@ class FisherPruner:
         self.global_sparsity, self.update, self.backend = bool(global_sparsity), update, backend
         self.chunk_size = self.damping.chunk_size_for(num_grads, min(chunk_size, num_grads))
         self.verbose, self.max_memory_fraction = verbose, max_memory_fraction
-        self._slots = self._make_slots(_named_tensors(params))
+        self._slots = self._make_slots(named_tensors(params))
         self.device = self._slots[0].tensor.device
         self.fisher_method = auto_fisher_method(self.device) if fisher_method == "auto" else fisher_method
         if self.damping.needs_direct:
@@ -402,7 +404,7 @@ class FisherPruner:
         return all_reduce_sum(self._shard, own)
 
     # ---- pruning ------------------------------------------------------------------
-    def _check_sparsity(self, sparsity):
+    def check_sparsity(self, sparsity):
         if self.pattern.is_nm:
             return self.pattern.n_prune / self.pattern.group_size
         if sparsity is None or isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
@@ -418,7 +420,7 @@ class FisherPruner:
         pruned). Frees the Fisher state. Returns a PruneReport (also kept in ``history``).
         When sharded, a collective: if any rank fails, every rank raises.
         """
-        target = self._check_sparsity(sparsity)
+        target = self.check_sparsity(sparsity)
         if self.num_collected < self.num_grads:
             raise RuntimeError(f"prune() needs {self.num_grads} gradients, {self.num_collected} collected: call add_grads() more")
         start = time.perf_counter()
@@ -588,7 +590,7 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _named_tensors(params) -> list[tuple[str, torch.Tensor]]:
+def named_tensors(params) -> list[tuple[str, torch.Tensor]]:
     if isinstance(params, nn.Module):
         return prunable_weights(params)
     if isinstance(params, torch.Tensor):

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from .ops.scores import nm_subset_masks
-from .patterns import Pattern
+from ..ops.blocks import nm_subset_masks
+from ..ops.patterns import Pattern
 
 __all__ = ["count_for", "select_lowest", "select_global", "select_per_tensor", "select_nm", "expand_groups"]
 

@@ -13,16 +13,20 @@ from __future__ import annotations
 import torch
 import triton  # noqa: F401  (an ImportError here marks the backend unavailable)
 
-from ._dispatch import register
-from ._triton_util import MAX_BLOCK, fix_interpreter_index, is_interpreted
-from .scores_triton import _scores_grouped_kernel, obs_scores_triton
-from .update_triton import obs_apply_triton, obs_update_triton
-from .woodbury_triton import fisher_accumulate_triton, fisher_invert_triton, woodbury_update_triton
+from ...dispatch import register
+from .util import MAX_BLOCK, fix_interpreter_index, is_interpreted
+from . import scores, update, woodbury
+from .scores import obs_scores_triton
+from .update import obs_apply_triton, obs_update_triton
+from .woodbury import fisher_accumulate_triton, fisher_invert_triton, woodbury_update_triton
 
-__all__ = ["register_all", "INTERPRETED"]
+__all__ = ["register_all", "INTERPRETED", "KERNELS"]
+
+# every jit kernel of the backend
+KERNELS = woodbury.KERNELS + scores.KERNELS + update.KERNELS
 
 # Decided once, when the kernels were decorated (see _triton_util.is_interpreted).
-INTERPRETED = is_interpreted(_scores_grouped_kernel)
+INTERPRETED = is_interpreted(scores.scores_grouped_kernel)
 if INTERPRETED:
     fix_interpreter_index()  # Triton 3.6's interpreter with NumPy ≥ 2.4: see _triton_util
 DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .ops import _dispatch
+from ..ops import dispatch
 
 __all__ = ["BenchScript", "find_bench_dir", "discover", "run_scripts"]
 
@@ -69,9 +69,9 @@ def _module_constant(tree: ast.Module, name: str):
 
 
 def _backend_missing(backend: str) -> str | None:
-    if any(backend in impls for impls in _dispatch._REGISTRY.values()):
+    if any(backend in impls for impls in dispatch._REGISTRY.values()):
         return None
-    return _dispatch._UNAVAILABLE.get(backend, f"{backend} backend registered no ops")
+    return dispatch._UNAVAILABLE.get(backend, f"{backend} backend registered no ops")
 
 
 def missing_needs(requires) -> list[str]:

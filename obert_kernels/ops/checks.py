@@ -105,14 +105,6 @@ def check_mask(mask: torch.Tensor | None, weight: torch.Tensor, name: str) -> to
     return mask
 
 
-def padded_blocks(flat: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
-    """View (..., d) as (..., num_blocks, B), zero-padding the last block when d < num_blocks*B."""
-    d = flat.shape[-1]
-    if d != num_blocks * B:
-        flat = torch.nn.functional.pad(flat, (0, num_blocks * B - d))
-    return flat.reshape(*flat.shape[:-1], num_blocks, B)
-
-
 def check_finite_blocks(blocks: torch.Tensor) -> None:
     """Raise FloatingPointError if a Fisher block stack holds inf/NaN.
 

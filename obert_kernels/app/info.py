@@ -8,11 +8,11 @@ import sys
 
 import torch
 
-from . import ops
-from .memory import available_memory, estimate_memory, format_bytes
-from .ops import _dispatch
-from .patterns import parse_pattern
-from .pruner import auto_fisher_method
+from .. import ops
+from ..core.memory import available_memory, estimate_memory, format_bytes
+from ..ops import dispatch
+from ..ops.patterns import parse_pattern
+from ..core.pruner import auto_fisher_method
 
 __all__ = ["versions", "devices", "backend_reasons", "info_text"]
 
@@ -25,7 +25,7 @@ def versions() -> dict[str, str | None]:
     """Installed versions of the packages the backends and extras use (None: not installed)."""
     out = {"python": platform.python_version()}
     try:
-        from . import __version__ as ours
+        from .. import __version__ as ours
     except ImportError:  # pragma: no cover
         ours = None
     out["obert_kernels"] = ours
@@ -65,10 +65,10 @@ def backend_reasons(device: str = "cpu") -> dict[str, dict[str, list[str]]]:
     for op in OPS:
         call = _sample_call(op, device)
         row = {}
-        for backend in _dispatch.BACKENDS:
+        for backend in dispatch.BACKENDS:
             try:
                 reasons = ops.not_supported_reasons(op, backend, **call)
-                impl = _dispatch._REGISTRY.get(op, {}).get(backend)
+                impl = dispatch._REGISTRY.get(op, {}).get(backend)
                 if not reasons and impl is not None:
                     reasons = [f"auto skips: {r}" for r in impl.auto_reasons(**call)]
             except Exception as exc:  # a backend's reasons() must not break the report
@@ -101,7 +101,7 @@ def info_text(d: int | None = None, block_size: int = 50, chunk_size: int = 32, 
         why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device visible"
         lines.append(f"  cuda: not available ({why})")
     for dev in devices():
-        lines += ["", f"backends on {dev} (auto prefers {' > '.join(_dispatch.PREFERENCE)}):"]
+        lines += ["", f"backends on {dev} (auto prefers {' > '.join(dispatch.PREFERENCE)}):"]
         for op, row in backend_reasons(dev).items():
             for backend, reasons in row.items():
                 status = "yes" if not reasons else ("yes (explicit only)" if all(r.startswith("auto skips") for r in reasons) else "no")

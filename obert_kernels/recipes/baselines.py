@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from . import selection
-from .patterns import parse_pattern
-from .pruner import _named_tensors
+from ..core import selection
+from ..ops.patterns import parse_pattern
+from ..core.pruner import named_tensors
 
 __all__ = ["magnitude_scores", "magnitude_prune"]
 
@@ -26,7 +26,7 @@ def magnitude_scores(weight: torch.Tensor, pattern) -> torch.Tensor:
 def magnitude_prune(params, sparsity: float, pattern: str = "unstructured", global_sparsity: bool = True) -> dict[str, torch.Tensor]:
     """Zero the smallest weights of ``params`` (module, mapping or pairs) in place; returns keep-masks."""
     pattern = parse_pattern(pattern)
-    named = _named_tensors(params)
+    named = named_tensors(params)
     scores = {n: magnitude_scores(t, pattern) for n, t in named}
     if pattern.is_nm:
         pruned = {n: selection.select_nm(s, pattern) for n, s in scores.items()}

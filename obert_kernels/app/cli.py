@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             demo.run_from_args(args)
             return 0
         if args.command == "prune":
-            from .prune_cli import run_prune
+            from .prune_command import run_prune
 
             run_prune(args)
             return 0
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
 
 
 def _bench(args, extra) -> int:
-    from .benchrun import discover, run_scripts
+    from .bench_runner import discover, run_scripts
 
     scripts = discover(args.bench_dir, args.names or None)
     if args.list:
@@ -122,7 +122,7 @@ def _info(args) -> int:
 
     d = args.d
     if args.model:
-        from .hf import encoder_weights, load_sentence_encoder
+        from ..integrations.hf_models import encoder_weights, load_sentence_encoder
 
         d = sum(w.numel() for _, w in encoder_weights(load_sentence_encoder(args.model).model))
     print(info_text(d, args.block_size, args.chunk_size, args.device))

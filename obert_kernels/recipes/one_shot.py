@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from .pruner import FisherPruner
+from ..core.pruner import FisherPruner
 
 __all__ = ["one_shot_prune", "recomputation_targets", "collect_grads"]
 
@@ -60,7 +60,7 @@ def one_shot_prune(
     (one PruneReport per step).
     """
     pruner = FisherPruner(model, **pruner_kwargs)
-    target = pruner._check_sparsity(sparsity)
+    target = pruner.check_sparsity(sparsity)
     steps = recomputation_targets(pruner.sparsity, target, num_recomputations)
     batch_iter = iter(batches)
     for r, step_target in enumerate(steps, 1):

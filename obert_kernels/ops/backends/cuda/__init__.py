@@ -2,7 +2,7 @@
 
 The extension binds raw device pointers and a stream handle (csrc/README.md says why),
 so everything a C++ binding built on torch headers would check is checked here first:
-device, dtype, contiguity, shapes — with the shared wording of ``_checks`` — and a
+device, dtype, contiguity, shapes — with the shared wording of ``ops.checks`` — and a
 backend that cannot serve a call says why (``reasons``) instead of failing inside the
 kernel. Kernels run on the current torch stream of the tensors' device. The C++ side
 re-checks pointers and sizes and raises ValueError/RuntimeError itself.
@@ -16,17 +16,17 @@ import importlib
 
 import torch
 
-from ..patterns import Pattern
-from . import _checks
-from ._dispatch import register
-from .packed import is_packed, unpack_upper
-from .scores import _check_groups
-from .update import obs_update_torch
+from ...patterns import Pattern
+from ... import checks
+from ...dispatch import register
+from ...packed import is_packed, unpack_upper
+from ...blocks import check_groups
+from ..torch.update import obs_update_torch
 
 try:  # the optional extension; its absence is a reason, not an import error
-    _C = importlib.import_module("obert_kernels._C")
+    extension = importlib.import_module("obert_kernels._C")
 except ImportError as exc:  # pragma: no cover - depends on the build
-    _C = None
+    extension = None
     _IMPORT_ERROR = str(exc)
 else:
     _IMPORT_ERROR = ""
@@ -38,7 +38,7 @@ BUILD_HINT = (
     "and the CUDA runtime (headers + libcudart)"
 )
 
-# backend="auto" tries CUDA before Triton (PREFERENCE in _dispatch.py). Whether CUDA is the
+# backend="auto" tries CUDA before Triton (PREFERENCE in ops/dispatch.py). Whether CUDA is the
 # faster of the two for each op is NOT MEASURED: no GPU was available when these kernels
 # were written. What decides it: bench/bench_cuda_gpu.py (Woodbury at d = 8.5e7, B = 50,
 # m = 1024, total seconds) against the Triton benchmark on the same GPU, and a scores/update
@@ -56,23 +56,23 @@ WOODBURY_ROWS = 0
 
 def available() -> bool:
     """The extension is built and a CUDA device is visible."""
-    return _C is not None and _C.device_count()[0] > 0
+    return extension is not None and extension.device_count()[0] > 0
 
 
 def status() -> str:
     """One line on the extension: not built (and how to build it), no device, or ready."""
-    if _C is None:
+    if extension is None:
         return f"the CUDA extension obert_kernels._C is not built ({_IMPORT_ERROR}); {BUILD_HINT}"
-    count, error = _C.device_count()
+    count, error = extension.device_count()
     if count == 0:
-        return f"no CUDA device: the CUDA runtime reports {error or 'no devices'} (extension built for {_C.compiled_archs})"
-    return (f"CUDA extension ready: {count} device(s), runtime {_C.runtime_version()}, driver {_C.driver_version()}, "
-            f"built for {_C.compiled_archs}")
+        return f"no CUDA device: the CUDA runtime reports {error or 'no devices'} (extension built for {extension.compiled_archs})"
+    return (f"CUDA extension ready: {count} device(s), runtime {extension.runtime_version()}, driver {extension.driver_version()}, "
+            f"built for {extension.compiled_archs}")
 
 
 # ---- reasons -------------------------------------------------------------------------
 def _common_reasons(finv: torch.Tensor, tensors: dict) -> list[str]:
-    if _C is None:
+    if extension is None:
         return [f"the CUDA extension obert_kernels._C is not built ({_IMPORT_ERROR}); {BUILD_HINT}"]
     if not torch.cuda.is_available():
         return ["no CUDA device (torch.cuda.is_available() is False)"]
@@ -92,9 +92,9 @@ def _common_reasons(finv: torch.Tensor, tensors: dict) -> list[str]:
 def _woodbury_reasons(finv, grads, **_) -> list[str]:
     out = _common_reasons(finv, {"grads": grads})
     if not out:
-        B = _checks.block_dims(finv)[1]
-        if B > _C.woodbury_max_block_size():
-            out.append(f"the CUDA Woodbury kernel keeps a block's rows in registers: B ≤ {_C.woodbury_max_block_size()}, got {B}")
+        B = checks.block_dims(finv)[1]
+        if B > extension.woodbury_max_block_size():
+            out.append(f"the CUDA Woodbury kernel keeps a block's rows in registers: B ≤ {extension.woodbury_max_block_size()}, got {B}")
     return out
 
 
@@ -114,9 +114,9 @@ def _scores_reasons(finv, weight, pattern, return_factors=False, **_) -> list[st
 def _update_reasons(finv, weight, pattern, update, **_) -> list[str]:
     out = _common_reasons(finv, {"weight": weight}) or _group_reasons(pattern)
     if not out and update == "joint":
-        B = _checks.block_dims(finv)[1]
+        B = checks.block_dims(finv)[1]
         with torch.cuda.device(finv.device):
-            limit = _C.joint_max_block_size()
+            limit = extension.joint_max_block_size()
         if B > limit:
             out.append(f"update='joint' keeps the |P|×|P| system in shared memory: B ≤ {limit} on this device, got {B}")
     return out
@@ -141,7 +141,7 @@ def woodbury_update_cuda(finv: torch.Tensor, grads: torch.Tensor, num_grads: int
     float32; the kernel reads either layout through strides, needing only the last dim
     contiguous).
     """
-    nb, B = _checks.block_dims(finv)
+    nb, B = checks.block_dims(finv)
     g = grads if grads.dim() == 2 or grads.dim() == 3 else grads.unsqueeze(0)
     g = g.to(torch.float32)
     if g.stride(-1) != 1:
@@ -151,7 +151,7 @@ def woodbury_update_cuda(finv: torch.Tensor, grads: torch.Tensor, num_grads: int
     else:  # (k, d): block b's coordinate j of gradient t at t·stride + b·B + j
         k, stride_block, stride_grad, d_valid = g.shape[0], B, g.stride(0), g.shape[1]
     with torch.cuda.device(finv.device):
-        _C.woodbury_update(finv.data_ptr(), nb, B, is_packed(finv), g.data_ptr(), stride_block, stride_grad,
+        extension.woodbury_update(finv.data_ptr(), nb, B, is_packed(finv), g.data_ptr(), stride_block, stride_grad,
                            d_valid, k, float(num_grads), WOODBURY_ROWS, _stream(finv.device))
     return finv
 
@@ -170,9 +170,9 @@ def _subset_bits(pattern: Pattern, device: torch.device) -> torch.Tensor:
 
 def obs_scores_cuda(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None) -> torch.Tensor:
     """Scores (csrc/scores.cu): (d,), (d/4,) or (d/M, C(M,N)) float32, as obs_scores_torch."""
-    nb, B = _checks.block_dims(finv)
+    nb, B = checks.block_dims(finv)
     d, g = weight.numel(), pattern.group_size
-    groups = d if g == 1 else _check_groups(d, pattern)
+    groups = d if g == 1 else check_groups(d, pattern)
     w = weight.detach().reshape(-1).to(torch.float32).contiguous()
     p = None if pruned is None else pruned.reshape(-1).contiguous()
     if pattern.is_nm:
@@ -181,7 +181,7 @@ def obs_scores_cuda(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, 
     else:
         bits, out = None, torch.empty(groups, dtype=torch.float32, device=finv.device)
     with torch.cuda.device(finv.device):
-        _C.obs_scores(w.data_ptr(), 0 if p is None else p.data_ptr(), finv.data_ptr(), nb, B, is_packed(finv), d, g,
+        extension.obs_scores(w.data_ptr(), 0 if p is None else p.data_ptr(), finv.data_ptr(), nb, B, is_packed(finv), d, g,
                       pattern.n_prune, 0 if bits is None else bits.data_ptr(), 0 if bits is None else bits.numel(),
                       out.data_ptr(), _stream(finv.device))
     return out
@@ -194,7 +194,7 @@ def obs_update_cuda(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.
     SPD F⁻¹ is SPD in exact arithmetic) is left untouched by the kernel and redone on the
     torch backend, which falls back to a general solve — the same answer as backend="torch".
     """
-    nb, B = _checks.block_dims(finv)
+    nb, B = checks.block_dims(finv)
     d = weight.numel()
     # a float32 work copy, written back with copy_ (as the torch backend does): autograd's
     # version counter sees the change, which a raw-pointer write into weight would hide
@@ -202,7 +202,7 @@ def obs_update_cuda(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.
     m = prune_mask.reshape(-1).contiguous()
     failed = torch.zeros(nb, dtype=torch.int32, device=finv.device)
     with torch.cuda.device(finv.device):
-        _C.obs_update(w.data_ptr(), m.data_ptr(), finv.data_ptr(), nb, B, is_packed(finv), d, pattern.group_size,
+        extension.obs_update(w.data_ptr(), m.data_ptr(), finv.data_ptr(), nb, B, is_packed(finv), d, pattern.group_size,
                       _UPDATE_MODES[update], failed.data_ptr(), _stream(finv.device))
     if update == "joint":
         for b in torch.nonzero(failed).flatten().tolist():  # one sync; the list is almost always empty

@@ -28,11 +28,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..patterns import Pattern
-from ._checks import padded_blocks
-from ._triton_util import column_warps, next_pow2
-from .update import obs_update_torch
-from .woodbury_triton import _sweep
+from ...patterns import Pattern
+from ...blocks import padded_blocks
+from .util import column_warps, next_pow2
+from ..torch.update import obs_update_torch
+from .woodbury import symmetric_sweep
 
 __all__ = ["obs_update_triton", "obs_apply_triton"]
 
@@ -40,7 +40,7 @@ ZERO_TILE = 1024
 
 
 @triton.jit
-def _update_none_kernel(w_ptr, mask_ptr, d, TILE: tl.constexpr):
+def update_none_kernel(w_ptr, mask_ptr, d, TILE: tl.constexpr):
     q = tl.program_id(0).to(tl.int64) * TILE + tl.arange(0, TILE)
     ok = q < d
     pruned = tl.load(mask_ptr + q, mask=ok, other=0) != 0
@@ -60,7 +60,7 @@ def _block_lanes(mask_ptr, d, B, P: tl.constexpr):
 
 
 @triton.jit
-def _update_obs_kernel(w_ptr, finv_ptr, mask_ptr, v_ptr, d, B, s_fb, s_fr, s_fc, HAS_V: tl.constexpr, P: tl.constexpr):
+def update_obs_kernel(w_ptr, finv_ptr, mask_ptr, v_ptr, d, B, s_fb, s_fr, s_fc, HAS_V: tl.constexpr, P: tl.constexpr):
     blk, idx, pos, ok, pruned = _block_lanes(mask_ptr, d, B, P)
     if tl.max(pruned.to(tl.int32), axis=0) > 0:
         w = tl.load(w_ptr + pos, mask=ok, other=0.0).to(tl.float32)
@@ -77,7 +77,7 @@ def _update_obs_kernel(w_ptr, finv_ptr, mask_ptr, v_ptr, d, B, s_fb, s_fr, s_fc,
 
 
 @triton.jit
-def _update_obs_grouped_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb, s_fr, s_fc,
+def update_obs_grouped_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb, s_fr, s_fc,
                                M: tl.constexpr, P: tl.constexpr, NGP: tl.constexpr, MP: tl.constexpr):
     blk, idx, pos, ok, pruned = _block_lanes(mask_ptr, d, B, P)
     if tl.max(pruned.to(tl.int32), axis=0) > 0:
@@ -114,7 +114,7 @@ def _update_obs_grouped_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb
 
 
 @triton.jit
-def _update_joint_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb, s_fr, s_fc, P: tl.constexpr):
+def update_joint_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb, s_fr, s_fc, P: tl.constexpr):
     blk, idx, pos, ok, pruned = _block_lanes(mask_ptr, d, B, P)
     pruned_i = pruned.to(tl.int32)
     if tl.max(pruned_i, axis=0) > 0:
@@ -126,7 +126,7 @@ def _update_joint_kernel(w_ptr, finv_ptr, mask_ptr, status_ptr, d, B, s_fb, s_fr
                 c = tl.sum(tl.where((idx == s)[:, None], f, 0.0), axis=0)  # f[s, :] = f[:, s]
                 piv = tl.sum(tl.where(idx == s, c, 0.0), axis=0)
                 bad = bad | (~(piv > 0.0)).to(tl.int32)
-                f = _sweep(f, c, piv, idx, s)
+                f = symmetric_sweep(f, c, piv, idx, s)
         # now f[Q, P] = F⁻¹[Q, P]([F⁻¹]_PP)⁻¹, so δw_Q = −f[Q, P] w_P
         w = tl.load(w_ptr + pos, mask=ok, other=0.0).to(tl.float32)
         delta = tl.sum(f * tl.where(pruned, w, 0.0)[:, None], axis=0)  # f stays symmetric: reduce over rows
@@ -175,19 +175,19 @@ def obs_update_triton(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torc
     mask = prune_mask.detach().reshape(-1)
     mask_u8 = mask.view(torch.uint8)
     if update == "none":
-        _update_none_kernel[(triton.cdiv(d, ZERO_TILE),)](work, mask_u8, d, TILE=ZERO_TILE, num_warps=4)
+        update_none_kernel[(triton.cdiv(d, ZERO_TILE),)](work, mask_u8, d, TILE=ZERO_TILE, num_warps=4)
     else:
         P = next_pow2(B)
         status = torch.zeros(nb, dtype=torch.int32, device=finv.device)
         warps = column_warps(P)
         if update == "joint":
-            _update_joint_kernel[(nb,)](work, finv, mask_u8, status, d, B, *finv.stride(), P=P, num_warps=warps)
+            update_joint_kernel[(nb,)](work, finv, mask_u8, status, d, B, *finv.stride(), P=P, num_warps=warps)
         elif pattern.group_size == 1:
-            _update_obs_kernel[(nb,)](work, finv, mask_u8, work, d, B, *finv.stride(), HAS_V=False, P=P, num_warps=warps)
+            update_obs_kernel[(nb,)](work, finv, mask_u8, work, d, B, *finv.stride(), HAS_V=False, P=P, num_warps=warps)
         else:
             g = pattern.group_size
             NGP, MP = next_pow2(-(-B // g)), next_pow2(g)
-            _update_obs_grouped_kernel[(nb,)](work, finv, mask_u8, status, d, B, *finv.stride(),
+            update_obs_grouped_kernel[(nb,)](work, finv, mask_u8, status, d, B, *finv.stride(),
                                               M=g, P=P, NGP=NGP, MP=MP, num_warps=warps)
         failed = torch.nonzero(status).flatten()
         if failed.numel():
@@ -206,6 +206,10 @@ def obs_apply_triton(weight: torch.Tensor, finv: torch.Tensor, direction: torch.
     v = direction.detach().reshape(-1).contiguous()
     mask_u8 = prune_mask.detach().reshape(-1).view(torch.uint8)
     P = next_pow2(B)
-    _update_obs_kernel[(nb,)](work, finv, mask_u8, v, weight.numel(), B, *finv.stride(), HAS_V=True, P=P,
+    update_obs_kernel[(nb,)](work, finv, mask_u8, v, weight.numel(), B, *finv.stride(), HAS_V=True, P=P,
                               num_warps=column_warps(P))
     return _write_back(weight, work, in_place)
+
+
+# Every jit kernel of this file (the interpreter check and the static report walk them).
+KERNELS = (update_none_kernel, update_obs_kernel, update_obs_grouped_kernel, update_joint_kernel)

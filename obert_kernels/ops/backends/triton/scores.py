@@ -24,9 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..patterns import Pattern
-from ._triton_util import next_pow2
-from .scores import _check_groups, factor_shape, obs_scores_torch
+from ...patterns import Pattern
+from .util import next_pow2
+from ...blocks import check_groups, factor_shape
+from ..torch.scores import obs_scores_torch
 
 __all__ = ["obs_scores_triton", "subset_members"]
 
@@ -46,7 +47,7 @@ def subset_members(pattern: Pattern, device) -> torch.Tensor:
 
 
 @triton.jit
-def _scores_unstructured_kernel(w_ptr, finv_ptr, pruned_ptr, out_ptr, factors_ptr, d, B, s_fb, s_fd,
+def scores_unstructured_kernel(w_ptr, finv_ptr, pruned_ptr, out_ptr, factors_ptr, d, B, s_fb, s_fd,
                                 HAS_PRUNED: tl.constexpr, RETURN_FACTORS: tl.constexpr, TILE: tl.constexpr):
     q = tl.program_id(0).to(tl.int64) * TILE + tl.arange(0, TILE)
     ok = q < d
@@ -64,7 +65,7 @@ def _scores_unstructured_kernel(w_ptr, finv_ptr, pruned_ptr, out_ptr, factors_pt
 
 
 @triton.jit
-def _scores_grouped_kernel(w_ptr, finv_ptr, pruned_ptr, members_ptr, out_ptr, factors_ptr, status_ptr,
+def scores_grouped_kernel(w_ptr, finv_ptr, pruned_ptr, members_ptr, out_ptr, factors_ptr, status_ptr,
                            num_groups, B, num_subsets, s_fb, s_fr, s_fc,
                            M: tl.constexpr, N: tl.constexpr, IS_NM: tl.constexpr, HAS_PRUNED: tl.constexpr,
                            RETURN_FACTORS: tl.constexpr, MP: tl.constexpr, TG: tl.constexpr):
@@ -141,12 +142,12 @@ def obs_scores_triton(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern
     if pattern.group_size == 1:
         out = torch.empty(d, dtype=torch.float32, device=finv.device)
         diag_step = finv.stride(1) + finv.stride(2)
-        _scores_unstructured_kernel[(triton.cdiv(d, SCORE_TILE),)](
+        scores_unstructured_kernel[(triton.cdiv(d, SCORE_TILE),)](
             w, finv, pr, out, out if factors is None else factors, d, B, finv.stride(0), diag_step,
             HAS_PRUNED=has_pruned, RETURN_FACTORS=return_factors, TILE=SCORE_TILE, num_warps=4)
         return (out, factors) if return_factors else out
     g = pattern.group_size
-    ng = _check_groups(d, pattern)
+    ng = check_groups(d, pattern)
     members = subset_members(pattern, finv.device)
     C, N = members.shape
     out = torch.empty(ng, C, dtype=torch.float32, device=finv.device)
@@ -154,10 +155,14 @@ def obs_scores_triton(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern
     TG = max(1, min(GROUP_TILE, 4096 // (MP * MP)))
     programs = triton.cdiv(ng, TG)
     status = torch.zeros(programs, dtype=torch.int32, device=finv.device)
-    _scores_grouped_kernel[(programs,)](
+    scores_grouped_kernel[(programs,)](
         w, finv, pr, members, out, out if factors is None else factors, status, ng, B, C, *finv.stride(),
         M=g, N=N, IS_NM=pattern.is_nm, HAS_PRUNED=has_pruned, RETURN_FACTORS=return_factors, MP=MP, TG=TG, num_warps=4)
     if return_factors and bool(status.any()):  # a sub-block not positive definite in float32: torch's general solve
         return obs_scores_torch(weight, finv, pattern, pruned, return_factors=True)
     out = out if pattern.is_nm else out.reshape(ng)
     return (out, factors) if return_factors else out
+
+
+# Every jit kernel of this file (the interpreter check and the static report walk them).
+KERNELS = (scores_unstructured_kernel, scores_grouped_kernel)

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from .baselines import magnitude_prune
-from .memory import format_bytes
+from ..core.memory import format_bytes
 from .one_shot import collect_grads, recomputation_targets
-from .profiling import StepMeter
-from .pruner import FisherPruner
+from ..core.profiling import StepMeter
+from ..core.pruner import FisherPruner
 
 __all__ = ["grads_only_for", "prune_model", "PruneRun", "memory_line", "METHODS"]
 
@@ -85,7 +85,7 @@ def prune_model(
     if loss_fn is None or batches is None:
         raise ValueError("oBERT needs loss_fn and batches for the Fisher's gradients")
     pruner = FisherPruner(params, update=method, **pruner_kwargs)
-    targets = recomputation_targets(pruner.sparsity, pruner._check_sparsity(sparsity), num_recomputations)
+    targets = recomputation_targets(pruner.sparsity, pruner.check_sparsity(sparsity), num_recomputations)
     batch_iter = iter(batches)
     from tqdm.auto import tqdm
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
+from .. import ops
 
 __all__ = ["AbsoluteDamp", "RelativeDamp", "AutoDamp", "BlockLayout", "block_layout", "parse_damp", "Damping",
            "INVERT_SLICE"]
@@ -68,7 +68,7 @@ class BlockLayout:
     """Where each Fisher block sits: its tensor, and its live (unpruned, non-padding) coordinates.
 
     tensor_index: (nb,) int64, the tracked tensor each block belongs to; live: (nb, B) bool.
-    reduce: when the blocks are sharded over ranks (obert_kernels.distributed), sums a
+    reduce: when the blocks are sharded over ranks (obert_kernels.core.sharding), sums a
     tensor of per-tensor statistics over the ranks, in place; None on one process. A slice
     of a layout drops it: slices are used on one rank's own (e.g. fallback) paths, where a
     collective would wait for ranks that never come.
@@ -138,7 +138,7 @@ class AbsoluteDamp(Damping):
     """A fixed λ > 0 (the paper's damp)."""
 
     def __init__(self, value: float):
-        ops._checks.check_damp(value)
+        ops.checks.check_damp(value)
         self.value = float(value)
 
     @property
@@ -160,7 +160,7 @@ class AbsoluteDamp(Damping):
     def invert(self, fisher, layout, *, backend="auto"):
         for start in range(0, fisher.shape[0], INVERT_SLICE):
             part = fisher[start : start + INVERT_SLICE]
-            ops._checks.check_finite_blocks(part)
+            ops.checks.check_finite_blocks(part)
             backup = part.clone()  # one slice (tens of MB): whatever a backend left behind, start over from it
             try:
                 ops.fisher_invert(part, self.value, backend=backend)

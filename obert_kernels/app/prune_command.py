@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from .export import MASKS_FILE, atomic_output_dir, check_output_dir, require_safetensors, save_masks, save_tensors
+from ..integrations.export import MASKS_FILE, atomic_output_dir, check_output_dir, require_safetensors, save_masks, save_tensors
 from .info import versions
-from .pipeline import memory_line, prune_model
-from .profiling import StepMeter
+from ..recipes.prune_model import memory_line, prune_model
+from ..core.profiling import StepMeter
 
 __all__ = ["run_prune", "BUILTIN_DIGITS"]
 
@@ -83,8 +83,8 @@ def run_prune(args) -> dict:
 
 
 def _prune_encoder(args):
-    from .hf import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches
-    from .probes import GaussNewtonProbe
+    from ..integrations.hf_models import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches
+    from ..recipes.probes import GaussNewtonProbe
     from .text import split_sentences, stdlib_sentences
 
     encoder = load_sentence_encoder(args.model, device=args.device, max_length=args.max_length)
@@ -125,7 +125,7 @@ def _prune_encoder(args):
 
 def _prune_digits(args):
     from .demo import accuracy, cross_entropy_loss, endless_batches, load_digits_data, make_mlp, train
-    from .pruner import prunable_weights
+    from ..core.pruner import prunable_weights
 
     data = load_digits_data(args.seed)
     model = train(make_mlp(args.seed), data, seed=args.seed)

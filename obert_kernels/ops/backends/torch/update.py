@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from ..patterns import Pattern
-from ._checks import padded_blocks
-from .scores import factor_shape, group_diag_blocks, nm_subset_masks
+from ...patterns import Pattern
+from ...blocks import factor_shape, group_diag_blocks, nm_subset_masks, padded_blocks
 
-__all__ = ["UPDATES", "obs_update_torch", "obs_update_ref", "obs_direction", "obs_apply_torch"]
+__all__ = ["UPDATES", "obs_update_torch", "obs_direction", "obs_apply_torch"]
 
 UPDATES = ("obs", "joint", "none")
 
@@ -125,30 +124,3 @@ def obs_update_torch(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch
     return weight
 
 
-def obs_update_ref(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.Tensor, pattern: Pattern, update: str) -> torch.Tensor:
-    """Float64 oracle of SPEC §2c, one Fisher block at a time; returns the new flat weights (d,)."""
-    f = finv.detach().to("cpu", torch.float64)
-    B = f.shape[1]
-    w = weight.detach().reshape(-1).to("cpu", torch.float64).clone()
-    p = prune_mask.reshape(-1).cpu()
-    g = pattern.group_size
-    out = w.clone()
-    for b in range(f.shape[0]):
-        lo, hi = b * B, min((b + 1) * B, w.numel())
-        wb = torch.zeros(B, dtype=torch.float64)
-        wb[: hi - lo] = w[lo:hi]
-        P = [i for i in range(hi - lo) if p[lo + i]]
-        if not P or update == "none":
-            continue
-        if update == "joint":
-            delta = -f[b][:, P] @ torch.linalg.inv(f[b][P][:, P]) @ wb[P]
-        else:
-            v = torch.zeros(B, dtype=torch.float64)
-            for start in range(0, B, g):
-                Q = [i for i in range(start, start + g) if i in P]
-                if Q:
-                    v[Q] = torch.linalg.inv(f[b][Q][:, Q]) @ wb[Q]
-            delta = -f[b] @ v
-        out[lo:hi] = w[lo:hi] + delta[: hi - lo]
-    out[p] = 0.0
-    return out

@@ -25,9 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_finite_blocks
-from ._triton_util import column_warps, grads_layout, next_pow2, warps_for
-from .woodbury import fisher_invert_torch
+from ...checks import check_finite_blocks
+from .util import column_warps, grads_layout, next_pow2, warps_for
+from ..torch.woodbury import fisher_invert_torch
 
 __all__ = [
     "woodbury_update_triton",
@@ -44,7 +44,7 @@ ACCUMULATE_K_TILE = 16
 
 
 @triton.jit
-def _woodbury_chunk_kernel(
+def woodbury_chunk_kernel(
     finv_ptr, grads_ptr, num_blocks, num_new, B, d_limit,
     s_fb, s_fr, s_fc, s_block, s_grad, s_weight, num_grads,
     P: tl.constexpr, G: tl.constexpr,
@@ -76,7 +76,7 @@ def _woodbury_chunk_kernel(
 
 
 @triton.jit
-def _fisher_accumulate_kernel(
+def fisher_accumulate_kernel(
     fisher_ptr, grads_ptr, num_new, B, d_limit,
     s_fb, s_fr, s_fc, s_block, s_grad, s_weight, inv_m,
     P: tl.constexpr, KT: tl.constexpr,
@@ -101,7 +101,7 @@ def _fisher_accumulate_kernel(
 
 
 @triton.jit
-def _sweep(a, c, piv, idx, s):
+def symmetric_sweep(a, c, piv, idx, s):
     """One symmetric sweep of the (P, P) tile ``a`` on pivot s, given c = a[s, :] and piv = c_s.
 
     a'_ij = a_ij − c_i c_j / p off row and column s; a'_sj = c_j / p; a'_is = c_i / p;
@@ -118,7 +118,7 @@ def _sweep(a, c, piv, idx, s):
 
 
 @triton.jit
-def _fisher_invert_kernel(fisher_ptr, status_ptr, B, s_fb, s_fr, s_fc, damp, P: tl.constexpr):
+def fisher_invert_kernel(fisher_ptr, status_ptr, B, s_fb, s_fr, s_fc, damp, P: tl.constexpr):
     """fisher[b] ← (fisher[b] + λI)⁻¹ by the symmetric sweep; status[b] = 1 if a pivot ≤ 0.
 
     Sweeping pivot s: c = a[:, s], p = c_s; a ← a − c cᵀ/p; a[s, :] = a[:, s] = c/p;
@@ -140,7 +140,7 @@ def _fisher_invert_kernel(fisher_ptr, status_ptr, B, s_fb, s_fr, s_fc, damp, P: 
         c = tl.sum(tl.where((idx == s)[:, None], a, 0.0), axis=0)  # a[s, :] = a[:, s]
         piv = tl.sum(tl.where(idx == s, c, 0.0), axis=0)
         bad = bad | (~(piv > 0.0)).to(tl.int32)
-        a = _sweep(a, c, piv, idx, s)
+        a = symmetric_sweep(a, c, piv, idx, s)
     # a = −A⁻¹; the two triangles differ only by rounding: average them
     a = -0.5 * (a + tl.trans(a))
     ok = (idx * 0 + bad) == 0  # as a vector: the interpreter cannot mask with a scalar
@@ -183,7 +183,7 @@ def woodbury_update_triton(finv: torch.Tensor, grads: torch.Tensor, num_grads: i
     k = grads.shape[1] if grads.dim() == 3 else grads.shape[0]
     s_block, s_grad, s_weight, d_limit = grads_layout(grads, nb, B)
     P, G, warps = woodbury_launch_config(B)
-    _woodbury_chunk_kernel[(triton.cdiv(nb, G),)](
+    woodbury_chunk_kernel[(triton.cdiv(nb, G),)](
         finv, grads, nb, k, B, d_limit, *finv.stride(), s_block, s_grad, s_weight, float(num_grads),
         P=P, G=G, num_warps=warps,
     )
@@ -201,7 +201,7 @@ def fisher_accumulate_triton(fisher: torch.Tensor, grads: torch.Tensor, num_grad
     k = grads.shape[1] if grads.dim() == 3 else grads.shape[0]
     s_block, s_grad, s_weight, d_limit = grads_layout(grads, nb, B)
     P = max(16, next_pow2(B))  # tl.dot needs every dimension ≥ 16
-    _fisher_accumulate_kernel[(nb,)](
+    fisher_accumulate_kernel[(nb,)](
         fisher, grads, k, B, d_limit, *fisher.stride(), s_block, s_grad, s_weight, 1.0 / num_grads,
         P=P, KT=ACCUMULATE_K_TILE, num_warps=warps_for(P * P),
     )
@@ -219,8 +219,12 @@ def fisher_invert_triton(fisher: torch.Tensor, damp: float) -> torch.Tensor:
     check_finite_blocks(fisher)  # before anything is written
     status = torch.zeros(nb, dtype=torch.int32, device=fisher.device)
     P = next_pow2(B)
-    _fisher_invert_kernel[(nb,)](fisher, status, B, *fisher.stride(), float(damp), P=P, num_warps=column_warps(P))
+    fisher_invert_kernel[(nb,)](fisher, status, B, *fisher.stride(), float(damp), P=P, num_warps=column_warps(P))
     failed = torch.nonzero(status).flatten()
     if failed.numel():
         fisher[failed] = fisher_invert_torch(fisher[failed].clone(), damp)
     return fisher
+
+
+# Every jit kernel of this file (the interpreter check and the static report walk them).
+KERNELS = (woodbury_chunk_kernel, fisher_accumulate_kernel, fisher_invert_kernel)

@@ -21,36 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from ..patterns import Pattern
-from ._checks import padded_blocks
+from ...patterns import Pattern
+from ...blocks import check_groups, group_diag_blocks, nm_subset_masks, padded_blocks
 
-__all__ = ["group_diag_blocks", "obs_scores_torch", "obs_scores_ref", "obs_factors_ref", "nm_subset_masks", "factor_shape"]
-
-
-def group_diag_blocks(finv: torch.Tensor, group_size: int) -> torch.Tensor:
-    """The g×g diagonal sub-blocks of every block: (num_blocks·B/g, g, g), a view when possible."""
-    nb, B = finv.shape[0], finv.shape[1]
-    a = B // group_size
-    sub = finv.reshape(nb, a, group_size, a, group_size).diagonal(dim1=1, dim2=3)  # (nb, g, g, a)
-    return sub.permute(0, 3, 1, 2).reshape(nb * a, group_size, group_size)
-
-
-def nm_subset_masks(pattern: Pattern, device=None) -> torch.Tensor:
-    """(C(M,N), M) bool: row c marks the members of Pattern.subsets[c]."""
-    masks = torch.zeros(len(pattern.subsets), pattern.group_size, dtype=torch.bool, device=device)
-    for c, subset in enumerate(pattern.subsets):
-        masks[c, list(subset)] = True
-    return masks
-
-
-def factor_shape(pattern: Pattern, d: int) -> tuple[int, ...]:
-    """Shape of the factors obs_scores returns for d weights (module docstring)."""
-    g = pattern.group_size
-    if g == 1:
-        return (d,)
-    if pattern.is_nm:
-        return (d // g, len(pattern.subsets), pattern.n_prune)
-    return (d // g, g)
+__all__ = ["obs_scores_torch"]
 
 
 def _quad_inverse(a: torch.Tensor, w: torch.Tensor, want_solution: bool = False):
@@ -65,12 +39,6 @@ def _quad_inverse(a: torch.Tensor, w: torch.Tensor, want_solution: bool = False)
     if not want_solution:
         return quad
     return quad, torch.cholesky_solve(w.unsqueeze(-1), chol).squeeze(-1)
-
-
-def _check_groups(d: int, pattern: Pattern) -> int:
-    if d % pattern.group_size:
-        raise ValueError(f"pattern {pattern.name} needs the weight count ({d}) divisible by {pattern.group_size}")
-    return d // pattern.group_size
 
 
 def _nm_constrain(scores: torch.Tensor, pruned_groups: torch.Tensor, pattern: Pattern) -> torch.Tensor:
@@ -104,7 +72,7 @@ def obs_scores_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern,
             scores = scores.masked_fill(pruned_flat, float("-inf"))
         return (scores, (w / diag)[:d]) if return_factors else scores
     g = pattern.group_size
-    ng = _check_groups(d, pattern)
+    ng = check_groups(d, pattern)
     blocks = group_diag_blocks(finv, g)[:ng]  # (ng, g, g)
     wg = w[: ng * g].reshape(ng, g)
     if not pattern.is_nm:
@@ -126,53 +94,3 @@ def obs_scores_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern,
     return (scores, torch.stack(per_subset_factors, dim=1)) if return_factors else scores
 
 
-def obs_scores_ref(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None) -> torch.Tensor:
-    """Float64 oracle: the formulas of SPEC §2b, one group at a time with explicit inverses."""
-    f = finv.detach().to("cpu", torch.float64)
-    B = f.shape[1]
-    w = weight.detach().reshape(-1).to("cpu", torch.float64)
-    p = torch.zeros(w.numel(), dtype=torch.bool) if pruned is None else pruned.reshape(-1).cpu()
-    g = pattern.group_size
-    ng = w.numel() // g
-
-    def fblock(idx):  # [F⁻¹]_QQ for global indices idx inside one Fisher block
-        b = idx[0] // B
-        local = [i - b * B for i in idx]
-        return f[b][local][:, local]
-
-    if not pattern.is_nm:
-        out = torch.empty(ng, dtype=torch.float64)
-        for q in range(ng):
-            idx = list(range(q * g, q * g + g))
-            wq = w[idx]
-            out[q] = float("-inf") if bool(p[idx].all()) else 0.5 * wq @ torch.linalg.inv(fblock(idx)) @ wq
-        return out
-    out = torch.empty(ng, len(pattern.subsets), dtype=torch.float64)
-    for q in range(ng):
-        members = set(i for i in range(g) if p[q * g + i])
-        for c, subset in enumerate(pattern.subsets):
-            idx = [q * g + i for i in subset]
-            if len(members) >= pattern.n_prune:
-                out[q, c] = float("-inf") if set(subset) <= members else float("inf")
-            elif not members <= set(subset):
-                out[q, c] = float("inf")
-            else:
-                out[q, c] = 0.5 * w[idx] @ torch.linalg.inv(fblock(idx)) @ w[idx]
-    return out
-
-
-def obs_factors_ref(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-    """Float64 oracle of the factors (module docstring): ([F⁻¹]_SS)⁻¹ w_S by explicit inverses."""
-    f = finv.detach().to("cpu", torch.float64)
-    B = f.shape[1]
-    w = weight.detach().reshape(-1).to("cpu", torch.float64)
-    g = pattern.group_size
-    candidates = pattern.subsets if pattern.is_nm else (tuple(range(g)),)
-    out = torch.empty(w.numel() // g, len(candidates), len(candidates[0]), dtype=torch.float64)
-    for q in range(out.shape[0]):
-        for c, members in enumerate(candidates):
-            idx = [q * g + i for i in members]
-            b = idx[0] // B
-            local = [i - b * B for i in idx]
-            out[q, c] = torch.linalg.inv(f[b][local][:, local]) @ w[idx]
-    return out.reshape(factor_shape(pattern, w.numel()))

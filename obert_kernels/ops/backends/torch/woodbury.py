@@ -17,7 +17,8 @@ import warnings
 
 import torch
 
-from ._checks import check_finite_blocks, padded_blocks
+from ...blocks import padded_blocks
+from ...checks import check_finite_blocks
 
 __all__ = [
     "init_finv",
@@ -25,7 +26,6 @@ __all__ = [
     "naive_woodbury_update",
     "fisher_accumulate_torch",
     "fisher_invert_torch",
-    "fisher_inverse_ref",
 ]
 
 # Sub-chunk of the rank-k update, and S = m·I + GᵀU formed and factored in float64 (it is
@@ -145,16 +145,3 @@ def fisher_invert_torch(fisher: torch.Tensor, damp: float, max_retries: int = 6)
     return fisher
 
 
-def fisher_inverse_ref(grads: torch.Tensor, block_size: int, damp: float, num_grads: int | None = None) -> torch.Tensor:
-    """The float64 oracle of SPEC §4: F built explicitly per block and inverted.
-
-    grads: (m, d) all gradients; returns (ceil(d/B), B, B) float64 on the CPU.
-    num_grads defaults to m (the 1/m normalisation).
-    """
-    g = grads.detach().to("cpu", torch.float64)
-    m = g.shape[0] if num_grads is None else num_grads
-    num_blocks = -(-g.shape[1] // block_size)
-    blocks = padded_blocks(g, num_blocks, block_size).permute(1, 0, 2)  # (nb, m, B)
-    fisher = blocks.transpose(1, 2) @ blocks / m
-    fisher += damp * torch.eye(block_size, dtype=torch.float64)
-    return torch.linalg.inv(fisher)

@@ -1,0 +1,25 @@
+"""The backends, one folder each; each registers its kernels with ``ops.dispatch``.
+
+``torch/`` serves every call and always loads. ``triton/`` (Triton kernels) and ``cuda/``
+(launchers of the compiled extension in csrc/) are optional: a failed import is recorded
+so ``not_supported_reasons`` can say why they are absent.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..dispatch import mark_unavailable
+
+__all__ = ["load_backends", "OPTIONAL_BACKENDS"]
+
+OPTIONAL_BACKENDS = {"triton": ".triton", "cuda": ".cuda"}
+
+
+def load_backends() -> None:
+    """Register the torch backend, then each optional backend that imports."""
+    importlib.import_module(".torch", __package__).register_all()
+    for backend, module in OPTIONAL_BACKENDS.items():
+        try:
+            importlib.import_module(module, __package__).register_all()
+        except ImportError as exc:
+            mark_unavailable(backend, f"{backend} backend not available ({exc})")

@@ -1,0 +1,53 @@
+"""Block and group layout shared by every backend, the references and selection.
+
+A tensor of d weights is cut into ceil(d/B) Fisher blocks of B (the last zero-padded);
+a pattern's groups (1 weight, 4 for block4, M for N:M) tile each block.
+"""
+from __future__ import annotations
+
+import torch
+
+from .patterns import Pattern
+
+__all__ = ["padded_blocks", "group_diag_blocks", "nm_subset_masks", "factor_shape", "check_groups"]
+
+
+def padded_blocks(flat: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
+    """View (..., d) as (..., num_blocks, B), zero-padding the last block when d < num_blocks*B."""
+    d = flat.shape[-1]
+    if d != num_blocks * B:
+        flat = torch.nn.functional.pad(flat, (0, num_blocks * B - d))
+    return flat.reshape(*flat.shape[:-1], num_blocks, B)
+
+
+def group_diag_blocks(finv: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The g×g diagonal sub-blocks of every block: (num_blocks·B/g, g, g), a view when possible."""
+    nb, B = finv.shape[0], finv.shape[1]
+    a = B // group_size
+    sub = finv.reshape(nb, a, group_size, a, group_size).diagonal(dim1=1, dim2=3)  # (nb, g, g, a)
+    return sub.permute(0, 3, 1, 2).reshape(nb * a, group_size, group_size)
+
+
+def nm_subset_masks(pattern: Pattern, device=None) -> torch.Tensor:
+    """(C(M,N), M) bool: row c marks the members of Pattern.subsets[c]."""
+    masks = torch.zeros(len(pattern.subsets), pattern.group_size, dtype=torch.bool, device=device)
+    for c, subset in enumerate(pattern.subsets):
+        masks[c, list(subset)] = True
+    return masks
+
+
+def factor_shape(pattern: Pattern, d: int) -> tuple[int, ...]:
+    """Shape of the factors obs_scores returns for d weights (module docstring)."""
+    g = pattern.group_size
+    if g == 1:
+        return (d,)
+    if pattern.is_nm:
+        return (d // g, len(pattern.subsets), pattern.n_prune)
+    return (d // g, g)
+
+
+def check_groups(d: int, pattern: Pattern) -> int:
+    """The number of groups in d weights; refuses a d the group size does not divide."""
+    if d % pattern.group_size:
+        raise ValueError(f"pattern {pattern.name} needs the weight count ({d}) divisible by {pattern.group_size}")
+    return d // pattern.group_size
