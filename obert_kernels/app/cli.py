@@ -1,4 +1,6 @@
-"""Command line: ``python -m obert_kernels {demo,prune,bench,info}`` (also the ``obert-kernels`` script).
+"""Command line: ``python -m obert_kernels {check,demo,prune,bench,info}`` (also the ``obert-kernels`` script).
+
+    obert-kernels check [--interpret] [--quick] [--json PATH]   # every op × backend × device vs float64: run first
 
     obert-kernels demo                          # digits MLP: oBERT vs magnitude table + PNG (minutes on 2 cores)
     obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.7 --out minilm-70
@@ -12,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from .options import BenchOptions, CheckOptions, DemoOptions, InfoOptions, PruneOptions
 
 __all__ = ["main", "build_parser"]
 
@@ -34,11 +38,31 @@ def _add_pruner_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", default="auto", help="auto, torch, triton or cuda")
 
 
+def _add_check_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="one pattern (2:4) for scores and updates instead of three")
+    ap.add_argument("--device", action="append", help="check only this device (repeatable; default: cpu and every CUDA device)")
+    ap.add_argument("--backend", action="append", help="check only this backend (repeatable; default: torch, triton, cuda)")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="what the ops compute in (default: %(default)s; the Triton and CUDA kernels are float32 only)")
+    ap.add_argument("--json", type=Path, metavar="PATH", help="also write the table as JSON")
+    ap.add_argument("--interpret", action="store_true",
+                    help="run again with TRITON_INTERPRET=1: the Triton kernels through Triton's CPU interpreter (slow)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import demo
 
     ap = argparse.ArgumentParser(prog="obert-kernels", description="Second-order (Optimal BERT Surgeon) pruning")
     sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="every op on every backend and device here against the float64 reference: run this first",
+                       description="Run every kernel op (Fisher inverse by Woodbury and by the direct path, scores for each "
+                                   "pattern with and without factors, the update obs/joint/none, obs_apply) on every backend "
+                                   "and device present, with dense and packed F⁻¹, against the float64 references on small "
+                                   "awkward shapes. Prints one line per op × device × storage × backend; exits 1 on any "
+                                   "mismatch (a backend that cannot run here is not a failure).")
+    _add_check_options(p)
 
     p = sub.add_parser("demo", help="one-shot prune an MLP on scikit-learn's digits: table + PNG plot")
     demo.add_arguments(p)
@@ -84,48 +108,57 @@ def main(argv=None) -> int:
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            from . import demo
-
-            demo.run_from_args(args)
-            return 0
-        if args.command == "prune":
-            from .prune_command import run_prune
-
-            run_prune(args)
-            return 0
-        if args.command == "bench":
-            return _bench(args, extra)
-        if args.command == "info":
-            return _info(args)
+        return _run(args, extra)
     except (FileExistsError, FileNotFoundError, ImportError, ValueError) as exc:
         print(f"obert-kernels {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    """Build the subcommand's options once (checked) and run it; the namespace goes no further."""
+    if args.command == "check":
+        from .check import run_check_command
+
+        return run_check_command(CheckOptions.from_args(args))
+    if args.command == "demo":
+        from .demo import run_demo_command
+
+        run_demo_command(DemoOptions.from_args(args))
+        return 0
+    if args.command == "prune":
+        from .prune_command import run_prune
+
+        run_prune(PruneOptions.from_args(args))
+        return 0
+    if args.command == "bench":
+        return _bench(BenchOptions.from_args(args, extra))
+    if args.command == "info":
+        return _info(InfoOptions.from_args(args))
     raise AssertionError(args.command)  # pragma: no cover
 
 
-def _bench(args, extra) -> int:
+def _bench(options: BenchOptions) -> int:
     from .bench_runner import discover, run_scripts
 
-    scripts = discover(args.bench_dir, args.names or None)
-    if args.list:
+    scripts = discover(options.bench_dir, list(options.names) or None)
+    if options.list_only:
         for s in scripts:
             state = "runs here" if s.runnable else "skipped: " + "; ".join(s.missing)
             quick = "" if s.quick_args is None else f"; --quick: {' '.join(s.quick_args)}"
             print(f"{s.name:<28} needs {', '.join(s.requires) or 'nothing'} ({state}{quick})")
         return 0
-    return 1 if run_scripts(scripts, quick=args.quick, extra_args=extra) else 0
+    return 1 if run_scripts(scripts, quick=options.quick, extra_args=list(options.extra_args)) else 0
 
 
-def _info(args) -> int:
+def _info(options: InfoOptions) -> int:
     from .info import info_text
 
-    d = args.d
-    if args.model:
+    d = options.d
+    if options.model:
         from ..integrations.hf_models import encoder_weights, load_sentence_encoder
 
-        d = sum(w.numel() for _, w in encoder_weights(load_sentence_encoder(args.model).model))
-    print(info_text(d, args.block_size, args.chunk_size, args.device))
+        d = sum(w.numel() for _, w in encoder_weights(load_sentence_encoder(options.model).model))
+    print(info_text(d, options.block_size, options.chunk_size, options.device))
     return 0
 
 

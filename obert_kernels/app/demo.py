@@ -25,9 +25,10 @@ from torch import nn
 
 from ..recipes.baselines import magnitude_prune
 from ..recipes.one_shot import one_shot_prune
+from .options import DemoOptions
 
 __all__ = ["DigitsData", "load_digits_data", "make_mlp", "train", "accuracy", "endless_batches", "run_demo",
-           "plot_accuracy", "add_arguments", "run_from_args"]
+           "plot_accuracy", "add_arguments", "run_demo_command"]
 
 
 @dataclass
@@ -167,14 +168,15 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-progress", action="store_true")
 
 
-def run_from_args(args: argparse.Namespace) -> list[dict]:
-    rows = run_demo(args.sparsities, seed=args.seed, update=args.update, block_size=args.block_size,
-                    num_grads=args.num_grads, damp=args.damp, num_recomputations=args.num_recomputations,
-                    backend=args.backend, progress=not args.no_progress)
-    if not args.no_plot:
-        title = f"digits MLP: one-shot oBERT ({args.update}, R={args.num_recomputations}) vs magnitude"
+def run_demo_command(options: DemoOptions) -> list[dict]:
+    """``demo``: run_demo with the options, then the plot unless options.plot is None."""
+    rows = run_demo(options.sparsities, seed=options.seed, update=options.update, block_size=options.block_size,
+                    num_grads=options.num_grads, damp=options.damp, num_recomputations=options.num_recomputations,
+                    backend=options.backend, progress=options.progress)
+    if options.plot is not None:
+        title = f"digits MLP: one-shot oBERT ({options.update}, R={options.num_recomputations}) vs magnitude"
         try:
-            print(f"plot: {plot_accuracy(rows, args.plot, title, rows[0].get('dense') if rows else None)}")
+            print(f"plot: {plot_accuracy(rows, options.plot, title, rows[0].get('dense') if rows else None)}")
         except ImportError as exc:
             print(f"no plot: {exc}", file=sys.stderr)
     return rows
@@ -183,7 +185,7 @@ def run_from_args(args: argparse.Namespace) -> list[dict]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="One-shot oBERT vs magnitude pruning of an MLP on scikit-learn's digits")
     add_arguments(ap)
-    run_from_args(ap.parse_args(argv))
+    run_demo_command(DemoOptions.from_args(ap.parse_args(argv)))
 
 
 if __name__ == "__main__":

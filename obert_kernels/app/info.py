@@ -111,6 +111,8 @@ def info_text(d: int | None = None, block_size: int = 50, chunk_size: int = 32, 
     if d is not None:
         dev = device or devices()[-1]
         lines += ["", "memory estimate:", f"  {estimate_memory([d], block_size, chunk_size, dev)}"]
+    lines += ["", "to run every op on each backend above against its float64 reference: python -m obert_kernels check"
+                  + ("" if torch.cuda.is_available() else " (--interpret: Triton through its CPU interpreter)")]
     return "\n".join(lines)
 
 

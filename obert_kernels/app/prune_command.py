@@ -27,6 +27,7 @@ from ..integrations.export import MASKS_FILE, atomic_output_dir, check_output_di
 from .info import versions
 from ..recipes.prune_model import memory_line, prune_model
 from ..core.profiling import StepMeter
+from .options import PruneOptions
 
 __all__ = ["run_prune", "BUILTIN_DIGITS"]
 
@@ -34,18 +35,6 @@ BUILTIN_DIGITS = "digits-mlp"
 REPORT_FILE = "obert_report.json"
 # sentence-transformers files copied as they are, so OUT/ also loads as a SentenceTransformer
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
-
-
-def _pruner_kwargs(args) -> dict:
-    return {"block_size": args.block_size, "num_grads": args.num_grads, "chunk_size": args.chunk_size, "damp": args.damp,
-            "pattern": args.pattern, "global_sparsity": not args.per_tensor, "fisher_method": args.fisher_method,
-            "backend": args.backend, "verbose": not args.no_progress}
-
-
-def _method_kwargs(args) -> dict:
-    if args.method == "magnitude":
-        return {"pattern": args.pattern, "global_sparsity": not args.per_tensor}
-    return _pruner_kwargs(args)
 
 
 def _read_texts(path: Path) -> list[str]:
@@ -64,48 +53,49 @@ def _print_steps(meter: StepMeter) -> None:
         print(f"  {r}")
 
 
-def run_prune(args) -> dict:
-    """Run ``prune`` from parsed arguments; returns the report written to OUT/obert_report.json."""
-    out = check_output_dir(args.out, args.overwrite)
+def run_prune(options: PruneOptions) -> dict:
+    """Run ``prune`` with its options; returns the report written to OUT/obert_report.json."""
+    out = check_output_dir(options.out, options.overwrite)
     require_safetensors()  # fail before the long part, not at the end
-    if args.model.lower() == BUILTIN_DIGITS:
-        report, write = _prune_digits(args)
+    if options.model.lower() == BUILTIN_DIGITS:
+        report, write = _prune_digits(options)
     else:
-        report, write = _prune_encoder(args)
-    report.update(command="prune", args={k: str(v) for k, v in vars(args).items()}, versions=versions(),
+        report, write = _prune_encoder(options)
+    report.update(command="prune", args=options.report_args(), versions=versions(),
                   machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                   date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    with atomic_output_dir(out, args.overwrite) as tmp:
+    with atomic_output_dir(out, options.overwrite) as tmp:
         write(tmp)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
     print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return report
 
 
-def _prune_encoder(args):
+def _prune_encoder(options: PruneOptions):
     from ..integrations.hf_models import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches
     from ..recipes.probes import GaussNewtonProbe
     from .text import split_sentences, stdlib_sentences
 
-    encoder = load_sentence_encoder(args.model, device=args.device, max_length=args.max_length)
-    sentences = _read_texts(args.texts) if args.texts else stdlib_sentences()
-    n_eval = min(args.eval_sentences, len(sentences) // 4)
-    held_out, fisher_text = split_sentences(sentences, [n_eval, len(sentences) - n_eval], seed=args.seed)
+    encoder = load_sentence_encoder(options.model, device=options.device, max_length=options.max_length)
+    sentences = _read_texts(options.texts) if options.texts else stdlib_sentences()
+    n_eval = min(options.eval_sentences, len(sentences) // 4)
+    held_out, fisher_text = split_sentences(sentences, [n_eval, len(sentences) - n_eval], seed=options.seed)
     dense = encoder.encode(held_out) if n_eval >= 2 else None
     params = encoder_weights(encoder.model)
     print(f"{encoder.model_dir}: {sum(w.numel() for _, w in params):,} encoder Linear weights in {len(params)} tensors; "
           f"Fisher from {len(fisher_text)} sentences, {n_eval} held out", file=sys.stderr)
-    run = prune_model(encoder.model, params, args.method, args.sparsity,
-                      loss_fn=GaussNewtonProbe(encoder.embed, seed=args.seed),
-                      batches=sentence_batches(encoder, fisher_text, args.batch_size, seed=args.seed + 1),
-                      num_recomputations=args.num_recomputations, progress=not args.no_progress, **_method_kwargs(args))
+    run = prune_model(encoder.model, params, options.pruner.method, options.sparsity,
+                      loss_fn=GaussNewtonProbe(encoder.embed, seed=options.seed),
+                      batches=sentence_batches(encoder, fisher_text, options.batch_size, seed=options.seed + 1),
+                      num_recomputations=options.pruner.num_recomputations, progress=options.progress,
+                      **options.pruner.method_kwargs(verbose=options.progress))
     metrics = embedding_agreement(dense, encoder.encode(held_out)) if dense is not None else {}
     sparsity = _sparsity(run.masks)
-    print(f"{args.method} to {sparsity:.2%}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    print(f"{options.pruner.method} to {sparsity:.2%}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     _print_steps(run.meter)
     if run.pruner is not None:
         print(memory_line(run.pruner, encoder.model, run.meter))
-    report = {"model": str(encoder.model_dir), "method": args.method, "sparsity": sparsity, "held_out_sentences": n_eval,
+    report = {"model": str(encoder.model_dir), "method": options.pruner.method, "sparsity": sparsity, "held_out_sentences": n_eval,
               "metrics": metrics, "steps": _steps(run.meter),
               "prune_reports": [r.to_dict() for r in run.pruner.history] if run.pruner else []}
 
@@ -123,21 +113,21 @@ def _prune_encoder(args):
     return report, write
 
 
-def _prune_digits(args):
+def _prune_digits(options: PruneOptions):
     from .demo import accuracy, cross_entropy_loss, endless_batches, load_digits_data, make_mlp, train
     from ..core.pruner import prunable_weights
 
-    data = load_digits_data(args.seed)
-    model = train(make_mlp(args.seed), data, seed=args.seed)
+    data = load_digits_data(options.seed)
+    model = train(make_mlp(options.seed), data, seed=options.seed)
     dense_acc = accuracy(model, data.x_test, data.y_test)
-    run = prune_model(model, prunable_weights(model), args.method, args.sparsity, loss_fn=cross_entropy_loss,
-                      batches=endless_batches(data, 8, args.seed + 1), num_recomputations=args.num_recomputations,
-                      progress=not args.no_progress, **_method_kwargs(args))
+    run = prune_model(model, prunable_weights(model), options.pruner.method, options.sparsity, loss_fn=cross_entropy_loss,
+                      batches=endless_batches(data, 8, options.seed + 1), num_recomputations=options.pruner.num_recomputations,
+                      progress=options.progress, **options.pruner.method_kwargs(verbose=options.progress))
     acc = accuracy(model, data.x_test, data.y_test)
     sparsity = _sparsity(run.masks)
-    print(f"digits MLP 64-128-128-10: dense test accuracy {dense_acc:.2%}, {args.method} at {sparsity:.2%}: {acc:.2%}")
+    print(f"digits MLP 64-128-128-10: dense test accuracy {dense_acc:.2%}, {options.pruner.method} at {sparsity:.2%}: {acc:.2%}")
     _print_steps(run.meter)
-    report = {"model": BUILTIN_DIGITS, "method": args.method, "sparsity": sparsity,
+    report = {"model": BUILTIN_DIGITS, "method": options.pruner.method, "sparsity": sparsity,
               "metrics": {"dense_accuracy": dense_acc, "accuracy": acc}, "steps": _steps(run.meter),
               "prune_reports": [r.to_dict() for r in run.pruner.history] if run.pruner else []}
     state = copy.deepcopy(model.state_dict())

@@ -62,13 +62,16 @@ def prune_model(
     num_recomputations: int = 1,
     meter: StepMeter | None = None,
     progress: bool = True,
+    pattern: str = "unstructured",
+    global_sparsity: bool = True,
     **pruner_kwargs,
 ) -> PruneRun:
     """Prune ``params`` of ``model`` in place to ``sparsity`` with oBERT ("obs"/"joint") or "magnitude".
 
     params: what FisherPruner takes (a list of (name, tensor) of the model's weights);
-    loss_fn(model, batch) and batches: the Fisher's gradients (oBERT only). pruner_kwargs
-    go to FisherPruner. Returns a PruneRun; its meter has one record per step:
+    loss_fn(model, batch) and batches: the Fisher's gradients (oBERT only). pattern and
+    global_sparsity: as FisherPruner's, for both methods; pruner_kwargs go to FisherPruner
+    (oBERT only). Returns a PruneRun; its meter has one record per step:
     "gradients r/R" and "prune r/R" (magnitude: "prune").
     """
     if method not in METHODS:
@@ -79,12 +82,11 @@ def prune_model(
     params = list(params.items()) if isinstance(params, dict) else list(params)
     if method == "magnitude":  # same pattern and selection as oBERT would use; no gradients
         with meter.step("prune"):
-            masks = magnitude_prune(params, sparsity, pattern=pruner_kwargs.get("pattern", "unstructured"),
-                                    global_sparsity=pruner_kwargs.get("global_sparsity", True))
+            masks = magnitude_prune(params, sparsity, pattern=pattern, global_sparsity=global_sparsity)
         return PruneRun(masks, None, meter)
     if loss_fn is None or batches is None:
         raise ValueError("oBERT needs loss_fn and batches for the Fisher's gradients")
-    pruner = FisherPruner(params, update=method, **pruner_kwargs)
+    pruner = FisherPruner(params, update=method, pattern=pattern, global_sparsity=global_sparsity, **pruner_kwargs)
     targets = recomputation_targets(pruner.sparsity, pruner.check_sparsity(sparsity), num_recomputations)
     batch_iter = iter(batches)
     from tqdm.auto import tqdm
