@@ -18,6 +18,7 @@ the check again in a child process with it set.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -142,6 +143,8 @@ def _summary(rows: list[CheckRow], seconds: float) -> str:
 
 
 def _interpret_hint(rows: list[CheckRow]) -> str | None:
+    if torch.cuda.is_available():  # Triton runs compiled on the GPU rows; the interpreter is for GPU-less machines
+        return None
     if any(r.backend == "triton" and any("TRITON_INTERPRET" in x for x in r.reasons) for r in rows):
         return "to run the Triton kernels on this CPU through Triton's interpreter (slow): check --interpret"
     return None
@@ -151,10 +154,18 @@ def write_json(path: Path, rows: list[CheckRow], options: CheckOptions, seconds:
     """The rows as JSON, with what produced them: {"options", "versions", "devices", "rows", "exit_code"}."""
     report = {"command": "check", "options": options.report_dict(), "versions": versions(),
               "triton_interpret": os.environ.get("TRITON_INTERPRET"), "devices": list(options.devices or devices()),
-              "seconds": round(seconds, 3), "rows": [asdict(r) for r in rows], "exit_code": exit_code}
+              "seconds": round(seconds, 3), "rows": [_json_row(r) for r in rows], "exit_code": exit_code}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
+
+
+def _json_row(row: CheckRow) -> dict:
+    """asdict, with a non-finite error as null (strict JSON has no Infinity; the detail says what went wrong)."""
+    out = asdict(row)
+    if out["max_rel_err"] is not None and not math.isfinite(out["max_rel_err"]):
+        out["max_rel_err"] = None
+    return out
 
 
 def _rerun_interpreted(options: CheckOptions) -> int:
