@@ -194,9 +194,9 @@ class CheckOptions:
         for name in args.backend or ():
             if name not in BACKENDS:
                 raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-        devices = tuple(_check_device(d) for d in args.device) if args.device else None
-        return cls(args.seed, bool(args.quick), devices, tuple(args.backend) if args.backend else None, args.dtype,
-                   args.json, bool(args.interpret))
+        devices = tuple(dict.fromkeys(_check_device(d) for d in args.device)) if args.device else None
+        backends = tuple(dict.fromkeys(args.backend)) if args.backend else None
+        return cls(args.seed, bool(args.quick), devices, backends, args.dtype, args.json, bool(args.interpret))
 
     def to_argv(self, interpret: bool | None = None) -> list[str]:
         """The flags that give these options again (``check`` runs itself again for --interpret)."""
