@@ -98,6 +98,16 @@ class PrunerConfig:
                              "keep per tensor here: pass an absolute damp (a number) with fisher_storage='packed'")
         return dataclasses.replace(self, fisher_method=method)
 
+    def check_sparsity(self, sparsity) -> float:
+        """``sparsity`` as a float in [0, 1); for N:M, the pattern's N/M whatever is passed."""
+        if self.pattern.is_nm:
+            return self.pattern.n_prune / self.pattern.group_size
+        if sparsity is None or isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+            raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        return float(sparsity)
+
     @property
     def damp(self):
         """The damp as the user would write it (a number, "rel:α", "auto", ...)."""

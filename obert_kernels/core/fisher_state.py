@@ -78,15 +78,10 @@ class FisherState:
         config.damping.invert(self.blocks, layout, backend=config.backend)
         self.kind = FisherKind.INVERSE
 
-    def inverse_copy(self, blocks: slice, config: PrunerConfig, layout: BlockLayout) -> torch.Tensor:
-        """A dense copy of F⁻¹ of ``blocks``: (n, B, B) float32; inverts a copy unless the
-        state holds F⁻¹ already. layout: of this rank's blocks."""
+    def dense_copy(self, blocks: slice, block_size: int) -> torch.Tensor:
+        """A dense copy of ``blocks``: (n, B, B) float32, whatever the storage."""
         out = self.blocks[blocks].clone()
-        if out.dim() == 2:  # packed storage: hand out dense blocks
-            out = ops.unpack_upper(out, config.block_size)
-        if self.kind is not FisherKind.INVERSE:
-            config.damping.invert(out, layout[blocks], backend=config.backend)
-        return out
+        return ops.unpack_upper(out, block_size) if out.dim() == 2 else out
 
 
 class FisherBuild:

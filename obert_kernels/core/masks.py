@@ -27,6 +27,18 @@ class PrunedMasks:
         self.pruned: dict[str, torch.Tensor] = dict(pruned)
         self.keep_or_none: dict[str, torch.Tensor | None] = {n: ~m if bool(m.any()) else None for n, m in self.pruned.items()}
 
+    def replace_from_keep_masks(self, keep: Mapping[str, torch.Tensor]) -> None:
+        """Set the masks from name -> bool keep-masks shaped like the weights (a state_dict's
+        "masks"), checked first: same names, shapes and dtype, or ValueError and nothing changed."""
+        names = [s.name for s in self.slots]
+        if set(keep) != set(names):
+            raise ValueError(f"state_dict masks are for {sorted(keep)[:3]}..., this pruner tracks {names[:3]}...")
+        for slot in self.slots:
+            m = keep[slot.name]
+            if tuple(m.shape) != tuple(slot.tensor.shape) or m.dtype != torch.bool:
+                raise ValueError(f"mask of {slot.name!r} must be bool of shape {tuple(slot.tensor.shape)}")
+        self.replace({s.name: ~keep[s.name].reshape(-1).to(s.tensor.device) for s in self.slots})
+
     def merged_with(self, new: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """name -> pruned | new (new: (d,) bool of the newly pruned weights); changes nothing."""
         return {s.name: self.pruned[s.name] | new[s.name] for s in self.slots}

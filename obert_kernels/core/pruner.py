@@ -18,7 +18,7 @@ import torch
 
 from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method
 from .damping import BlockLayout, Damping
-from .fisher_state import FisherBuild
+from .fisher_state import FisherBuild, FisherKind
 from .grad_buffer import check_finite
 from .masks import PrunedMasks
 from .memory import MemoryEstimate, estimate_memory, refuse_if_too_big
@@ -206,23 +206,22 @@ class FisherPruner:
         self._state.flush(self._layout)
         layout = self._layout()
         own = torch.zeros(slot.num_blocks, self.block_size, self.block_size, device=self.device)
+        fisher = self._state.fisher
         for piece in self._tracked.pieces:
             if piece.slot is slot:
+                blocks = fisher.dense_copy(piece.blocks, self.block_size)
+                if fisher.kind is not FisherKind.INVERSE:  # invert the copy (here, so a warning names the caller)
+                    self.damping.invert(blocks, layout[piece.blocks], backend=self.backend)
                 first = piece.start // self.block_size
-                own[first : first + piece.num_blocks] = self._state.fisher.inverse_copy(piece.blocks, self.config, layout)
+                own[first : first + piece.num_blocks] = blocks
         if not self._shard.distributed:
             return own
         return all_reduce_sum(self._shard, own)
 
     # ---- pruning ------------------------------------------------------------------------
     def check_sparsity(self, sparsity):
-        if self.pattern.is_nm:
-            return self.pattern.n_prune / self.pattern.group_size
-        if sparsity is None or isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-            raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-        return float(sparsity)
+        """The target sparsity as a float in [0, 1) (N:M: the pattern's N/M, whatever is passed)."""
+        return self.config.check_sparsity(sparsity)
 
     def prune(self, sparsity: float | None = None) -> PruneReport:
         """Prune to ``sparsity`` (ignored for N:M) with the collected gradients; see the class doc.
@@ -285,13 +284,7 @@ class FisherPruner:
         masks = state.get("masks") if isinstance(state, dict) else None
         if masks is None:
             raise ValueError("not a FisherPruner state_dict: no 'masks'")
-        if set(masks) != set(self.names):
-            raise ValueError(f"state_dict masks are for {sorted(masks)[:3]}..., this pruner tracks {self.names[:3]}...")
-        for slot in self._tracked.slots:
-            m = masks[slot.name]
-            if tuple(m.shape) != tuple(slot.tensor.shape) or m.dtype != torch.bool:
-                raise ValueError(f"mask of {slot.name!r} must be bool of shape {tuple(slot.tensor.shape)}")
-        self._masks.replace({s.name: ~masks[s.name].reshape(-1).to(self.device) for s in self._tracked.slots})
+        self._masks.replace_from_keep_masks(masks)
         self._state = None
         self.apply_masks()
 
