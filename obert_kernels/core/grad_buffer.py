@@ -97,9 +97,15 @@ class GradBuffer:
             # a no-op for float32 gradients on the buffer's device; others are converted first,
             # contiguously: bf16/fp16 -> the strided row took 3.5 ms converting on the way,
             # 0.15 ms + 1.6 ms this way (d = 10⁶, same machine and date as above)
-            flat = grads[name].detach().reshape(-1)[piece.weights].to(self.buffer.device, torch.float32)
-            mask = keep[name]
-            write_row(self.buffer[piece.blocks, self.filled], flat, None if mask is None else mask[piece.weights])
+            source = grads[name].detach().reshape(-1)[piece.weights]
+            flat = source.to(self.buffer.device, torch.float32)
+            mask = None if keep[name] is None else keep[name][piece.weights]
+            if mask is not None and source.dtype == torch.float64:
+                # a finite double may overflow float32 to ±inf, and inf·0 is NaN: zero the
+                # pruned ones in the (fresh) converted copy instead, as masked_fill always did
+                flat.masked_fill_(~mask, 0.0)
+                mask = None
+            write_row(self.buffer[piece.blocks, self.filled], flat, mask)
         self.filled += 1
         self.collected += 1
 
