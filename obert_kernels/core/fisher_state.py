@@ -9,8 +9,9 @@
   the direct build after ``finalize``).
 
 ``FisherBuild`` pairs the state with its ``GradBuffer`` and applies full chunks (flush).
-Every mutable field of a step lives in these two objects (plus ``PrunedMasks`` and the
-damping policy's choice), so a step can be copied and put back as a whole.
+Every mutable field of a step lives in plain fields of these two objects (the pruner's
+other state: ``PrunedMasks``, its history and the damping policy's choice), so that a
+transaction can copy them and put them back as a whole (not done here: issue 14).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import time
 import torch
 
 from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method
-from .damping import BlockLayout, Damping
+from .damping import BlockLayout
 from .fisher_state import FisherBuild, FisherKind
 from .grad_buffer import check_finite
 from .masks import PrunedMasks
