@@ -36,8 +36,8 @@ def check_finite(name: str, grad: torch.Tensor) -> None:
 
     One reduction, no temporary: a NaN or ±inf makes the sum non-finite (NaN and inf
     propagate, inf − inf is NaN); finite values make it non-finite only when the sum
-    overflows, which the exact ``isfinite`` pass then tells apart (never seen on real
-    gradients; it costs a second pass only then).
+    overflows (beyond ±3.4e38 in float32), which the exact ``isfinite`` pass then tells
+    apart: a second pass only then.
     """
     total = torch.sum(grad, dtype=torch.float64 if grad.dtype == torch.float64 else torch.float32)
     if not bool(torch.isfinite(total)) and not bool(torch.isfinite(grad).all()):
