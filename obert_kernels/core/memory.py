@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["MemoryEstimate", "FisherMemoryError", "estimate_memory", "available_memory", "format_bytes"]
+__all__ = ["MemoryEstimate", "FisherMemoryError", "estimate_memory", "available_memory", "format_bytes", "refuse_if_too_big"]
 
 
 class FisherMemoryError(MemoryError):
@@ -90,3 +90,12 @@ def estimate_memory(num_weights_per_tensor, block_size: int, chunk_size: int, de
         available_bytes=available_memory(device),
         packed=packed,
     )
+
+
+def refuse_if_too_big(est: MemoryEstimate, max_fraction: float) -> None:
+    """Raise FisherMemoryError when ``est`` needs more than ``max_fraction`` of the free memory."""
+    if not est.fits(max_fraction):
+        raise FisherMemoryError(
+            f"{est}; that is more than {max_fraction:.0%} of the free memory. "
+            "Lower block_size or chunk_size, prune fewer tensors, or use a device with more memory."
+        )

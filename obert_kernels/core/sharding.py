@@ -13,11 +13,13 @@ others, which raise ``DistributedPruneError`` naming it instead of waiting forev
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["Shard", "DistributedPruneError", "resolve_group", "split_blocks", "agree", "all_gather_flat", "all_reduce_sum"]
+__all__ = ["Shard", "DistributedPruneError", "Piece", "resolve_group", "split_blocks", "local_pieces", "agree",
+           "all_gather_flat", "all_reduce_sum"]
 
 T = TypeVar("T")
 
@@ -63,6 +65,45 @@ def split_blocks(num_blocks: int, world: int) -> list[tuple[int, int]]:
         bounds.append((lo, hi))
         lo = hi
     return bounds
+
+
+@dataclass
+class Piece:
+    """The part of one tracked tensor whose blocks this rank owns (all of it on one process).
+
+    slot: the tracked tensor (``obert_kernels.core.tracked.Slot``). Its blocks are
+    [local_block, local_block + num_blocks) of this rank's Fisher state and its weights are
+    [start, stop) of the flattened tensor; pieces start on block bounds.
+    """
+
+    slot: Any
+    local_block: int
+    num_blocks: int
+    start: int
+    stop: int
+
+    @property
+    def blocks(self) -> slice:
+        return slice(self.local_block, self.local_block + self.num_blocks)
+
+    @property
+    def weights(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+def local_pieces(slots, block_size: int, shard: Shard) -> list[Piece]:
+    """This rank's pieces of ``slots`` (each with block_start, num_blocks, numel), in slot order:
+    the blocks of ``split_blocks``' range for this rank, cut at tensor bounds."""
+    total = sum(s.num_blocks for s in slots)
+    lo, hi = split_blocks(total, shard.world)[shard.rank]
+    pieces = []
+    for slot in slots:
+        first, last = max(slot.block_start, lo), min(slot.block_start + slot.num_blocks, hi)
+        if first < last:
+            start = (first - slot.block_start) * block_size
+            stop = min((last - slot.block_start) * block_size, slot.numel)
+            pieces.append(Piece(slot, first - lo, last - first, start, stop))
+    return pieces
 
 
 def _comm_device(shard: Shard) -> torch.device:
