@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels import ops  # noqa: E402
 from obert_kernels.ops import _cuda  # noqa: E402
 
-METHODS = ("naive", "cuda-dense", "cuda-packed", "torch", "triton", "direct")
+METHODS = ("naive", "cuda-dense", "cuda-packed", "torch", "triton", "triton-packed", "direct")
+PACKED = ("cuda-packed", "triton-packed")  # F⁻¹ stored as upper triangles
 
 
 # ---- counting ------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def method_bytes(method: str, num_blocks: int, B: int, m: int, k: int) -> float:
     if method == "naive":
         return 3.0 * finv_bytes(num_blocks, B, False) * m + grads
     chunks = -(-m // k)
-    return 2.0 * finv_bytes(num_blocks, B, method == "cuda-packed") * chunks + grads
+    return 2.0 * finv_bytes(num_blocks, B, method in PACKED) * chunks + grads
 
 
 # ---- inputs --------------------------------------------------------------------------
@@ -92,14 +93,14 @@ def build(method: str, chunks, seq, num_blocks: int, B: int, damp: float, m: int
         for p, n in seq:
             ops.fisher_accumulate(fisher, chunks[p][:, :n], m, backend="torch")
         return ops.fisher_invert(fisher, damp, backend="torch")
-    packed = method == "cuda-packed"
+    packed = method in PACKED
     finv = (ops.init_finv_packed if packed else ops.init_finv)(num_blocks, B, damp, device=device)
     for p, n in seq:
         g = chunks[p][:, :n]
         if method == "naive":
             ops.naive_woodbury_update(finv, g, m)
         else:
-            ops.woodbury_update(finv, g, m, backend={"cuda-dense": "cuda", "cuda-packed": "cuda"}.get(method, method))
+            ops.woodbury_update(finv, g, m, backend=method.split("-")[0])
     return finv
 
 
@@ -211,7 +212,7 @@ def run(args) -> dict:
 
 
 def run_method(method, chunks, seq, nb, B, m, k, args, device, timer, sample, ref) -> dict:
-    if method.startswith("cuda") or method == "triton":
+    if method.startswith(("cuda", "triton")):
         backend = "cuda" if method.startswith("cuda") else "triton"
         probe = ops.init_finv(1, B, 1.0, device=device)
         reasons = ops.not_supported_reasons("woodbury_update", backend, finv=probe, grads=torch.ones(1, B, device=device))
