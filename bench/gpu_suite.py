@@ -152,7 +152,7 @@ def make_steps(args, out: Path) -> list[Step]:
     steps += [
         Step("environment", "device, driver, versions, date", me("--write-env", str(out / "environment.json")), cap(45, 60)),
         Step("cuda_ext_carried", "install the prebuilt CUDA extension (.gpu_ext/) and check it imports",
-             me("--install-ext"), cap(45, 60), skip_rc=True),
+             me("--install-ext", *(["--dry-run"] if dry else [])), cap(45, 60), skip_rc=True),
         Step("cuda_ext_build", "build the CUDA extension here with all cores (only if the carried one failed)",
              me("--build-ext-inplace", "--cuda-archs", args.cuda_archs), cap(240, 60), when=build_only_if_carried_failed),
         Step("info", "which backend serves which op here, and why the others cannot",
@@ -246,8 +246,8 @@ def run_step(step: Step, left_s: float, index: int, args, out: Path, record: dic
         o["status"], o["reason"] = "skipped", last_line(text)
     elif step.fallback and o["status"] == "failed" and (fb := step.fallback(o, text)):
         o["cmd"], o["note"] = fb
-        o["status"], o["rc"], secs = run_capped(fb[0], max(min(step.cap_s, left_s - o["seconds"]), 1.0), log,
-                                                child_env(step, args.dry_run))
+        cap = max(min(step.cap_s, left_s - o["seconds"]), 1.0)  # the fallback gets the step's cap again, within the budget
+        o["status"], o["rc"], secs = run_capped(fb[0], cap, log, child_env(step, args.dry_run))
         o["seconds"] += secs
     if o["status"] == "timeout":
         o["reason"] = f"cut at its {cap:.0f} s cap" + (" (lowered by the budget)" if cap < step.cap_s else "")
@@ -283,6 +283,7 @@ def collect_env() -> dict:
            "python": platform.python_version(), "executable": sys.executable, "platform": platform.platform(),
            "cpus": os.cpu_count(), "gpus": nvidia_smi(), "commit": quiet(["git", "rev-parse", "--short", "HEAD"]),
            "dirty": bool(quiet(["git", "status", "--porcelain", "--untracked-files=no"])),
+           "commit_given": os.environ.get("OBK_SUITE_COMMIT"),  # --commit: where .git did not travel
            "nvcc": (quiet(["nvcc", "--version"]) or "not found").splitlines()[-1]}
     import torch
 
@@ -389,15 +390,19 @@ def build_ext_only(args) -> int:
 
 
 def find_python312() -> str:
-    """A CPython 3.12 here (the GPU image's minor version): python3.12 on PATH, else pyenv's."""
-    found = shutil.which("python3.12") or next(iter(sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python"))), None)
-    if not found:
-        raise SystemExit("no python3.12 found: pass --python /path/to/python3.12")
-    return str(found)
+    """A CPython 3.12 that runs here (the GPU image's minor version): python3.12 on PATH, else
+    pyenv's (its shim on PATH fails when 3.12 is not the selected version)."""
+    candidates = [shutil.which("python3.12")] + sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.12*/bin/python"))
+    for c in filter(None, candidates):
+        if (quiet([c, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"]) or "") == "True":
+            return c
+    raise SystemExit("no python3.12 found that runs: pass --python /path/to/python3.12")
 
 
-def install_ext() -> int:
-    """Copy the carried .so into the package if it fits this Python and these sources; import it."""
+def install_ext(dry: bool) -> int:
+    """Copy the carried .so into the package if it fits this Python and these sources; import it.
+    A dry run only reads the manifest and says whether the .so would be current (it is built for
+    the GPU image's Python, so it need not load here)."""
     import sysconfig
 
     path = EXT_DIR / "manifest.json"
@@ -408,6 +413,11 @@ def install_ext() -> int:
     m = json.loads(path.read_text())
     print("carried:", json.dumps(m))
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    if dry:
+        stale = "current" if m["sources_sha256"] == sources_digest() else "STALE (csrc/ or setup.py changed since)"
+        print(f"dry run: not installed; the carried extension is for Python {m['python']} ({m['ext_suffix']}), "
+              f"sm_{m['archs']}, built at {m['commit']}, sources {stale}")
+        return SKIP_RC
     if m["ext_suffix"] != suffix:
         print(f"the carried extension is for Python {m['python']} ({m['ext_suffix']}); this Python "
               f"{sys.version.split()[0]} needs {suffix}")
@@ -486,8 +496,9 @@ def triton_targets(out: Path, record: dict) -> list[dict]:
         return [target_row(f"scoring and update ≤ {TARGETS['read_ratio']:.0f}× one read of F⁻¹",
                            status_line(record, "bench_triton"), None, False, "bench_triton")]
     rows = []
+    top = max((r["d"] for r in res["fisher"]), default=None)  # --quick also runs d = 1e6: only the largest is a target
     for r in res["fisher"]:
-        if r["method"] in ("triton", "direct") and r.get("vs_naive") is not None:
+        if r["d"] == top and r["method"] in ("triton", "direct") and r.get("vs_naive") is not None:
             at = (r["d"], r["B"]) == (TARGET_D, TARGET_B)
             rows.append(target_row(f"≥ {TARGETS['vs_naive']:.0f}× naive per gradient ({r['method']}, Triton, k={r['k']})",
                                    f"{r['vs_naive']:.1f}×", r["vs_naive"] >= TARGETS["vs_naive"], at, f"d={r['d']:.3g}, B={r['B']}"))
@@ -543,7 +554,8 @@ def markdown(record: dict) -> str:
     lines = [f"# GPU suite{' (DRY RUN on a CPU)' if s['dry_run'] else ''}: {env.get('device', '?')} ({s['started']})", "",
              f"driver {gpu.get('driver_version', env.get('driver'))}, torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), "
              f"triton {env.get('triton')}, Python {env.get('python')}, {env.get('nvcc')}, {env.get('cpus')} CPUs; "
-             f"commit {env.get('commit')}{' (uncommitted changes)' if env.get('dirty') else ''}", "",
+             f"commit {env.get('commit') or env.get('commit_given') or 'unknown (no .git; pass --commit)'}"
+             f"{' (uncommitted changes)' if env.get('dirty') else ''}", "",
              f"Command: `{s['command']}`; budget {s['budget_s']:.0f} s, used {s.get('elapsed_s', 0):.0f} s.", "",
              "## Targets (issue 16)", "", "| target | measured | verdict | at |", "|---|---|---|---|"]
     lines += [f"| {cell(t['target'])} | {cell(t['measured'])} | {t['verdict']} | {cell(t['source'])} |" for t in record["targets"]]
@@ -591,6 +603,7 @@ def parse_args(argv=None):
     ap.add_argument("--fake-slow-cap-s", type=float, default=2.0, help="--dry-run: the fake slow step's cap")
     ap.add_argument("--fisher-methods", default="naive,cuda-dense,cuda-packed,triton,triton-packed,direct",
                     help="bench_cuda_gpu.py --backends for the F⁻¹ build step")
+    ap.add_argument("--commit", help="the commit being run, for the record (the device machine's copy has no .git)")
     ap.add_argument("--cuda-archs", default="90", help="compute capabilities to build the extension for (H100/H200: 90)")
     ap.add_argument("--build-ext-only", action="store_true", help="build the extension into .gpu_ext/ for --python, then stop")
     ap.add_argument("--python", help="--build-ext-only: the interpreter to build for (default: a python3.12 found here)")
@@ -608,7 +621,7 @@ def internal(args) -> int | None:
         print(json.dumps(env, indent=1))
         return 0
     if args.install_ext:
-        return install_ext()
+        return install_ext(args.dry_run)
     if args.build_ext_inplace:
         return build_ext_inplace(args)
     if args.build_ext_only:
@@ -623,6 +636,8 @@ def main(argv=None) -> int:
         return rc
     out = results_dir(args)
     out.mkdir(parents=True, exist_ok=True)
+    if args.commit:
+        os.environ["OBK_SUITE_COMMIT"] = args.commit  # the environment step records it
     record = {"suite": {"command": " ".join(["python", "bench/gpu_suite.py", *(sys.argv[1:] if argv is None else argv)]),
                         "dry_run": args.dry_run, "budget_s": args.budget_s, "out": str(out),
                         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
