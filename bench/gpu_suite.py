@@ -53,6 +53,10 @@ REPORT_RESERVE_S = 5.0  # kept back from the budget for writing the reports
 MIN_STEP_S = 5.0  # a step gets at least this much of the budget, or is skipped
 TARGET_D, TARGET_B, TARGET_M = 85_000_000, 50, 1024
 TARGETS = {"fisher_build_s": 0.5, "vs_naive": 30.0, "read_ratio": 2.0, "packed_fraction": 0.55}
+# bench_cuda_gpu.py in the dry run: tiny, on the CPU. m > B and λ near the gradients' scale keep every
+# block well conditioned: at λ = 1e-7 and B = 12, fp32 Woodbury errors there spread to 3-8× naive's
+DRY_CUDA_BENCH = ["--device", "cpu", "--d", "600", "--block-size", "12", "--num-grads", "16", "--chunk", "16",
+                  "--ref-blocks", "8", "--repeats", "1", "--damp", "1e-5"]
 GPU_TEST_FILES = ("test_triton.py", "test_factors.py", "test_scores_update.py", "test_woodbury.py",
                   "test_packed.py", "test_dispatch.py", "test_integrations.py")
 
@@ -164,8 +168,7 @@ def make_steps(args, out: Path) -> list[Step]:
         Step("tests:test_cuda.py", "pytest -x python_tests/test_cuda.py", pytest_cmd("test_cuda.py"), cap(90, 60)),
         Step("bench_cuda_woodbury", "F⁻¹ build at d=8.5e7, B=50, m=1024: naive vs Woodbury (CUDA, Triton; dense, packed) vs direct",
              py() + [f"{b}/bench_cuda_gpu.py", "--out", str(out), "--backends", args.fisher_methods]
-             + (["--device", "cpu", "--d", "600", "--num-grads", "16", "--chunk", "16", "--ref-blocks", "8", "--repeats", "1"]
-                if dry else []), cap(150, 90)),
+             + (DRY_CUDA_BENCH if dry else []), cap(150, 90)),
         Step("bench_triton", "Triton per gradient vs naive; scoring and update vs one read of F⁻¹",
              py() + [f"{b}/bench_triton_gpu.py", "--out", str(out)]
              + (["--dry-run", "--d", "96", "--block-sizes", "12", "--chunks", "4"] if dry else ["--quick"]), cap(180, 90)),
