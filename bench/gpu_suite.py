@@ -220,6 +220,7 @@ def run_capped(cmd: list[str], cap_s: float, log: Path, env: dict) -> tuple[str,
             kill_group(proc)
             f.write(f"\n# killed at the {cap_s:.0f} s cap\n".encode())
             return "timeout", None, time.monotonic() - start
+    kill_group(proc)  # whatever the step left running in its group (workers, a daemon) ends with it
     return ("passed" if rc == 0 else "failed"), rc, time.monotonic() - start
 
 
