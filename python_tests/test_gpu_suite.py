@@ -112,3 +112,28 @@ def test_targets_judged_only_at_the_target_size(tmp_path):
     assert mem["verdict"] == "not judged (not the target's size)"
     [missing] = suite.triton_targets(tmp_path, record)
     assert missing["verdict"] == "not measured" and "not reached" in missing["measured"]
+
+
+def test_prune_bench_minilm_shapes_and_phase_clock():
+    spec = importlib.util.spec_from_file_location("bench_prune_gpu", ROOT / "bench" / "bench_prune_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shapes = bench.minilm_shapes()
+    assert len(shapes) == 36 and sum(a * b for _, (a, b) in shapes) == 10_616_832  # all-MiniLM-L6-v2's encoder Linears
+
+    class FakeOps:  # obs_update calling obs_update (as packed storage does tile by tile) counts once
+        def obs_scores(self):
+            return 1
+
+        def obs_update(self, depth=2):
+            return 0 if depth == 0 else self.obs_update(depth - 1)
+
+    ops = FakeOps()
+    for name in bench.PHASE_OPS:
+        if not hasattr(ops, name):
+            setattr(ops, name, lambda: None)
+    with bench.PhaseClock(ops, "cpu") as clock:
+        ops.obs_update()
+        ops.obs_scores()
+    assert clock.calls["update"] == 1 and clock.calls["scoring"] == 1 and clock.calls["inversion"] == 0
+    assert ops.obs_update.__name__ == "obs_update"  # restored on exit
