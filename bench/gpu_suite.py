@@ -342,6 +342,8 @@ def build_ext(python: str, archs: str, dest: Path | None) -> int:
     """setup.py build_ext with nvcc on all cores: into dest (a build-lib), or in place when None."""
     env = dict(os.environ, OBERT_KERNELS_BUILD_CUDA="1", OBERT_KERNELS_CUDA_ARCHS=archs,
                OBERT_KERNELS_NVCC_THREADS=str(os.cpu_count() or 1))
+    if not (env.get("CUDA_HOME") or shutil.which("nvcc")) and Path("/usr/local/cuda/bin/nvcc").exists():
+        env["CUDA_HOME"] = "/usr/local/cuda"  # the toolkit's usual home, when an image leaves it off PATH
     temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"obk-ext-build-{os.getpid()}"
     where = ["--inplace"] if dest is None else ["--build-lib", str(dest)]
     cmd = [python, "setup.py", "-q", "build_ext", *where, "--build-temp", str(temp)]
