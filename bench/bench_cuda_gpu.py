@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels import ops  # noqa: E402
 from obert_kernels.ops import _cuda  # noqa: E402
 
-METHODS = ("naive", "cuda-dense", "cuda-packed", "torch", "triton", "triton-packed", "direct")
+METHODS = ("naive", "cuda-dense", "cuda-packed", "torch", "triton", "triton-packed", "direct", "direct-triton")
 PACKED = ("cuda-packed", "triton-packed")  # F⁻¹ stored as upper triangles
 
 
@@ -88,11 +88,12 @@ def reference_blocks(chunks, seq, blocks: torch.Tensor, B: int, damp: float, m: 
 # ---- methods -------------------------------------------------------------------------
 def build(method: str, chunks, seq, num_blocks: int, B: int, damp: float, m: int, device) -> torch.Tensor:
     """Build F⁻¹ with one method; returns the dense or packed result."""
-    if method == "direct":
+    if method.startswith("direct"):  # direct: torch backend; direct-triton: the Triton kernels
+        backend = "triton" if method == "direct-triton" else "torch"
         fisher = torch.zeros(num_blocks, B, B, device=device)
         for p, n in seq:
-            ops.fisher_accumulate(fisher, chunks[p][:, :n], m, backend="torch")
-        return ops.fisher_invert(fisher, damp, backend="torch")
+            ops.fisher_accumulate(fisher, chunks[p][:, :n], m, backend=backend)
+        return ops.fisher_invert(fisher, damp, backend=backend)
     packed = method in PACKED
     finv = (ops.init_finv_packed if packed else ops.init_finv)(num_blocks, B, damp, device=device)
     for p, n in seq:
@@ -212,10 +213,11 @@ def run(args) -> dict:
 
 
 def run_method(method, chunks, seq, nb, B, m, k, args, device, timer, sample, ref) -> dict:
-    if method.startswith(("cuda", "triton")):
+    if method.startswith(("cuda", "triton")) or method == "direct-triton":
         backend = "cuda" if method.startswith("cuda") else "triton"
         probe = ops.init_finv(1, B, 1.0, device=device)
-        reasons = ops.not_supported_reasons("woodbury_update", backend, finv=probe, grads=torch.ones(1, B, device=device))
+        op = "fisher_accumulate" if method == "direct-triton" else "woodbury_update"
+        reasons = ops.not_supported_reasons(op, backend, finv=probe, grads=torch.ones(1, B, device=device))
         if reasons:
             return {"skipped": "; ".join(reasons)}
     if timer.cuda:

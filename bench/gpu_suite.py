@@ -54,9 +54,11 @@ MIN_STEP_S = 5.0  # a step gets at least this much of the budget, or is skipped
 TARGET_D, TARGET_B, TARGET_M = 85_000_000, 50, 1024
 TARGETS = {"fisher_build_s": 0.5, "vs_naive": 30.0, "read_ratio": 2.0, "packed_fraction": 0.55}
 # bench_cuda_gpu.py in the dry run: tiny, on the CPU. m > B and λ near the gradients' scale keep every
-# block well conditioned: at λ = 1e-7 and B = 12, fp32 Woodbury errors there spread to 3-8× naive's
+# block well conditioned: at λ = 1e-7 and B = 12, fp32 Woodbury errors there spread to 3-8× naive's.
+# Without direct-triton (the interpreter takes 10 s per build there); the last --backends wins.
 DRY_CUDA_BENCH = ["--device", "cpu", "--d", "600", "--block-size", "12", "--num-grads", "16", "--chunk", "16",
-                  "--ref-blocks", "8", "--repeats", "1", "--damp", "1e-5"]
+                  "--ref-blocks", "8", "--repeats", "1", "--damp", "1e-5",
+                  "--backends", "naive,cuda-dense,cuda-packed,triton,triton-packed,direct"]
 GPU_TEST_FILES = ("test_triton.py", "test_factors.py", "test_scores_update.py", "test_woodbury.py",
                   "test_packed.py", "test_dispatch.py", "test_integrations.py")
 
@@ -607,7 +609,7 @@ def parse_args(argv=None):
     ap.add_argument("--only", help="run only these steps (comma-separated names); the others are reported skipped")
     ap.add_argument("--dry-run", action="store_true", help="the plumbing on a CPU: tiny sizes, TRITON_INTERPRET=1, a fake slow step")
     ap.add_argument("--fake-slow-cap-s", type=float, default=2.0, help="--dry-run: the fake slow step's cap")
-    ap.add_argument("--fisher-methods", default="naive,cuda-dense,cuda-packed,triton,triton-packed,direct",
+    ap.add_argument("--fisher-methods", default="naive,cuda-dense,cuda-packed,triton,triton-packed,direct,direct-triton",
                     help="bench_cuda_gpu.py --backends for the F⁻¹ build step")
     ap.add_argument("--commit", help="the commit being run, for the record (the device machine's copy has no .git)")
     ap.add_argument("--cuda-archs", default="90", help="compute capabilities to build the extension for (H100/H200: 90)")
