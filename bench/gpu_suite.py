@@ -171,11 +171,13 @@ def make_steps(args, out: Path) -> list[Step]:
         Step("bench_cuda_woodbury", "F⁻¹ build at d=8.5e7, B=50, m=1024: naive vs Woodbury (CUDA, Triton; dense, packed) vs direct",
              py() + [f"{b}/bench_cuda_gpu.py", "--out", str(out), "--backends", args.fisher_methods]
              + (DRY_CUDA_BENCH if dry else []), cap(150, 90)),
-        Step("bench_triton", "Triton per gradient vs naive; scoring and update vs one read of F⁻¹",
-             py() + [f"{b}/bench_triton_gpu.py", "--out", str(out)]
-             + (["--dry-run", "--d", "96", "--block-sizes", "12", "--chunks", "4"] if dry else ["--quick"]), cap(180, 90)),
+        # the cheaper end-to-end step first: a cut bench_triton writes nothing, a cut prune_e2e would lose more
         Step("prune_e2e", "one prune step at MiniLM size (10.6M weights), each phase timed; F⁻¹ memory dense vs packed",
              py() + [f"{b}/bench_prune_gpu.py", "--out", str(out)] + (["--dry-run"] if dry else []), cap(120, 60)),
+        Step("bench_triton", "Triton per gradient vs naive; scoring and update vs one read of F⁻¹",
+             py() + [f"{b}/bench_triton_gpu.py", "--out", str(out), "--block-sizes", "50" if not dry else "12"]
+             + (["--dry-run", "--d", "96", "--chunks", "4"] if dry else ["--d", str(TARGET_D), "--chunks", "32"]),
+             cap(180, 90)),
         sequential_step(dry, out, cap(90, 60)),
     ]
     files = ("test_dispatch.py",) if dry else GPU_TEST_FILES  # the dry run proves the plumbing with one file
