@@ -211,19 +211,24 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def run_capped(cmd: list[str], cap_s: float, log: Path, env: dict) -> tuple[str, int | None, float]:
-    """Run cmd in its own session (process group) with output to log; (status, rc, seconds)."""
+    """Run cmd in its own process group with output to log; (status, rc, seconds)."""
     start = time.monotonic()
     with open(log, "ab") as f:
         f.write(f"$ {' '.join(cmd)}\n# cap {cap_s:.0f} s\n".encode())
         f.flush()
+        # its own process group, in this session: a caller that ends the session (the device tool
+        # does when a command returns) still ends the step's processes
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)
         try:
             rc = proc.wait(timeout=cap_s)
         except subprocess.TimeoutExpired:
             kill_group(proc)
             f.write(f"\n# killed at the {cap_s:.0f} s cap\n".encode())
             return "timeout", None, time.monotonic() - start
+        except BaseException:  # the suite itself interrupted (SIGTERM, Ctrl-C): take the step down with it
+            kill_group(proc)
+            raise
     kill_group(proc)  # whatever the step left running in its group (workers, a daemon) ends with it
     return ("passed" if rc == 0 else "failed"), rc, time.monotonic() - start
 
@@ -566,7 +571,8 @@ def markdown(record: dict) -> str:
              f"triton {env.get('triton')}, Python {env.get('python')}, {env.get('nvcc')}, {env.get('cpus')} CPUs; "
              f"commit {env.get('commit') or env.get('commit_given') or 'unknown (no .git; pass --commit)'}"
              f"{' (uncommitted changes)' if env.get('dirty') else ''}", "",
-             f"Command: `{s['command']}`; budget {s['budget_s']:.0f} s, used {s.get('elapsed_s', 0):.0f} s.", "",
+             f"Command: `{s['command']}`; budget {s['budget_s']:.0f} s, used {s.get('elapsed_s', 0):.0f} s."
+             + (f" **{s['interrupted']}**." if s.get("interrupted") else ""), "",
              "## Targets (issue 16)", "", "| target | measured | verdict | at |", "|---|---|---|---|"]
     lines += [f"| {cell(t['target'])} | {cell(t['measured'])} | {t['verdict']} | {cell(t['source'])} |" for t in record["targets"]]
     lines += prune_table(Path(s["out"]))
@@ -644,7 +650,7 @@ def main(argv=None) -> int:
     rc = internal(args)
     if rc is not None:
         return rc
-    out = results_dir(args)
+    out = results_dir(args).resolve()  # the steps run in the repository root
     out.mkdir(parents=True, exist_ok=True)
     if args.commit:
         os.environ["OBK_SUITE_COMMIT"] = args.commit  # the environment step records it
@@ -653,14 +659,26 @@ def main(argv=None) -> int:
                         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
               "environment": {}, "steps": [], "targets": []}
     print(f"results: {out}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as SystemExit: the running step is killed first
     start = time.monotonic()
-    for i, step in enumerate(make_steps(args, out), 1):
-        left = args.budget_s - (time.monotonic() - start) - REPORT_RESERVE_S
-        record["steps"].append(run_step(step, left, i, args, out, record))
-        if step.name == "environment" and (out / "environment.json").exists():
-            record["environment"] = json.loads((out / "environment.json").read_text())
-        record["suite"]["elapsed_s"] = time.monotonic() - start
-        text = write_reports(record, out, args.bundle)  # after every step: a killed run keeps what it had
+    steps = make_steps(args, out)
+    try:
+        for i, step in enumerate(steps, 1):
+            left = args.budget_s - (time.monotonic() - start) - REPORT_RESERVE_S
+            record["steps"].append(run_step(step, left, i, args, out, record))
+            if step.name == "environment" and (out / "environment.json").exists():
+                record["environment"] = json.loads((out / "environment.json").read_text())
+            record["suite"]["elapsed_s"] = time.monotonic() - start
+            text = write_reports(record, out, args.bundle)  # after every step: a killed run keeps what it had
+    except (KeyboardInterrupt, SystemExit):
+        done = len(record["steps"])
+        record["suite"]["interrupted"] = f"interrupted after {time.monotonic() - start:.0f} s, during step {done + 1}"
+        record["steps"] += [{"name": st.name, "what": st.what, "cap_s": st.cap_s, "expect": st.expect, "cmd": st.cmd,
+                             "status": "skipped", "note": None, "seconds": 0.0, "rc": None, "log": None,
+                             "reason": "the suite was interrupted " + ("while it ran" if st is steps[done] else "before it")}
+                            for st in steps[done:]]
+        write_reports(record, out, args.bundle)
+        raise
     print("\n" + text, flush=True)
     bad = [o["name"] for o in record["steps"] if o["status"] not in ("skipped", o["expect"])]
     print(f"results: {out}" + (f"; not as expected: {', '.join(bad)}" if bad else "; every step ran as expected or was skipped"))

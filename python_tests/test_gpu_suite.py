@@ -137,3 +137,21 @@ def test_prune_bench_minilm_shapes_and_phase_clock():
         ops.obs_scores()
     assert clock.calls["update"] == 1 and clock.calls["scoring"] == 1 and clock.calls["inversion"] == 0
     assert ops.obs_update.__name__ == "obs_update"  # restored on exit
+
+
+def test_sigterm_ends_the_running_step_and_reports_every_step(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, str(SUITE), "--dry-run", "--fake-slow-cap-s", "120", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "01-fake_slow.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "sleeping" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.terminate()
+    assert proc.wait(timeout=30) == 143
+    record = json.loads((out / "suite.json").read_text())
+    assert "interrupted" in record["suite"]
+    assert [o["reason"] for o in record["steps"][:2]] == ["the suite was interrupted while it ran",
+                                                          "the suite was interrupted before it"]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "sleeping past the cap" not in ps  # the step's process went down with the suite
