@@ -118,6 +118,19 @@ def check_fallback(files: tuple[str, ...]) -> Callable[[dict, str], tuple[list[s
     return fallback
 
 
+def not_again(test_file: str) -> Callable[[dict], str | None]:
+    """Skip a test file that check's fallback already ran through (GPU time is short); after a
+    failure or a cut there (-x stops at the first failure) the file runs again on its own."""
+
+    def when(record: dict) -> str | None:
+        check = outcome_of(record, "check")
+        if check and check["status"] == "passed" and test_file in (check.get("note") or ""):
+            return "already passed in the check step's fallback (see its log)"
+        return None
+
+    return when
+
+
 def sequential_step(dry: bool, out: Path, cap: float) -> Step:
     """The sequential-pass benchmark if a bench script for it exists; its own quick arguments."""
     found = sorted(p for p in (ROOT / "bench").glob("bench_*.py") if re.search(r"seq", p.stem))
@@ -167,7 +180,8 @@ def make_steps(args, out: Path) -> list[Step]:
              py() + ["-m", "obert_kernels", "check"], cap(150, 120),
              # the dry run's interpreter needs minutes for test_triton.py: its fallback proves the switch only
              fallback=check_fallback(("test_cuda.py",) if dry else ("test_cuda.py", "test_triton.py"))),
-        Step("tests:test_cuda.py", "pytest -x python_tests/test_cuda.py", pytest_cmd("test_cuda.py"), cap(90, 60)),
+        Step("tests:test_cuda.py", "pytest -x python_tests/test_cuda.py", pytest_cmd("test_cuda.py"), cap(90, 60),
+             when=not_again("test_cuda.py")),
         Step("bench_cuda_woodbury", "F⁻¹ build at d=8.5e7, B=50, m=1024: naive vs Woodbury (CUDA, Triton; dense, packed) vs direct",
              py() + [f"{b}/bench_cuda_gpu.py", "--out", str(out), "--backends", args.fisher_methods]
              + (DRY_CUDA_BENCH if dry else []), cap(150, 90)),
@@ -181,7 +195,8 @@ def make_steps(args, out: Path) -> list[Step]:
         sequential_step(dry, out, cap(90, 60)),
     ]
     files = ("test_dispatch.py",) if dry else GPU_TEST_FILES  # the dry run proves the plumbing with one file
-    steps += [Step(f"tests:{f}", f"pytest -x python_tests/{f}", pytest_cmd(f), cap(120, 60)) for f in files]
+    steps += [Step(f"tests:{f}", f"pytest -x python_tests/{f}", pytest_cmd(f), cap(120, 60), when=not_again(f))
+              for f in files]
     return steps
 
 
