@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels import ops  # noqa: E402
 from obert_kernels.ops.backends import cuda as cuda_backend  # noqa: E402
 
-METHODS = ("naive", "cuda-dense", "cuda-packed", "torch", "triton", "direct")
+METHODS = ("naive", "cuda-dense", "cuda-packed", "torch", "triton", "triton-packed", "direct", "direct-triton")
+PACKED = ("cuda-packed", "triton-packed")  # F⁻¹ stored as upper triangles
 
 
 # ---- counting ------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def method_bytes(method: str, num_blocks: int, B: int, m: int, k: int) -> float:
     if method == "naive":
         return 3.0 * finv_bytes(num_blocks, B, False) * m + grads
     chunks = -(-m // k)
-    return 2.0 * finv_bytes(num_blocks, B, method == "cuda-packed") * chunks + grads
+    return 2.0 * finv_bytes(num_blocks, B, method in PACKED) * chunks + grads
 
 
 # ---- inputs --------------------------------------------------------------------------
@@ -87,19 +88,20 @@ def reference_blocks(chunks, seq, blocks: torch.Tensor, B: int, damp: float, m: 
 # ---- methods -------------------------------------------------------------------------
 def build(method: str, chunks, seq, num_blocks: int, B: int, damp: float, m: int, device) -> torch.Tensor:
     """Build F⁻¹ with one method; returns the dense or packed result."""
-    if method == "direct":
+    if method.startswith("direct"):  # direct: torch backend; direct-triton: the Triton kernels
+        backend = "triton" if method == "direct-triton" else "torch"
         fisher = torch.zeros(num_blocks, B, B, device=device)
         for p, n in seq:
-            ops.fisher_accumulate(fisher, chunks[p][:, :n], m, backend="torch")
-        return ops.fisher_invert(fisher, damp, backend="torch")
-    packed = method == "cuda-packed"
+            ops.fisher_accumulate(fisher, chunks[p][:, :n], m, backend=backend)
+        return ops.fisher_invert(fisher, damp, backend=backend)
+    packed = method in PACKED
     finv = (ops.init_finv_packed if packed else ops.init_finv)(num_blocks, B, damp, device=device)
     for p, n in seq:
         g = chunks[p][:, :n]
         if method == "naive":
             ops.naive_woodbury_update(finv, g, m)
         else:
-            ops.woodbury_update(finv, g, m, backend={"cuda-dense": "cuda", "cuda-packed": "cuda"}.get(method, method))
+            ops.woodbury_update(finv, g, m, backend=method.split("-")[0])
     return finv
 
 
@@ -211,10 +213,11 @@ def run(args) -> dict:
 
 
 def run_method(method, chunks, seq, nb, B, m, k, args, device, timer, sample, ref) -> dict:
-    if method.startswith("cuda") or method == "triton":
+    if method.startswith(("cuda", "triton")) or method == "direct-triton":
         backend = "cuda" if method.startswith("cuda") else "triton"
         probe = ops.init_finv(1, B, 1.0, device=device)
-        reasons = ops.not_supported_reasons("woodbury_update", backend, finv=probe, grads=torch.ones(1, B, device=device))
+        op = "fisher_accumulate" if method == "direct-triton" else "woodbury_update"
+        reasons = ops.not_supported_reasons(op, backend, finv=probe, grads=torch.ones(1, B, device=device))
         if reasons:
             return {"skipped": "; ".join(reasons)}
     if timer.cuda:

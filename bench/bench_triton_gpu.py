@@ -485,8 +485,9 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.d, args.block_sizes, args.chunks = "1e6,8.5e7", "50", "32"
-    if args.dry_run:
-        args.d, args.block_sizes, args.chunks = "600,1500", "12,50", "4"
+    if args.dry_run:  # tiny sizes, unless given (bench/gpu_suite.py --dry-run runs one config)
+        if (args.d, args.block_sizes, args.chunks) == (DEFAULT_D, DEFAULT_B, DEFAULT_K):
+            args.d, args.block_sizes, args.chunks = "600,1500", "12,50", "4"
         args.num_grads, args.check_blocks = 16, 16
     args.methods = set(args.methods.split(","))
     return args
