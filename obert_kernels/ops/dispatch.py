@@ -99,15 +99,21 @@ def resolve_packed(op: str, backend: str, **call) -> tuple[str, Callable] | None
     """For a packed F⁻¹: the backend that reads packed storage itself and serves this call,
     or None when the call should run tile by tile on dense blocks (ops/packed.py).
 
-    "auto" takes the first packed-native backend of PREFERENCE that serves the call. An
-    explicit packed-native backend that cannot serve raises BackendNotSupported; an
-    explicit dense-only backend returns None (it will get dense tiles).
+    "auto" walks PREFERENCE and stops at the first backend that serves the call, as
+    packed (a packed-native backend) or as dense tiles (then None): a packed-native backend
+    later in PREFERENCE does not jump the order. An explicit packed-native backend that
+    cannot serve raises BackendNotSupported; an explicit dense-only backend returns None
+    (it will get dense tiles).
     """
     if backend == "auto":
+        dense_call = dict(call, finv=dense_stand_in(call["finv"]))
         for name in PREFERENCE:
             impl = _REGISTRY.get(op, {}).get(name)
-            if impl is not None and impl.packed and not impl.reasons(**call) and not impl.auto_reasons(**call):
-                return name, impl.fn
+            if impl is None:
+                continue
+            serves = call if impl.packed else dense_call
+            if not impl.reasons(**serves) and not impl.auto_reasons(**serves):
+                return (name, impl.fn) if impl.packed else None
         return None
     impl = _REGISTRY.get(op, {}).get(backend)
     if impl is None or not impl.packed:
