@@ -58,7 +58,7 @@ def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, 
     grads = checks.check_grads(grads, finv)
     checks.check_num_grads(num_grads)
     name = resolve_backend("woodbury_update", backend, finv, grads=grads)
-    torch.ops.obert_kernels.woodbury_update(finv, grads, num_grads, name)
+    torch.ops.obert_kernels.woodbury_update.default(finv, grads, num_grads, name)
     return finv
 
 
@@ -73,7 +73,7 @@ def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
     grads = checks.check_grads(grads, fisher)
     checks.check_num_grads(num_grads)
     name = resolve_backend("fisher_accumulate", backend, fisher, grads=grads)
-    torch.ops.obert_kernels.fisher_accumulate(fisher, grads, num_grads, name)
+    torch.ops.obert_kernels.fisher_accumulate.default(fisher, grads, num_grads, name)
     return fisher
 
 
@@ -83,7 +83,7 @@ def fisher_invert(fisher: torch.Tensor, damp: float, *, backend: str = "auto") -
     checks.check_finv(fisher, "fisher")
     checks.check_damp(damp)
     name = resolve_backend("fisher_invert", backend, fisher)
-    torch.ops.obert_kernels.fisher_invert(fisher, float(damp), name)
+    torch.ops.obert_kernels.fisher_invert.default(fisher, float(damp), name)
     return fisher
 
 
@@ -107,7 +107,7 @@ def obs_scores(weight: torch.Tensor, finv: torch.Tensor, pattern: "str | Pattern
     checks.check_mask(pruned, weight, "pruned")
     name = resolve_backend("obs_scores", backend, finv, weight=weight, pattern=pattern, return_factors=return_factors)
     # scores carry no autograd history (the kernels read weight.detach()), as before the ops were custom ops
-    op = torch.ops.obert_kernels.obs_scores_factors if return_factors else torch.ops.obert_kernels.obs_scores
+    op = torch.ops.obert_kernels.obs_scores_factors.default if return_factors else torch.ops.obert_kernels.obs_scores.default
     return op(weight.detach(), finv, pattern.name, pruned, name)
 
 
@@ -130,16 +130,17 @@ def obs_update(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.Tenso
     checks.check_weight(weight, finv)
     pattern.check_block_size(B)
     checks.check_mask(prune_mask, weight, "prune_mask")
-    call = dict(weight=weight, pattern=pattern, update=update)
-    name = resolve_backend("obs_update", backend, finv, **call)
+    if factors is not None:
+        checks.check_factors(factors, weight, finv, pattern, update)
+    name = resolve_backend("obs_update", backend, finv, weight=weight, pattern=pattern, update=update)
     if factors is None:
         with torch.no_grad():  # the kernels write weight under no_grad, as before the ops were custom ops
-            torch.ops.obert_kernels.obs_update(weight, finv, prune_mask, pattern.name, update, name)
+            torch.ops.obert_kernels.obs_update.default(weight, finv, prune_mask, pattern.name, update, name)
         return weight
-    checks.check_factors(factors, weight, finv, pattern, update)
+    # the direction obs_direction gathers from the factors has their dtype and device: what obs_apply's reasons read
     apply_name = resolve_backend("obs_apply", backend, finv, weight=weight, direction=factors)
     with torch.no_grad():
-        torch.ops.obert_kernels.obs_update_factors(weight, finv, prune_mask, factors, pattern.name, name, apply_name)
+        torch.ops.obert_kernels.obs_update_factors.default(weight, finv, prune_mask, factors, pattern.name, name, apply_name)
     return weight
 
 
