@@ -27,6 +27,7 @@ __all__ = [
     "resolve",
     "resolve_packed",
     "resolve_backend",
+    "dense_stand_in",
     "kernel",
 ]
 
@@ -156,10 +157,11 @@ def kernel(op: str, backend: str) -> "_Impl":
 def resolve_backend(op: str, backend: str, finv: torch.Tensor, **call) -> str:
     """The concrete backend name for a call, from its arguments' metadata only.
 
-    finv dense (num_blocks, B, B) or packed (num_blocks, B(B+1)/2): for packed storage a
-    backend that reads it itself (resolve_packed) is taken first; otherwise the backend is
-    chosen as for the dense tiles it will be given (ops/packed.py), which the reasons see
-    as a stand-in of the tiles' shape, dtype and device (no data is unpacked here).
+    finv dense (num_blocks, B, B) or packed (num_blocks, B(B+1)/2). For packed storage,
+    resolve_packed says whether a backend that reads it itself serves the call; otherwise
+    the backend is chosen as for the dense tiles the op will give it (ops/implementations.py),
+    which the reasons see as a stand-in with the tiles' dtype, device and block shape (no
+    data is unpacked here).
     """
     if finv.dim() == 2:
         native = resolve_packed(op, backend, finv=finv, **call)
