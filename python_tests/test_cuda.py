@@ -121,8 +121,19 @@ def test_cuda_reasons_on_a_gpu():
     assert "cpu" in ops.not_supported_reasons("woodbury_update", "cuda", finv=cpu, grads=torch.randn(1, 8))[0]
     big = ops.init_finv(1, 130, 1.0, device="cuda")
     assert "B ≤ 128" in ops.not_supported_reasons("woodbury_update", "cuda", finv=big, grads=torch.randn(1, 130, device="cuda"))[0]
-    assert ops.dispatch.resolve("woodbury_update", "auto", finv=ops.init_finv(2, 4, 1.0, device="cuda"),
-                                 grads=torch.randn(1, 8, device="cuda"))[0] == "cuda"
+    call = dict(finv=ops.init_finv(2, 4, 1.0, device="cuda"), grads=torch.randn(1, 8, device="cuda"))
+    # auto prefers Triton over CUDA (ops/dispatch.py PREFERENCE); CUDA when Triton cannot serve the call
+    triton_serves = not ops.not_supported_reasons("woodbury_update", "triton", **call) and not _triton_interpreted()
+    assert ops.dispatch.resolve("woodbury_update", "auto", **call)[0] == ("triton" if triton_serves else "cuda")
+    assert ops.dispatch.resolve("woodbury_update", "cuda", **call)[0] == "cuda"  # still there by name
+
+
+def _triton_interpreted() -> bool:
+    try:
+        from obert_kernels.ops.backends import triton as triton_backend
+    except ImportError:
+        return False
+    return triton_backend.INTERPRETED
 
 
 @needs_gpu

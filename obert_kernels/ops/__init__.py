@@ -1,6 +1,8 @@
 """The three kernels of SPEC §2 behind one dispatch (``backend="auto" | "torch" | "triton" | "cuda"``).
 
-Every function checks its arguments once, then hands the call to the chosen backend.
+Every function checks its arguments once, resolves the backend from their metadata, and
+calls the torch custom op ``torch.ops.obert_kernels.<op>`` (ops/library.py) with that
+backend's name; so a function calling these compiles with ``torch.compile(fullgraph=True)``.
 ``not_supported_reasons(op, backend, **call)`` says why a backend cannot serve a call;
 ``backend="auto"`` takes the first of ``PREFERENCE`` that can, an explicit backend raises
 ``BackendNotSupported`` with the reasons.
@@ -12,12 +14,13 @@ import torch
 from .patterns import Pattern, parse_pattern
 from . import checks
 from . import packed
-from .dispatch import BACKENDS, PREFERENCE, BackendNotSupported, not_supported_reasons, resolve, resolve_packed
+from .dispatch import BACKENDS, PREFERENCE, BackendNotSupported, not_supported_reasons, resolve_backend
 from .packed import init_finv_packed, pack_upper, unpack_upper
 from .blocks import factor_shape
 from .reference import fisher_inverse_ref, obs_factors_ref, obs_scores_ref, obs_update_ref
 from .backends.torch.update import UPDATES, obs_direction
 from .backends.torch.woodbury import init_finv, naive_woodbury_update
+from . import library  # noqa: F401  (declares torch.ops.obert_kernels.*)
 
 __all__ = [
     "BACKENDS",
@@ -51,17 +54,12 @@ def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, 
     (num_blocks-1)·B < d ≤ num_blocks·B (missing padding is zero), or block-major
     (num_blocks, k, B); any float dtype; num_grads: m, the 1/m of the empirical Fisher.
     """
-    _, B = checks.check_finv(finv)
+    checks.check_finv(finv)
     grads = checks.check_grads(grads, finv)
     checks.check_num_grads(num_grads)
-    if packed.is_packed(finv):
-        native = resolve_packed("woodbury_update", backend, finv=finv, grads=grads)
-        if native:
-            return native[1](finv, grads, num_grads)
-        return packed.run_tiled_inplace(finv, B, lambda tile, a, b: woodbury_update(
-            tile, _grads_tile(grads, B, a, b), num_grads, backend=backend))
-    _, fn = resolve("woodbury_update", backend, finv=finv, grads=grads)
-    return fn(finv, grads, num_grads)
+    name = resolve_backend("woodbury_update", backend, finv, grads=grads)
+    torch.ops.obert_kernels.woodbury_update.default(finv, grads, num_grads, name)
+    return finv
 
 
 def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int, *, backend: str = "auto") -> torch.Tensor:
@@ -71,28 +69,22 @@ def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
 
     fisher: (num_blocks, B, B) float32/float64 (or packed), zero before the first chunk.
     """
-    _, B = checks.check_finv(fisher, "fisher")
+    checks.check_finv(fisher, "fisher")
     grads = checks.check_grads(grads, fisher)
     checks.check_num_grads(num_grads)
-    if packed.is_packed(fisher):  # accumulate each tile's chunk from zero and add its upper triangle
-        for a, b in packed.tiles(fisher.shape[0], B, fisher.element_size()):
-            tile = fisher.new_zeros(b - a, B, B)
-            fisher_accumulate(tile, _grads_tile(grads, B, a, b), num_grads, backend=backend)
-            fisher[a:b] += pack_upper(tile)
-        return fisher
-    _, fn = resolve("fisher_accumulate", backend, finv=fisher, grads=grads)
-    return fn(fisher, grads, num_grads)
+    name = resolve_backend("fisher_accumulate", backend, fisher, grads=grads)
+    torch.ops.obert_kernels.fisher_accumulate.default(fisher, grads, num_grads, name)
+    return fisher
 
 
 def fisher_invert(fisher: torch.Tensor, damp: float, *, backend: str = "auto") -> torch.Tensor:
     """Direct path, step 2: fisher ← (fisher + λI)⁻¹ per block, in place (Cholesky; a block
     that fails is retried with more damping and a warning)."""
-    _, B = checks.check_finv(fisher, "fisher")
+    checks.check_finv(fisher, "fisher")
     checks.check_damp(damp)
-    if packed.is_packed(fisher):
-        return packed.run_tiled_inplace(fisher, B, lambda tile, a, b: fisher_invert(tile, damp, backend=backend))
-    _, fn = resolve("fisher_invert", backend, finv=fisher)
-    return fn(fisher, damp)
+    name = resolve_backend("fisher_invert", backend, fisher)
+    torch.ops.obert_kernels.fisher_invert.default(fisher, float(damp), name)
+    return fisher
 
 
 def obs_scores(weight: torch.Tensor, finv: torch.Tensor, pattern: "str | Pattern" = "unstructured", pruned: torch.Tensor | None = None, *,
@@ -113,25 +105,10 @@ def obs_scores(weight: torch.Tensor, finv: torch.Tensor, pattern: "str | Pattern
     checks.check_weight(weight, finv)
     pattern.check_block_size(B)
     checks.check_mask(pruned, weight, "pruned")
-    call = dict(weight=weight, finv=finv, pattern=pattern, return_factors=return_factors)
-    if packed.is_packed(finv):
-        native = resolve_packed("obs_scores", backend, **call)
-        if native:
-            return native[1](weight, finv, pattern, pruned, **_factors_kwarg(return_factors))
-        w, p = weight.reshape(-1), None if pruned is None else pruned.reshape(-1)
-        parts = packed.run_tiled_readonly(finv, B, lambda tile, a, b: obs_scores(
-            w[a * B : b * B], tile, pattern, None if p is None else p[a * B : b * B],
-            return_factors=return_factors, backend=backend))
-        if return_factors:
-            return torch.cat([s for s, _ in parts]), torch.cat([f for _, f in parts])
-        return torch.cat(parts)
-    _, fn = resolve("obs_scores", backend, **call)
-    return fn(weight, finv, pattern, pruned, **_factors_kwarg(return_factors))
-
-
-def _factors_kwarg(return_factors: bool) -> dict:
-    """Backends without factor support never see the keyword (their reasons refuse such calls)."""
-    return {"return_factors": True} if return_factors else {}
+    name = resolve_backend("obs_scores", backend, finv, weight=weight, pattern=pattern, return_factors=return_factors)
+    # scores carry no autograd history (the kernels read weight.detach()), as before the ops were custom ops
+    op = torch.ops.obert_kernels.obs_scores_factors.default if return_factors else torch.ops.obert_kernels.obs_scores.default
+    return op(weight.detach(), finv, pattern.name, pruned, name)
 
 
 def obs_update(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.Tensor, pattern: "str | Pattern" = "unstructured", update: str = "obs", *,
@@ -154,47 +131,16 @@ def obs_update(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.Tenso
     pattern.check_block_size(B)
     checks.check_mask(prune_mask, weight, "prune_mask")
     if factors is not None:
-        if update != "obs":
-            raise ValueError(f"factors serve update='obs' only (update={update!r} solves for the whole pruned set of a block)")
-        if factors.device != finv.device:
-            raise ValueError(f"factors are on {factors.device} but finv is on {finv.device}")
-        direction = obs_direction(factors, prune_mask, pattern)
-        if direction is not None:
-            return _obs_apply(weight, finv, direction, prune_mask, B, backend)
-    if packed.is_packed(finv):
-        native = resolve_packed("obs_update", backend, weight=weight, finv=finv, pattern=pattern, update=update)
-        if native:
-            return native[1](weight, finv, prune_mask, pattern, update)
-        return _tiled_update(weight, finv, B, lambda w, tile, m, a, b: obs_update(
-            w, tile, m, pattern, update, backend=backend), prune_mask)
-    _, fn = resolve("obs_update", backend, weight=weight, finv=finv, pattern=pattern, update=update)
-    return fn(weight, finv, prune_mask, pattern, update)
-
-
-def _obs_apply(weight, finv, direction, prune_mask, B, backend):
-    """w ← w − F⁻¹ v, w_P ← 0 on the chosen backend (packed F⁻¹: dense tiles)."""
-    if packed.is_packed(finv):
-        v = direction.reshape(-1)
-        return _tiled_update(weight, finv, B, lambda w, tile, m, a, b: _obs_apply(
-            w, tile, v[a * B : b * B], m, B, backend), prune_mask)
-    _, fn = resolve("obs_apply", backend, weight=weight, finv=finv, direction=direction)
-    return fn(weight, finv, direction, prune_mask)
-
-
-def _grads_tile(grads: torch.Tensor, B: int, start: int, stop: int) -> torch.Tensor:
-    """The gradients of blocks [start, stop): block-major rows, or (k, d) columns."""
-    return grads[start:stop] if grads.dim() == 3 else grads[:, start * B : stop * B]
-
-
-def _tiled_update(weight, finv, B, fn, prune_mask):
-    """An update on a packed F⁻¹ through dense tiles, in place on weight:
-    fn(weight slice, dense tile, mask slice, first block, end block) per tile."""
-    flat = weight.reshape(-1) if weight.is_contiguous() else weight.detach().reshape(-1).clone()
-    mask = prune_mask.reshape(-1)
-    packed.run_tiled_readonly(finv, B, lambda tile, a, b: fn(flat[a * B : b * B], tile, mask[a * B : b * B], a, b))
-    if flat.data_ptr() != weight.data_ptr():
-        with torch.no_grad():
-            weight.copy_(flat.reshape(weight.shape))
+        checks.check_factors(factors, weight, finv, pattern, update)
+    name = resolve_backend("obs_update", backend, finv, weight=weight, pattern=pattern, update=update)
+    if factors is None:
+        with torch.no_grad():  # the kernels write weight under no_grad, as before the ops were custom ops
+            torch.ops.obert_kernels.obs_update.default(weight, finv, prune_mask, pattern.name, update, name)
+        return weight
+    # the direction obs_direction gathers from the factors has their dtype and device: what obs_apply's reasons read
+    apply_name = resolve_backend("obs_apply", backend, finv, weight=weight, direction=factors)
+    with torch.no_grad():
+        torch.ops.obert_kernels.obs_update_factors.default(weight, finv, prune_mask, factors, pattern.name, name, apply_name)
     return weight
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .patterns import Pattern
 
-__all__ = ["padded_blocks", "group_diag_blocks", "nm_subset_masks", "factor_shape", "check_groups"]
+__all__ = ["padded_blocks", "group_diag_blocks", "nm_subset_masks", "score_shape", "factor_shape", "check_groups"]
 
 
 def padded_blocks(flat: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
@@ -34,6 +34,16 @@ def nm_subset_masks(pattern: Pattern, device=None) -> torch.Tensor:
     for c, subset in enumerate(pattern.subsets):
         masks[c, list(subset)] = True
     return masks
+
+
+def score_shape(pattern: Pattern, d: int) -> tuple[int, ...]:
+    """Shape of the scores obs_scores returns for d weights: (d,), (d/g,), or (d/M, C(M,N)) for N:M."""
+    g = pattern.group_size
+    if g == 1:
+        return (d,)
+    if pattern.is_nm:
+        return (d // g, len(pattern.subsets))
+    return (d // g,)
 
 
 def factor_shape(pattern: Pattern, d: int) -> tuple[int, ...]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .blocks import factor_shape
 from .packed import packed_block_size
 
 FISHER_DTYPES = (torch.float32, torch.float64)
@@ -103,6 +104,20 @@ def check_mask(mask: torch.Tensor | None, weight: torch.Tensor, name: str) -> to
     if mask.device != weight.device:
         raise ValueError(f"{name} is on {mask.device} but weight is on {weight.device}")
     return mask
+
+
+def check_factors(factors: torch.Tensor, weight: torch.Tensor, finv: torch.Tensor, pattern, update: str) -> None:
+    """Check scoring's factors handed to the "obs" update: obs_scores' shape for weight and pattern, finv's device."""
+    if update != "obs":
+        raise ValueError(f"factors serve update='obs' only (update={update!r} solves for the whole pruned set of a block)")
+    if not isinstance(factors, torch.Tensor) or not factors.is_floating_point():
+        raise TypeError("factors must be a floating-point tensor, as obs_scores(..., return_factors=True) returns them")
+    if factors.device != finv.device:
+        raise ValueError(f"factors are on {factors.device} but finv is on {finv.device}")
+    expected = factor_shape(pattern, weight.numel())
+    if tuple(factors.shape) != expected:
+        raise ValueError(f"factors have shape {tuple(factors.shape)}; obs_scores gives {expected} "
+                         f"for {weight.numel()} weights and pattern {pattern.name}")
 
 
 def check_finite_blocks(blocks: torch.Tensor) -> None:

@@ -1,15 +1,22 @@
-"""Backend registry and dispatch for the three kernels.
+"""Backend registry and dispatch for the kernel ops.
 
-Each op is declared once (in ``obert_kernels.ops``) and each backend registers an
-implementation together with a ``reasons`` function that returns why it cannot serve
-a given call (an empty list means it can). ``backend="auto"`` walks ``PREFERENCE`` and
+Each op's schema is declared once, as a torch custom op (``ops/library.py``), and each
+backend folder registers its kernel for the op here (``register``), together with a
+``reasons`` function that returns why it cannot serve a given call (an empty list means
+it can). The public functions of ``obert_kernels.ops`` resolve the backend from the
+arguments' metadata (``resolve_backend``: ``backend="auto"`` walks ``PREFERENCE`` and
 takes the first backend with no reasons; an explicit backend that cannot serve raises
-``BackendNotSupported`` carrying the reasons, instead of silently falling back.
+``BackendNotSupported`` carrying the reasons, instead of silently falling back) and pass
+its name to the custom op, whose implementation runs ``kernel(op, name)``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
+
+from .packed import packed_block_size
 
 __all__ = [
     "BACKENDS",
@@ -19,11 +26,18 @@ __all__ = [
     "not_supported_reasons",
     "resolve",
     "resolve_packed",
+    "resolve_backend",
+    "dense_stand_in",
+    "kernel",
 ]
 
 BACKENDS = ("torch", "triton", "cuda")
-# auto tries these in order; the torch backend serves every call, so it is last.
-PREFERENCE = ("cuda", "triton", "torch")
+# auto tries these in order; the torch backend serves every call, so it is last. Triton
+# comes before CUDA (issue 10, item 7): the Triton kernels' programs run in CI under the
+# interpreter, while the CUDA kernels' __global__ code has never run anywhere (no GPU when
+# they were written). CUDA stays available by name (backend="cuda"); a GPU benchmark
+# (bench/gpu_suite.py) decides the order per op once it has measured both correct.
+PREFERENCE = ("triton", "cuda", "torch")
 
 
 class BackendNotSupported(RuntimeError):
@@ -86,15 +100,21 @@ def resolve_packed(op: str, backend: str, **call) -> tuple[str, Callable] | None
     """For a packed F⁻¹: the backend that reads packed storage itself and serves this call,
     or None when the call should run tile by tile on dense blocks (ops/packed.py).
 
-    "auto" takes the first packed-native backend of PREFERENCE that serves the call. An
-    explicit packed-native backend that cannot serve raises BackendNotSupported; an
-    explicit dense-only backend returns None (it will get dense tiles).
+    "auto" walks PREFERENCE and stops at the first backend that serves the call, as
+    packed (a packed-native backend) or as dense tiles (then None): a packed-native backend
+    later in PREFERENCE does not jump the order. An explicit packed-native backend that
+    cannot serve raises BackendNotSupported; an explicit dense-only backend returns None
+    (it will get dense tiles).
     """
     if backend == "auto":
+        dense_call = dict(call, finv=dense_stand_in(call["finv"]))
         for name in PREFERENCE:
             impl = _REGISTRY.get(op, {}).get(name)
-            if impl is not None and impl.packed and not impl.reasons(**call) and not impl.auto_reasons(**call):
-                return name, impl.fn
+            if impl is None:
+                continue
+            serves = call if impl.packed else dense_call
+            if not impl.reasons(**serves) and not impl.auto_reasons(**serves):
+                return (name, impl.fn) if impl.packed else None
         return None
     impl = _REGISTRY.get(op, {}).get(backend)
     if impl is None or not impl.packed:
@@ -123,3 +143,36 @@ def resolve(op: str, backend: str, **call) -> tuple[str, Callable]:
     if reasons:
         raise BackendNotSupported(op, backend, reasons)
     return backend, _REGISTRY[op][backend].fn
+
+
+def kernel(op: str, backend: str) -> "_Impl":
+    """The registered kernel of ``backend`` for ``op`` (its ``fn`` and whether it reads packed
+    storage); the custom ops' implementations call this with the name the wrapper resolved."""
+    impl = _REGISTRY.get(op, {}).get(backend)
+    if impl is None:
+        raise BackendNotSupported(op, backend, not_supported_reasons(op, backend))
+    return impl
+
+
+def resolve_backend(op: str, backend: str, finv: torch.Tensor, **call) -> str:
+    """The concrete backend name for a call, from its arguments' metadata only.
+
+    finv dense (num_blocks, B, B) or packed (num_blocks, B(B+1)/2). For packed storage,
+    resolve_packed says whether a backend that reads it itself serves the call; otherwise
+    the backend is chosen as for the dense tiles the op will give it (ops/implementations.py),
+    which the reasons see as a stand-in with the tiles' dtype, device and block shape (no
+    data is unpacked here).
+    """
+    if finv.dim() == 2:
+        native = resolve_packed(op, backend, finv=finv, **call)
+        if native:
+            return native[0]
+        finv = dense_stand_in(finv)
+    return resolve(op, backend, finv=finv, **call)[0]
+
+
+def dense_stand_in(packed: torch.Tensor) -> torch.Tensor:
+    """A (num_blocks, B, B) tensor with packed's dtype and device and one stored element
+    (a broadcast view): what the reasons of a dense-only backend look at."""
+    B = packed_block_size(packed.shape[1])
+    return packed.new_empty((1, 1, 1)).expand(packed.shape[0], B, B)

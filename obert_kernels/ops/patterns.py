@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import cached_property
 
 __all__ = ["Pattern", "parse_pattern"]
 
@@ -42,12 +41,18 @@ class Pattern:
     def is_nm(self) -> bool:
         return self.kind == "nm"
 
-    @cached_property
+    def __post_init__(self):
+        # computed once here rather than by functools.cached_property, whose lock (Python < 3.12)
+        # torch.compile cannot trace: a compiled step may read pattern.subsets
+        subsets = tuple(itertools.combinations(range(self.group_size), self.n_prune)) if self.kind == "nm" else None
+        object.__setattr__(self, "_subsets", subsets)
+
+    @property
     def subsets(self) -> tuple[tuple[int, ...], ...]:
         """For N:M, every N-subset of range(M) in itertools.combinations order."""
-        if not self.is_nm:
+        if self._subsets is None:
             raise AttributeError(f"pattern {self.name} has no subsets")
-        return tuple(itertools.combinations(range(self.group_size), self.n_prune))
+        return self._subsets
 
     def check_block_size(self, block_size: int) -> None:
         """Raise ValueError unless Fisher blocks hold whole groups (SPEC §2b)."""

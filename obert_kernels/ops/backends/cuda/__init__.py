@@ -38,12 +38,15 @@ BUILD_HINT = (
     "and the CUDA runtime (headers + libcudart)"
 )
 
-# backend="auto" tries CUDA before Triton (PREFERENCE in ops/dispatch.py). Whether CUDA is the
-# faster of the two for each op is NOT MEASURED: no GPU was available when these kernels
-# were written. What decides it: bench/bench_cuda_gpu.py (Woodbury at d = 8.5e7, B = 50,
-# m = 1024, total seconds) against the Triton benchmark on the same GPU, and a scores/update
-# timing at BERT-base size. Set an op to False here when Triton wins it: auto then skips
-# CUDA for that op (an explicit backend="cuda" still runs it).
+# backend="auto" tries Triton before CUDA (PREFERENCE in ops/dispatch.py, issue 10 item 7):
+# the CUDA kernels' __global__ code has never run anywhere (no GPU was available when they
+# were written), while the Triton kernels' programs run in CI under the interpreter. CUDA
+# stays available by name (backend="cuda"), and auto takes it only for a call Triton cannot
+# serve. Which is correct and faster per op is NOT MEASURED: a GPU benchmark
+# (bench/gpu_suite.py, being written) decides later — CUDA and Triton on the same GPU,
+# Woodbury at d = 8.5e7, B = 50, m = 1024, and scores/update at BERT-base size. Then either
+# reorder PREFERENCE, or set an op to False here to keep auto off CUDA for it altogether
+# (an explicit backend="cuda" still runs it).
 AUTO_PREFERS_CUDA = {"woodbury_update": True, "obs_scores": True, "obs_update": True}
 
 _UPDATE_MODES = {"obs": 0, "joint": 1, "none": 2}
