@@ -52,6 +52,17 @@ def random_grads(m: int, d: int, *, scale: float = 1.0, device="cpu", dtype=torc
     return ((torch.randn(m, d) + 0.5 * shared) * col * scale).to(device=device, dtype=dtype)
 
 
+def assert_scores_match(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """Scores computed in ``dtype`` against the float64 oracle's: same shape and dtype, ±∞
+    exactly where the oracle has them, the finite ones within RTOL[dtype]."""
+    out = out.cpu()
+    assert out.shape == ref.shape and out.dtype == dtype
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), finite)
+    assert torch.equal(out[~finite], ref[~finite].to(dtype))
+    assert rel_err(out[finite], ref[finite]) < RTOL[dtype]
+
+
 def naive_fp32_error(grads: torch.Tensor, block_size: int, damp: float, ref: torch.Tensor, chunk: int = 7) -> float:
     """Error of the plain per-gradient fp32 update against the float64 reference (SPEC §4)."""
     m, d = grads.shape

@@ -1,7 +1,7 @@
 """FisherPruner on each kernel backend present against the same pruner on backend="torch",
 and the pruner handing the "obs" update its scoring factors.
 
-One test for every backend (it replaces test_triton.py's and test_cuda.py's copies); a
+One test for every backend (it replaces the copies test_triton.py and test_cuda.py used to hold); a
 backend that cannot serve the pruner's calls is skipped with its own reasons.
 """
 import copy
@@ -14,8 +14,8 @@ from conftest import KERNEL_BACKENDS, rel_err
 from obert_kernels import FisherPruner, ops, parse_pattern
 from obert_kernels.ops.backends.torch import update as update_mod
 
-# "tiny": 20→12→8 MLP, B = 12, two steps (0.3, 0.6) of 10 gradients (test_triton.py's);
-# "wide": 64→48→10 MLP, B = 50, one step (0.5) of 64 gradients (test_cuda.py's)
+# "tiny": 20→12→8 MLP, B = 12, two steps (0.3, 0.6) of 10 gradients (the former test_triton.py cases);
+# "wide": 64→48→10 MLP, B = 50, one step (0.5) of 64 gradients (the former test_cuda.py cases)
 SIZES = {
     "tiny": dict(widths=(20, 12, 8), block_size=12, num_grads=10, damp=1e-3, chunk_size=4, steps=(0.3, 0.6)),
     "wide": dict(widths=(64, 48, 10), block_size=50, num_grads=64, damp=1e-2, chunk_size=16, steps=(0.5,)),

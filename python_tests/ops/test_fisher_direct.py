@@ -67,6 +67,7 @@ def test_zero_gradient_coordinates_stay_decoupled(seed, backend):
     B, damp = 12, 1e-2
     grads = random_grads(40, 60, device=backend.device)
     require_direct(backend, grads, B)
+    backend.skip_if_interpreted("a torch test before the backends shared it; kept off the interpreter for the suite's time")
     dead = torch.tensor([0, 5, 13, 59])
     grads[:, dead] = 0
     finv = build("direct", grads, B, damp, 8, backend=backend.name).cpu()

@@ -4,7 +4,7 @@ against the float64 oracle, the update from them against the update oracle, the 
 when a mask is not made of whole candidates, dense and packed storage."""
 import pytest
 import torch
-from conftest import RTOL, as_storage, random_finv, rel_err, shape_for
+from conftest import RTOL, as_storage, assert_scores_match, random_finv, rel_err, shape_for
 
 from obert_kernels import ops, parse_pattern
 from obert_kernels.core import selection
@@ -37,10 +37,12 @@ def test_factors_match_oracle_and_leave_scores_alone(seed, backend, pattern):
     f32, w = finv.to(backend.device, torch.float32), w.to(backend.device)
     require_factors(backend, w, f32, p)
     ref = ops.obs_factors_ref(w, finv, p)
+    plain = ops.obs_scores(w, f32, p, backend=backend.name)
+    assert_scores_match(plain, ops.obs_scores_ref(w, finv, p), torch.float32)  # fresh fp32 weights' scores
     scores, factors = ops.obs_scores(w, f32, p, return_factors=True, backend=backend.name)
     assert factors.shape == ref.shape == ops.factor_shape(p, d)
     assert rel_err(factors.cpu(), ref) < RTOL[torch.float32]
-    assert torch.equal(scores, ops.obs_scores(w, f32, p, backend=backend.name))
+    assert torch.equal(scores, plain)
     # a solve with the plain diagonal instead of the sub-block would fail the bound
     if p.group_size > 1 and (not p.is_nm or p.n_prune > 1):  # candidates of more than one weight
         diag_only = ops.obs_factors_ref(w, torch.diag_embed(finv.diagonal(dim1=1, dim2=2)), p)
