@@ -1,8 +1,9 @@
-"""Shared fixtures: a seed per test, the devices present, and SPEC §4's tolerance rule."""
+"""Shared fixtures: a seed per test, the devices and backends present, and SPEC §4's tolerance rule."""
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from obert_kernels import ops, parse_pattern  # noqa: E402
+from obert_kernels.ops import packed  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -50,6 +52,17 @@ def random_grads(m: int, d: int, *, scale: float = 1.0, device="cpu", dtype=torc
     return ((torch.randn(m, d) + 0.5 * shared) * col * scale).to(device=device, dtype=dtype)
 
 
+def assert_scores_match(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """Scores computed in ``dtype`` against the float64 oracle's: same shape and dtype, ±∞
+    exactly where the oracle has them, the finite ones within RTOL[dtype]."""
+    out = out.cpu()
+    assert out.shape == ref.shape and out.dtype == dtype
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), finite)
+    assert torch.equal(out[~finite], ref[~finite].to(dtype))
+    assert rel_err(out[finite], ref[finite]) < RTOL[dtype]
+
+
 def naive_fp32_error(grads: torch.Tensor, block_size: int, damp: float, ref: torch.Tensor, chunk: int = 7) -> float:
     """Error of the plain per-gradient fp32 update against the float64 reference (SPEC §4)."""
     m, d = grads.shape
@@ -83,3 +96,99 @@ def random_pruned(d, pattern, frac=0.2):
     if p.kind == "block":  # block4 prunes whole groups
         return groups.repeat_interleave(p.group_size)
     return torch.rand(d) < frac
+
+
+# ---- backends ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Backend:
+    """One backend and the device its tensors live on here.
+
+    name: "torch" | "triton" | "cuda"; device: "cpu" or "cuda". The CUDA backend on a machine
+    without a GPU gets "cpu": its calls are built there and its reasons ("no CUDA device ...")
+    skip the test.
+    """
+
+    name: str
+    device: str
+
+    def require(self, op: str, **call) -> None:
+        """Skip, with the backend's own reasons, unless it serves ``op`` on this call.
+
+        Give F⁻¹ dense: a backend that does not read packed storage itself gets dense tiles
+        (ops/packed.py), and the packed-native CUDA backend's reasons are the same for both.
+        """
+        reasons = ops.not_supported_reasons(op, self.name, **call)
+        if reasons:
+            pytest.skip(f"{self.name} cannot run {op} here: " + "; ".join(reasons))
+
+    @property
+    def interpreted(self) -> bool:
+        """Triton kernels running through the (slow) interpreter on the CPU."""
+        return self.name == "triton" and self.device == "cpu"
+
+    def skip_if_interpreted(self, why: str) -> None:
+        """Cases the interpreter would take too long for: they run wherever Triton compiles (a GPU)."""
+        if self.interpreted:
+            pytest.skip(f"triton: not run under the Triton interpreter ({why}); runs compiled on a GPU")
+
+
+def backend_params(names=("torch", "triton", "cuda")) -> list:
+    """pytest params of the backends present: torch on the CPU (and CUDA); Triton on CUDA when
+    present, else on the CPU through the interpreter (marked ``triton``, for ``-m triton``); CUDA."""
+    gpu = torch.cuda.is_available()
+    cases = {"torch": [Backend("torch", "cpu")] + ([Backend("torch", "cuda")] if gpu else []),
+             "triton": [Backend("triton", "cuda" if gpu else "cpu")],
+             "cuda": [Backend("cuda", "cuda" if gpu else "cpu")]}
+    return [pytest.param(b, id="cuda" if name == "cuda" else f"{name}-{b.device}",
+                         marks=[pytest.mark.triton] if name == "triton" else [])
+            for name in names for b in cases[name]]
+
+
+BACKENDS = backend_params()
+# the kernel backends, for tests that hold them to the torch backend
+KERNEL_BACKENDS = backend_params(("triton", "cuda"))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> Backend:
+    return request.param
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Packed F⁻¹ unpacked three 13×13 float32 blocks at a time, so calls on packed storage go
+    through several tiles (ops/packed.py) and the tile-by-tile path is what gets tested."""
+    monkeypatch.setattr(packed, "UNPACK_TILE_BYTES", 3 * 13 * 13 * 4)
+
+
+def as_storage(finv: torch.Tensor, storage: str) -> torch.Tensor:
+    """finv (num_blocks, B, B) as stored: "dense" as is, "packed" (num_blocks, B(B+1)/2)."""
+    return ops.pack_upper(finv) if storage == "packed" else finv
+
+
+def block_major(chunk: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
+    """(k, d) gradients as a block-major (num_blocks, k, B) strided view, as the pruner's buffer slice is."""
+    return torch.nn.functional.pad(chunk, (0, num_blocks * B - chunk.shape[1])).view(-1, num_blocks, B).permute(1, 0, 2)
+
+
+def build(method, grads, B, damp, k, layout="rows", backend="torch", dtype=torch.float32, storage="dense"):
+    """F⁻¹ of (m, d) grads in chunks of k: method "woodbury" | "direct" | "naive"; returns it dense."""
+    m, d = grads.shape
+    nb = -(-d // B)
+    if method == "direct":
+        finv = as_storage(torch.zeros(nb, B, B, dtype=dtype, device=grads.device), storage)
+    else:
+        finv = as_storage(ops.init_finv(nb, B, damp, dtype=dtype, device=grads.device), storage)
+    for start in range(0, m, k):
+        chunk = grads[start : start + k]
+        if layout == "block-major":
+            chunk = block_major(chunk, nb, B)
+        if method == "woodbury":
+            ops.woodbury_update(finv, chunk, m, backend=backend)
+        elif method == "naive":
+            ops.naive_woodbury_update(finv, chunk, m)
+        else:
+            ops.fisher_accumulate(finv, chunk, m, backend=backend)
+    if method == "direct":
+        ops.fisher_invert(finv, damp, backend=backend)
+    return ops.unpack_upper(finv) if storage == "packed" else finv

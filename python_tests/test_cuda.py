@@ -1,7 +1,9 @@
-"""The CUDA backend: how it reports itself without a GPU, and every op on a GPU (SPEC §4).
+"""What is specific to the CUDA backend: its build status and compiled archs, how it reports
+itself without a GPU, the binding's own checks, its stream and its reasons on a GPU.
 
-On a CPU-only machine the GPU tests skip with a reason; the extension's presence and its
-"no CUDA device" report are checked. CI sets OBERT_KERNELS_BUILD_CUDA=1, which makes the
+The ops themselves run on the CUDA backend (on a GPU) in python_tests/ops/, the pruner on
+it in test_pruner_backends.py. On a CPU-only machine the GPU tests skip with a reason; the
+extension's presence and its "no CUDA device" report are checked. CI sets OBERT_KERNELS_BUILD_CUDA=1, which makes the
 extension's absence a failure here (a kernel that does not compile cannot land).
 The kernels' per-block programs also run on the CPU in test_cuda_harness.py.
 """
@@ -9,9 +11,9 @@ import os
 
 import pytest
 import torch
-from conftest import RTOL, naive_fp32_error, random_finv, random_grads, random_pruned, rel_err, shape_for, spec_tolerance
+from conftest import naive_fp32_error, random_grads, rel_err, spec_tolerance
 
-from obert_kernels import FisherPruner, ops, parse_pattern
+from obert_kernels import ops, parse_pattern
 from obert_kernels.ops.backends import cuda as cuda_backend
 
 HAS_GPU = torch.cuda.is_available()
@@ -76,30 +78,6 @@ def test_binding_rechecks_its_pointers():
 
 
 # ---- on a GPU ------------------------------------------------------------------------
-SHAPES = [(233, 10, 37, 7), (1000, 50, 64, 16), (97, 13, 29, 29), (410, 40, 45, 11), (350, 100, 30, 9), (130, 64, 20, 3)]
-
-
-@needs_gpu
-@pytest.mark.parametrize("d,B,m,k", SHAPES)
-@pytest.mark.parametrize("storage", ["dense", "packed"])
-@pytest.mark.parametrize("layout", ["rows", "block-major"])
-def test_woodbury_cuda_within_spec_tolerance(seed, d, B, m, k, storage, layout):
-    damp = 1e-2
-    grads = random_grads(m, d, device="cuda")
-    ref = ops.fisher_inverse_ref(grads, B, damp)
-    nb = ref.shape[0]
-    finv = (ops.init_finv_packed if storage == "packed" else ops.init_finv)(nb, B, damp, device="cuda")
-    for start in range(0, m, k):
-        chunk = grads[start : start + k]
-        if layout == "block-major":  # a strided view, as the pruner's buffer slice is
-            chunk = torch.nn.functional.pad(chunk, (0, nb * B - d)).view(-1, nb, B).permute(1, 0, 2)
-        ops.woodbury_update(finv, chunk, m, backend="cuda")
-    dense = ops.unpack_upper(finv) if storage == "packed" else finv
-    tol = spec_tolerance(naive_fp32_error(grads, B, damp, ref))
-    assert rel_err(dense, ref) <= tol
-    assert rel_err(ops.init_finv(nb, B, damp), ref) > 100 * tol
-
-
 @needs_gpu
 def test_woodbury_cuda_runs_on_the_current_stream(seed):
     d, B, m = 500, 50, 32
@@ -134,63 +112,3 @@ def _triton_interpreted() -> bool:
     except ImportError:
         return False
     return triton_backend.INTERPRETED
-
-
-@needs_gpu
-@pytest.mark.parametrize("pattern", ["unstructured", "block4", "2:4", "1:4", "3:8"])
-@pytest.mark.parametrize("storage", ["dense", "packed"])
-def test_scores_cuda_match_oracle(seed, pattern, storage):
-    pat = parse_pattern(pattern)
-    d, B = shape_for(pattern)
-    finv64 = random_finv(d, B)
-    f = finv64.float().cuda()
-    f = ops.pack_upper(f) if storage == "packed" else f
-    w = torch.randn(d)
-    pruned = random_pruned(d, pattern, 0.2)
-    ref = ops.obs_scores_ref(w, finv64, pat, pruned)
-    out = ops.obs_scores(w.cuda(), f, pattern, pruned.cuda(), backend="cuda").cpu()
-    finite = torch.isfinite(ref)
-    assert out.shape == ref.shape and torch.equal(torch.isfinite(out), finite)
-    assert torch.equal(out[~finite], ref[~finite].float())
-    assert rel_err(out[finite], ref[finite]) < RTOL[torch.float32]
-
-
-@needs_gpu
-@pytest.mark.parametrize("pattern", ["unstructured", "block4", "2:4", "3:8"])
-@pytest.mark.parametrize("update", ["obs", "joint", "none"])
-@pytest.mark.parametrize("storage", ["dense", "packed"])
-def test_update_cuda_matches_oracle(seed, pattern, update, storage):
-    pat = parse_pattern(pattern)
-    d, B = shape_for(pattern, block8=40)
-    finv64 = random_finv(d, B)
-    f = finv64.float().cuda()
-    f = ops.pack_upper(f) if storage == "packed" else f
-    w = torch.randn(d)
-    mask = random_pruned(d, pattern, 0.3)
-    ref = ops.obs_update_ref(w, finv64, mask, pat, update)
-    out = w.cuda().reshape(-1, pat.group_size).clone()  # 2-D weight, as a Linear's
-    ops.obs_update(out, f, mask.cuda().reshape(out.shape), pattern, update, backend="cuda")
-    out = out.reshape(-1).cpu()
-    assert torch.equal(out[mask], torch.zeros(int(mask.sum())))
-    assert rel_err(out, ref) < RTOL[torch.float32]
-
-
-@needs_gpu
-@pytest.mark.parametrize("storage", ["dense", "packed"])
-def test_pruner_on_cuda_matches_torch_backend(seed, storage):
-    torch.manual_seed(seed)
-    base = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 10))
-    grads = [[torch.randn_like(p) for p in (base[0].weight, base[2].weight)] for _ in range(64)]
-    out = {}
-    for backend in ("torch", "cuda"):
-        m = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 10)).cuda()
-        m.load_state_dict(base.state_dict())
-        pr = FisherPruner(m, block_size=50, num_grads=64, damp=1e-2, chunk_size=16, fisher_method="woodbury",
-                          fisher_storage=storage, backend=backend, verbose=False)
-        for g in grads:
-            pr.add_grads([t.cuda() for t in g])
-        pr.prune(0.5)
-        out[backend] = (pr.masks, [p.detach().cpu() for p in m.parameters()])
-    agree = sum(int((out["torch"][0][n] == out["cuda"][0][n]).sum()) for n in out["torch"][0])
-    total = sum(v.numel() for v in out["torch"][0].values())
-    assert agree / total > 0.99  # ties at the threshold may flip; the rest must agree

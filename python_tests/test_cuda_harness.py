@@ -8,7 +8,7 @@ standing in for threads, barriers and the warp-shuffle reduction; this file comp
 with the host C++ compiler and checks it like any backend (SPEC §4).
 
 What this does NOT run: the __global__ wrappers and launch code in csrc/*.cu, barrier
-placement, the shuffle reduction, the GPU's rounding. Those run in test_cuda.py on a GPU.
+placement, the shuffle reduction, the GPU's rounding. Those run in python_tests/ops/ on a GPU.
 """
 from __future__ import annotations
 

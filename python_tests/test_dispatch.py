@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from obert_kernels import ops
+from obert_kernels import ops, parse_pattern
 from obert_kernels.ops import dispatch
 
 
@@ -63,16 +63,12 @@ def test_registered_reasons_are_consulted():
         calls.append(call)
         return ["never on Tuesdays"]
 
-    saved = dispatch._REGISTRY["obs_scores"].get("cuda")
-    dispatch.register("obs_scores", "cuda", lambda *a: None, refuse)
-    try:
-        finv = ops.init_finv(1, 4, 1.0)
+    finv = ops.init_finv(1, 4, 1.0)
+    with dispatch.registered("obs_scores", "cuda", lambda *a: None, refuse):
         with pytest.raises(ops.BackendNotSupported, match="never on Tuesdays"):
             ops.obs_scores(torch.randn(4), finv, backend="cuda")
         assert ops.obs_scores(torch.randn(4), finv).shape == (4,)  # auto fell back to torch
         assert len(calls) == 2
-    finally:
-        if saved is None:
-            del dispatch._REGISTRY["obs_scores"]["cuda"]
-        else:
-            dispatch._REGISTRY["obs_scores"]["cuda"] = saved
+    # what was registered before is back: the CUDA backend's own reasons again
+    assert "never on Tuesdays" not in "; ".join(
+        ops.not_supported_reasons("obs_scores", "cuda", weight=torch.randn(4), finv=finv, pattern=parse_pattern("unstructured")))

@@ -1,9 +1,12 @@
-"""Packed symmetric F⁻¹ storage (ops/packed.py): layout, every op on it, the pruner option."""
+"""Packed symmetric F⁻¹ storage (ops/packed.py): the layout and the pruner option.
+
+Every op on packed storage is tested with the dense one, on every backend, in python_tests/ops/
+(the ``storage`` parameter; through several tiles by conftest.small_tiles)."""
 import pytest
 import torch
-from conftest import RTOL, naive_fp32_error, random_grads, rel_err, spec_tolerance
+from conftest import rel_err
 
-from obert_kernels import FisherPruner, ops, parse_pattern
+from obert_kernels import FisherPruner, ops
 from obert_kernels.ops import packed
 
 
@@ -34,68 +37,6 @@ def test_packed_size_detection():
 
 def test_init_finv_packed_is_packed_init(seed):
     assert torch.equal(ops.init_finv_packed(4, 9, 0.5), ops.pack_upper(ops.init_finv(4, 9, 0.5)))
-
-
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """Force several tiles per call, so the tile-by-tile path is what gets tested."""
-    monkeypatch.setattr(packed, "UNPACK_TILE_BYTES", 3 * 13 * 13 * 4)
-
-
-@pytest.mark.parametrize("method", ["woodbury", "direct"])
-@pytest.mark.parametrize("layout", ["rows", "block-major"])
-def test_fisher_build_on_packed_storage(seed, small_tiles, method, layout):
-    d, B, m, k, damp = 233, 13, 37, 7, 1e-2
-    nb = -(-d // B)
-    grads = random_grads(m, d)
-    ref = ops.fisher_inverse_ref(grads, B, damp)
-    fp = ops.init_finv_packed(nb, B, damp) if method == "woodbury" else torch.zeros(nb, B * (B + 1) // 2)
-    for start in range(0, m, k):
-        chunk = grads[start : start + k]
-        if layout == "block-major":
-            chunk = torch.nn.functional.pad(chunk, (0, nb * B - d)).view(-1, nb, B).permute(1, 0, 2)
-        if method == "woodbury":
-            ops.woodbury_update(fp, chunk, m, backend="torch")
-        else:
-            ops.fisher_accumulate(fp, chunk, m, backend="torch")
-    if method == "direct":
-        ops.fisher_invert(fp, damp, backend="torch")
-    tol = spec_tolerance(naive_fp32_error(grads, B, damp, ref))
-    assert rel_err(ops.unpack_upper(fp), ref) <= tol
-    assert rel_err(ops.init_finv(nb, B, damp), ref) > 100 * tol
-
-
-@pytest.mark.parametrize("pattern", ["unstructured", "block4", "2:4"])
-def test_scores_and_update_on_packed_equal_dense(seed, small_tiles, pattern):
-    d, B = 4 * 59, 12
-    finv = ops.fisher_inverse_ref(random_grads(32, d), B, 1e-2).float()
-    fp = ops.pack_upper(finv)
-    w = torch.randn(d)
-    pruned = torch.rand(d) < 0.2
-    if parse_pattern(pattern).kind == "block":
-        pruned = (torch.rand(d // 4) < 0.2).repeat_interleave(4)
-    s_dense = ops.obs_scores(w, finv, pattern, pruned, backend="torch")
-    s_packed = ops.obs_scores(w, fp, pattern, pruned, backend="torch")
-    assert s_packed.shape == s_dense.shape
-    assert torch.equal(s_packed.isfinite(), s_dense.isfinite())
-    fin = s_dense.isfinite()
-    assert rel_err(s_packed[fin], s_dense[fin]) < RTOL[torch.float32]
-    for update in ("obs", "joint", "none"):
-        wd, wp = w.clone(), w.clone().reshape(4, -1)  # weights of any shape
-        ops.obs_update(wd, finv, pruned, pattern, update, backend="torch")
-        ops.obs_update(wp, fp, pruned.reshape(4, -1), pattern, update, backend="torch")
-        assert rel_err(wp.reshape(-1), wd) < RTOL[torch.float32]
-
-
-def test_non_contiguous_weight_update_on_packed(seed, small_tiles):
-    d, B = 12 * 20, 12
-    finv = ops.fisher_inverse_ref(random_grads(32, d), B, 1e-2).float()
-    w = torch.randn(20, 12).t()  # non-contiguous (12, 20)
-    mask = torch.rand(12, 20) < 0.3
-    expected = w.contiguous().clone()
-    ops.obs_update(expected, finv, mask.contiguous(), "unstructured", "obs", backend="torch")
-    ops.obs_update(w, ops.pack_upper(finv), mask, "unstructured", "obs", backend="torch")
-    assert rel_err(w.contiguous(), expected) < RTOL[torch.float32]
 
 
 def test_packed_memory_estimate_is_at_most_55_percent():

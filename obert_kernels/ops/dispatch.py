@@ -11,8 +11,9 @@ its name to the custom op, whose implementation runs ``kernel(op, name)``.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -23,6 +24,7 @@ __all__ = [
     "PREFERENCE",
     "BackendNotSupported",
     "register",
+    "registered",
     "not_supported_reasons",
     "resolve",
     "resolve_packed",
@@ -79,6 +81,22 @@ def register(op: str, backend: str, fn: Callable, reasons: Callable[..., list[st
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
     _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, reasons or _no_reasons, auto_reasons or _no_reasons, packed)
+
+
+@contextmanager
+def registered(op: str, backend: str, fn: Callable, reasons: Callable[..., list[str]] | None = None,
+               auto_reasons: Callable[..., list[str]] | None = None, packed: bool = False) -> Iterator[None]:
+    """``register`` for the length of a ``with`` block, then put back what was registered
+    before (or nothing): a temporary implementation, e.g. a test's stand-in."""
+    saved = _REGISTRY.get(op, {}).get(backend)
+    register(op, backend, fn, reasons, auto_reasons, packed)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del _REGISTRY[op][backend]
+        else:
+            _REGISTRY[op][backend] = saved
 
 
 def mark_unavailable(backend: str, why: str) -> None:
