@@ -21,18 +21,14 @@ def test_auto_prefers_triton_over_cuda(storage):
     """Item 7 of issue 10: with both able to serve (stand-ins registered here), auto takes
     Triton, also for a packed F⁻¹ that CUDA would read natively; CUDA stays there by name."""
     assert dispatch.PREFERENCE.index("triton") < dispatch.PREFERENCE.index("cuda") < dispatch.PREFERENCE.index("torch")
-    saved = dict(dispatch._REGISTRY["obs_scores"])
-    dispatch.register("obs_scores", "triton", lambda *a: None, _serve_everything, _serve_everything)
-    dispatch.register("obs_scores", "cuda", lambda *a: None, _serve_everything, _serve_everything, packed=True)
-    try:
+    stand_in = lambda *a: None  # noqa: E731
+    with dispatch.registered("obs_scores", "triton", stand_in, _serve_everything, _serve_everything), \
+            dispatch.registered("obs_scores", "cuda", stand_in, _serve_everything, _serve_everything, packed=True):
         finv = ops.init_finv(1, 4, 1.0)
         finv = ops.pack_upper(finv) if storage == "packed" else finv
         call = dict(weight=torch.randn(4), pattern=ops.parse_pattern("unstructured"))
         assert dispatch.resolve_backend("obs_scores", "auto", finv, **call) == "triton"
         assert dispatch.resolve_backend("obs_scores", "cuda", finv, **call) == "cuda"
-    finally:
-        dispatch._REGISTRY["obs_scores"].clear()
-        dispatch._REGISTRY["obs_scores"].update(saved)
 
 
 def test_unknown_backend_is_rejected():

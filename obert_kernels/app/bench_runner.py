@@ -68,12 +68,6 @@ def _module_constant(tree: ast.Module, name: str):
     return None
 
 
-def _backend_missing(backend: str) -> str | None:
-    if any(backend in impls for impls in dispatch._REGISTRY.values()):
-        return None
-    return dispatch._UNAVAILABLE.get(backend, f"{backend} backend registered no ops")
-
-
 def missing_needs(requires) -> list[str]:
     """Why each of ``requires`` is not met here ([] = all met)."""
     out = []
@@ -82,7 +76,7 @@ def missing_needs(requires) -> list[str]:
             if not torch.cuda.is_available():
                 out.append("needs a CUDA device (none visible to torch)")
         elif need in ("triton", "cuda"):
-            why = _backend_missing(need)
+            why = dispatch.backend_missing_reason(need)
             if why:
                 out.append(why)
         elif need not in ("cpu", None):

@@ -68,9 +68,8 @@ def backend_reasons(device: str = "cpu") -> dict[str, dict[str, list[str]]]:
         for backend in dispatch.BACKENDS:
             try:
                 reasons = ops.not_supported_reasons(op, backend, **call)
-                impl = dispatch._REGISTRY.get(op, {}).get(backend)
-                if not reasons and impl is not None:
-                    reasons = [f"auto skips: {r}" for r in impl.auto_reasons(**call)]
+                if not reasons:
+                    reasons = [f"auto skips: {r}" for r in dispatch.auto_skip_reasons(op, backend, **call)]
             except Exception as exc:  # a backend's reasons() must not break the report
                 reasons = [f"reasons() raised {type(exc).__name__}: {exc}"]
             row[backend] = reasons

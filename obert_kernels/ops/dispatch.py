@@ -26,6 +26,8 @@ __all__ = [
     "register",
     "registered",
     "not_supported_reasons",
+    "auto_skip_reasons",
+    "backend_missing_reason",
     "resolve",
     "resolve_packed",
     "resolve_backend",
@@ -102,6 +104,21 @@ def registered(op: str, backend: str, fn: Callable, reasons: Callable[..., list[
 def mark_unavailable(backend: str, why: str) -> None:
     """Record why a whole backend could not be loaded (shown by not_supported_reasons)."""
     _UNAVAILABLE[backend] = why
+
+
+def auto_skip_reasons(op: str, backend: str, **call) -> list[str]:
+    """Why "auto" passes over ``backend`` for a call it could serve (e.g. Triton's CPU
+    interpreter); [] when auto would take it or when it has no kernel for ``op``."""
+    impl = _REGISTRY.get(op, {}).get(backend)
+    return [] if impl is None else impl.auto_reasons(**call)
+
+
+def backend_missing_reason(backend: str) -> str | None:
+    """Why ``backend`` registered no kernel at all (failed import, extension not built), or
+    None when it registered at least one."""
+    if any(backend in kernels for kernels in _REGISTRY.values()):
+        return None
+    return _UNAVAILABLE.get(backend, f"{backend} backend registered no ops")
 
 
 def not_supported_reasons(op: str, backend: str, **call) -> list[str]:
