@@ -119,6 +119,12 @@ def fisher_accumulate_torch(fisher: torch.Tensor, grads: torch.Tensor, num_grads
 
     fisher: (num_blocks, B, B) float32/float64, starts at zero (λ is added by fisher_invert).
     """
+    # One in-place baddbmm over all blocks is the fastest form measured (shared 2-core machine,
+    # one thread, cpu time, median of 9, 2026-11-30; d = 10^6, B = 50, k = 32): 30 GFLOP/s
+    # (full-square flops) against 52-68 GFLOP/s for one 1024³-2048³ sgemm. Slicing the blocks
+    # (32..2048 per call) for cache: 27-29; the (nb, B, k) copy first: 15; a syrk-like 3/4 of
+    # the products on strided halves: 14 (MKL copies non-contiguous operands). Larger chunks
+    # help (k = 64: 40, k = 128: 44), but k is the pruner's chunk_size, set in core/.
     g = _grad_blocks(grads, fisher)
     fisher.baddbmm_(g, g.transpose(1, 2), alpha=1.0 / num_grads)
     return fisher
