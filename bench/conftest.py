@@ -9,9 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
 def pytest_addoption(parser):
     parser.addoption("--bench-rounds", type=int, default=3,
                      help="timed rounds per op benchmark (one untimed warm-up round before them)")

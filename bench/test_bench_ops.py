@@ -19,10 +19,10 @@ import functools
 
 import pytest
 import torch
-from conftest import DEVICES
 
 from obert_kernels import ops
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 B, K, M = 50, 32, 1024  # block size, gradients per call, num_grads (the 1/m scale)
 # the naive update costs the same per gradient at any k: 4 gradients a call keep d = 10^6 at ~2 s
 K_NAIVE = 4
