@@ -26,7 +26,7 @@ shared low-rank part, as bench_woodbury_cpu.py), generated before any clock star
 (4 MB each at d = 10^6: the default 256 is 1 GB; pass --pool 1024 for all-distinct gradients).
 
     python bench/bench_pruner_cpu.py                 # the full run; writes bench/results/cpu-pruner-<date>.{json,txt}
-    python bench/bench_pruner_cpu.py --quick         # a smoke run (d = 10^5, m = 64, 8 MiniLM gradients)
+    python bench/bench_pruner_cpu.py --quick         # a smoke run (d = 10^5, m = 64, 8 MiniLM gradients), not saved
     python bench/bench_pruner_cpu.py --shared ...    # mark the results as taken on a shared machine
 
 Results are marked "shared" when --shared is given or the 1-minute load average before the
@@ -318,7 +318,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="a smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     ap.add_argument("--shared", action="store_true", help="mark the results as taken on a shared machine")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the .json and .txt")
+    ap.add_argument("--out", type=Path, help="folder for the .json and .txt (default bench/results/; --quick saves only with --out)")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -343,12 +343,13 @@ def main(argv=None) -> dict:
                       "load_start": load_start, "load_end": load_average(), "versions": versions()}
     text = report_text(res)
     print(text, end="")
-    if not args.no_save:
+    out = args.out or (None if args.quick else RESULTS)
+    if out is not None and not args.no_save:
         stem = f"cpu-pruner-{res['date'][:10]}" + ("-quick" if args.quick else "") + ("-shared" if shared else "")
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-        (args.out / f"{stem}.txt").write_text(text)
-        print(f"wrote {args.out / stem}.json and .txt")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+        (out / f"{stem}.txt").write_text(text)
+        print(f"wrote {out / stem}.json and .txt")
     return res
 
 

@@ -127,7 +127,9 @@ def fisher_accumulate_torch(fisher: torch.Tensor, grads: torch.Tensor, num_grads
     # (full-square flops) against 52-68 GFLOP/s for one 1024³-2048³ sgemm. Slicing the blocks
     # (32..2048 per call) for cache: 27-29; the (nb, B, k) copy first: 15; a syrk-like 3/4 of
     # the products on strided halves: 14 (MKL copies non-contiguous operands). Larger chunks
-    # help (k = 64: 40, k = 128: 44), but k is the pruner's chunk_size, set in core/.
+    # help (k = 64: 40, k = 128: 44), but k is the pruner's chunk_size, set in core/. With two
+    # threads MKL's batched GEMM splits the batch well (24 GFLOP/s, wall): 2 Python threads
+    # over slices, as fisher_invert does, gained nothing (22-24).
     g = _grad_blocks(grads, fisher)
     fisher.baddbmm_(g, g.transpose(1, 2), alpha=1.0 / num_grads)
     return fisher
