@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -72,6 +73,14 @@ def cpu_name() -> str:
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+        return out.stdout.strip() or None
     except OSError:
         return None
 
@@ -252,7 +261,7 @@ def minilm_overhead(args) -> dict:
 def report_text(res: dict) -> str:
     m, b = res["machine"], res.get("build")
     lines = [f"FisherPruner on the CPU (issue 15) — {res['date']}, machine {res['machine_state'].upper()}",
-             f"machine: {m['cpu']}, {m['cores']} cores, torch {m['versions'].get('torch')} ({m['threads']} threads); "
+             f"machine: {m['cpu']}, {m['cores']} cores, commit {m['commit']}, torch {m['versions'].get('torch')} ({m['threads']} threads); "
              f"load average at start {m['load_start']}, at end {m['load_end']}",
              f"ceilings measured here: fp32 GEMM {res['ceilings']['gemm_gflops']:.1f} GFLOP/s, "
              f"copy {res['ceilings']['copy_gbps']:.1f} GB/s",
@@ -339,7 +348,7 @@ def main(argv=None) -> dict:
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "ceilings": ceilings}
     res["build"] = fisher_build(args, ceilings) if args.num_grads else None
     res["minilm"] = minilm_overhead(args) if args.minilm_grads else None
-    res["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    res["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "commit": git_commit(),
                       "load_start": load_start, "load_end": load_average(), "versions": versions()}
     text = report_text(res)
     print(text, end="")
