@@ -223,18 +223,17 @@ def _over_slices(fn, num_blocks: int, step: int, device) -> None:
     Slices on Python threads (torch releases the GIL) keep every core on whole blocks.
     """
     parts = [slice(i, i + step) for i in range(0, num_blocks, step)]
-    workers = min(len(parts), torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
-    if workers <= 1:
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads == 1:
         for part in parts:
             fn(part)
         return
-    # MKL reads one global thread count: at 1 while the pool runs, each worker's LAPACK calls
+    # MKL reads one global thread count: at 1 while the slices run, each worker's LAPACK calls
     # stay on its own core (restored after). A pool per call (two threads cost ~0.1 ms): a
     # module-level pool would not survive fork.
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(min(len(parts), threads)) as pool:
             list(pool.map(fn, parts))
     finally:
         torch.set_num_threads(threads)
