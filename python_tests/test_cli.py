@@ -117,3 +117,11 @@ def test_demo_writes_the_plot(digits_ok, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "oBERT" in out and "magnitude" in out and f"plot: {png}" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_bench_dir_defaults_to_the_checkouts_bench(monkeypatch):
+    """Without OBERT_BENCH_DIR, `bench` finds this checkout's bench/ (the package moved into app/ once)."""
+    monkeypatch.delenv("OBERT_BENCH_DIR", raising=False)
+    found = benchrun.find_bench_dir()
+    assert found == Path(__file__).resolve().parents[1] / "bench"
+    assert (found / "bench_woodbury_cpu.py").is_file()

@@ -51,7 +51,7 @@ def find_bench_dir(start: Path | None = None) -> Path:
     env = os.environ.get("OBERT_BENCH_DIR")
     if env:
         return Path(env)
-    candidate = (start or Path(__file__).resolve().parents[1]) / "bench"
+    candidate = (start or Path(__file__).resolve().parents[2]) / "bench"  # app/ -> obert_kernels/ -> checkout
     if not candidate.is_dir():
         raise FileNotFoundError(f"no bench/ folder at {candidate}: the benchmarks ship with the source checkout "
                                 "(git clone), not the wheel; or set OBERT_BENCH_DIR")
