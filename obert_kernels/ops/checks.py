@@ -123,10 +123,15 @@ def check_factors(factors: torch.Tensor, weight: torch.Tensor, finv: torch.Tenso
 def check_finite_blocks(blocks: torch.Tensor) -> None:
     """Raise FloatingPointError if a Fisher block stack holds inf/NaN.
 
-    Checked in slices of ~2^28 entries: a whole-tensor isfinite would allocate a bool per
-    entry (11 GB for the 43.5 GB F of d = 8.5e7, B = 128).
+    One min/max reduction per slice of ~2^28 entries: NaN propagates to both and ±inf shows
+    in one, so it is exact, and it allocates no bool per entry as isfinite would (11 GB for
+    the 43.5 GB F of d = 8.5e7, B = 128). 20,000 blocks of 50×50 on one CPU thread: 24 ms,
+    against 459 ms for isfinite(...).all() (2026-11-30).
     """
-    per_block = max(1, blocks[0].numel()) if blocks.shape[0] else 1
+    if blocks.numel() == 0:
+        return
+    per_block = max(1, blocks[0].numel())
     for part in blocks.split(max(1, (1 << 28) // per_block)):
-        if not bool(torch.isfinite(part).all()):
+        low, high = torch.aminmax(part)
+        if not bool(torch.isfinite(low) & torch.isfinite(high)):
             raise FloatingPointError("the Fisher blocks hold non-finite values: check the gradients for overflow")

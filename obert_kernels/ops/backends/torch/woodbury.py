@@ -148,7 +148,7 @@ def fisher_invert_torch(fisher: torch.Tensor, damp: float, max_retries: int = 6)
     only if that fails too is an error raised (fisher then holds fisher + λI, nothing
     inverted). Non-finite blocks raise at once.
     """
-    _require_finite(fisher)
+    check_finite_blocks(fisher)
     fisher.diagonal(dim1=1, dim2=2).add_(damp)
     out = torch.empty_like(fisher)  # the inverses; a slice with a failed block keeps its factors here
     info = torch.zeros(fisher.shape[0], dtype=torch.int32, device=fisher.device)
@@ -167,20 +167,6 @@ def fisher_invert_torch(fisher: torch.Tensor, damp: float, max_retries: int = 6)
             out[part] = torch.cholesky_inverse(out[part], upper=True)
     fisher.copy_(out)
     return fisher
-
-
-def _require_finite(fisher: torch.Tensor) -> None:
-    """Raise check_finite_blocks' FloatingPointError if fisher holds inf/NaN.
-
-    aminmax propagates NaN and ±inf in one pass with no temporary: 20 ms for 20,000 blocks
-    of 50×50, against 400 ms for isfinite().all() (one thread, cpu time, 2026-11-30).
-    """
-    if fisher.numel() == 0:
-        return
-    low, high = torch.aminmax(fisher)
-    if not bool(torch.isfinite(low) & torch.isfinite(high)):
-        check_finite_blocks(fisher)  # raises, with its message
-        raise FloatingPointError("the Fisher blocks hold non-finite values")
 
 
 def _retry_failed_blocks(fisher, chol, failed, damp: float, max_retries: int) -> None:
