@@ -13,6 +13,7 @@ from ..patterns import Pattern, parse_pattern
 from . import _checks, packed
 from ._dispatch import BACKENDS, PREFERENCE, BackendNotSupported, not_supported_reasons, register, resolve, resolve_packed
 from .packed import init_finv_packed, pack_upper, unpack_upper
+from .sequential import sequential_order, sequential_order_ref, sequential_order_torch
 from .scores import factor_shape, obs_factors_ref, obs_scores_ref, obs_scores_torch
 from .update import UPDATES, obs_apply_torch, obs_direction, obs_update_ref, obs_update_torch
 from .woodbury import (
@@ -46,6 +47,8 @@ __all__ = [
     "obs_update_ref",
     "obs_factors_ref",
     "UPDATES",
+    "sequential_order",
+    "sequential_order_ref",
 ]
 
 register("woodbury_update", "torch", woodbury_update_torch)
@@ -54,6 +57,7 @@ register("fisher_invert", "torch", fisher_invert_torch)
 register("obs_scores", "torch", obs_scores_torch)
 register("obs_update", "torch", obs_update_torch)
 register("obs_apply", "torch", obs_apply_torch)
+register("sequential_order", "torch", sequential_order_torch)
 
 
 def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, backend: str = "auto") -> torch.Tensor:
