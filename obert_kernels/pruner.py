@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import ops, selection
+from . import ops, selection, sequential_select
 from .damping import AbsoluteDamp, BlockLayout, block_layout, parse_damp
 from .distributed import Shard, agree, all_gather_flat, all_reduce_sum, resolve_group, split_blocks
 from .memory import FisherMemoryError, MemoryEstimate, estimate_memory
@@ -28,6 +28,8 @@ __all__ = ["FisherPruner", "prunable_weights", "auto_fisher_method", "PRUNABLE_M
 PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 FISHER_METHODS = ("auto", "direct", "woodbury")
 FISHER_STORAGES = ("dense", "packed")
+# "sequential" (SPEC §2d): greedy removal order per block, then the joint update of what it removed
+UPDATES = ops.UPDATES + ("sequential",)
 
 
 def auto_fisher_method(device: torch.device) -> str:
@@ -125,7 +127,8 @@ class FisherPruner:
         direct Fisher build only) or a ``damping.Damping``; see ``obert_kernels.damping``.
     pattern: "unstructured" | "block4" | "N:M" (e.g. "2:4").
     global_sparsity: one threshold over all tensors (True) or sparsity s per tensor.
-    update: "obs" (summed single-weight/group OBS updates, the paper's) | "joint" | "none".
+    update: "obs" (summed single-weight/group OBS updates, the paper's) | "joint" | "none" |
+        "sequential" (each block removes a prefix of its greedy order, ops.sequential_order; CAP).
     backend: "auto" | "torch" | "triton" | "cuda", passed to every op.
     chunk_size: k, gradients buffered per Fisher update (memory: k·d floats).
     fisher_method: "direct" (accumulate F, invert once) | "woodbury" (rank-k updates of F⁻¹) |
@@ -169,8 +172,8 @@ class FisherPruner:
         _check_positive_int("chunk_size", chunk_size)
         self.damping = parse_damp(damp)
         self.pattern.check_block_size(block_size)
-        if update not in ops.UPDATES:
-            raise ValueError(f"update must be one of {ops.UPDATES}, got {update!r}")
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
         if fisher_method not in FISHER_METHODS:
             raise ValueError(f"fisher_method must be one of {FISHER_METHODS}, got {fisher_method!r}")
         if fisher_storage not in FISHER_STORAGES:
@@ -489,6 +492,8 @@ class FisherPruner:
     def _select(self, target: float, weights: dict, finv: torch.Tensor) -> tuple[dict[str, torch.Tensor], list]:
         """name -> bool (d,) mask of the weights newly pruned in this step (the same on every
         rank), and this rank's per-piece factors (see _local_scores)."""
+        if self.update == "sequential":
+            return self._select_sequential(target, weights, finv), [None] * len(self._pieces)
         local, factors = agree(self._shard, "scoring", lambda: self._local_scores(weights, finv))
         flat = all_gather_flat(self._shard, local)
         scores, offset = {}, 0
@@ -514,7 +519,10 @@ class FisherPruner:
             offsets = dict(zip(self.names, itertools.accumulate((s.numel for s in self._slots), initial=0)))
             for p, piece_factors in zip(self._pieces, factors):
                 w = weights[p.slot.name][p.weights].clone()
-                ops.obs_update(w, finv[p.blocks], new[p.slot.name][p.weights], self.pattern, self.update,
+                mask, update = new[p.slot.name][p.weights], self.update
+                if update == "sequential":  # a block after its greedy prefix = the joint update of all it lost
+                    mask, update = mask | self._pruned[p.slot.name][p.weights], "joint"
+                ops.obs_update(w, finv[p.blocks], mask, self.pattern, update,
                                factors=piece_factors, backend=self.backend)
                 base = offsets[p.slot.name]
                 contrib[base + p.start : base + p.stop] = w
@@ -527,6 +535,40 @@ class FisherPruner:
             out[slot.name] = contrib[offset : offset + slot.numel]
             offset += slot.numel
         return out
+
+    def _select_sequential(self, target: float, weights: dict, finv: torch.Tensor) -> dict[str, torch.Tensor]:
+        """update="sequential": name -> bool (d,) newly pruned, the same on every rank. Each rank
+        orders its own blocks; only the (blocks, U) cumulative losses are gathered for the threshold,
+        and each rank's prefixes are summed into the full masks (one non-zero term per weight)."""
+        for name, w in weights.items():  # pruned weights are zero: the order and the joint update assume it
+            w.masked_fill_(self._pruned[name], 0.0)
+
+        def local_orders():
+            out = [ops.sequential_order(weights[p.slot.name][p.weights], finv[p.blocks], self.pattern,
+                                        self._pruned[p.slot.name][p.weights], backend=self.backend) for p in self._pieces]
+            U = ops.sequential.units_per_block(self.pattern, self.block_size)
+            cum = torch.cat([c.float() for _, c in out]) if out else torch.zeros(0, U, device=self.device)
+            return [o for o, _ in out], cum, U
+
+        orders, cum, U = agree(self._shard, "sequential order", local_orders)
+        flat = all_gather_flat(self._shard, cum.reshape(-1)).reshape(-1, U)
+        cums = {s.name: flat[s.block_start : s.block_start + s.num_blocks] for s in self._slots}
+        g = ops.sequential.unit_size(self.pattern)
+        counts = sequential_select.block_counts(
+            cums, {s.name: s.numel // g for s in self._slots},
+            {n: sequential_select.pruned_units(m, self.pattern) for n, m in self._pruned.items()},
+            target, self.pattern, self.global_sparsity)
+        offsets = dict(zip(self.names, itertools.accumulate((s.numel for s in self._slots), initial=0)))
+        contrib = torch.zeros(sum(s.numel for s in self._slots), device=self.device)
+        for p, order in zip(self._pieces, orders):
+            first = p.start // self.block_size
+            mask = sequential_select.prefix_mask(order, counts[p.slot.name][first : first + p.num_blocks],
+                                                 self.pattern, p.stop - p.start)
+            contrib[offsets[p.slot.name] + p.start : offsets[p.slot.name] + p.stop] = mask.float()
+        all_reduce_sum(self._shard, contrib)
+        # a block4 unit may hold weights pruned before: they are not new
+        return {s.name: (contrib[offsets[s.name] : offsets[s.name] + s.numel] > 0.5) & ~self._pruned[s.name]
+                for s in self._slots}
 
     # ---- masks --------------------------------------------------------------------
     @property
