@@ -41,7 +41,7 @@ __all__ = ["sequential_order", "unit_size", "units_per_block", "sequential_order
 
 # Working set of one slice of blocks (copy of H and its temporaries): small enough to stay in
 # a CPU's L2/L3 for its B steps, large enough that per-step Python overhead is amortised.
-SLICE_BYTES = 2 * 2**20
+SLICE_BYTES = 4 * 2**20
 
 
 def unit_size(pattern: Pattern) -> int:
@@ -129,26 +129,25 @@ def _slice_blocks(B: int, itemsize: int) -> int:
     return max(1, SLICE_BYTES // (B * B * itemsize))
 
 
-def _eliminate_one(H: torch.Tensor, w: torch.Tensor, q: torch.Tensor, active: torch.Tensor) -> None:
+def _eliminate_one(H: torch.Tensor, w: torch.Tensor, q: torch.Tensor, active: torch.Tensor):
     """Remove coordinate q[s] of every block s where active[s], in place.
 
     H: (S, B, B), w: (S, B), q: (S,) int64, active: (S,) bool. A pivot ≤ 0 (H not positive
-    definite in this precision) removes the weight without compensation. Row and column q are
-    then set to exactly 0 and w_q = 0, so the removed coordinate never feeds a later step.
+    definite in this precision) removes the weight without compensation. What is left in row
+    and column q (rounding residue) and in w_q is never read again: scores, pivots and the
+    w update of later steps only read live coordinates, and group solves mask dead members.
+    Returns (c, c·scale), (S, B) each: the diagonal's downdate is c ⊙ c·scale.
     """
-    S, B = w.shape
-    c = H.gather(2, q.view(S, 1, 1).expand(S, B, 1)).squeeze(2)  # (S, B) = H[:, :, q]
-    p = c.gather(1, q.view(S, 1)).squeeze(1)
+    S = w.shape[0]
+    rows = torch.arange(S, device=w.device)
+    c = H[rows, q]  # (S, B): row q, = column q (H is symmetric); a contiguous read
+    p = c[rows, q]
     ok = active & (p > 0)
     scale = torch.where(ok, 1.0 / torch.where(ok, p, torch.ones_like(p)), torch.zeros_like(p))
     cs = c * scale.unsqueeze(1)
-    H.baddbmm_(c.unsqueeze(2), cs.unsqueeze(1), alpha=-1.0)  # rank-1 downdate, no (S, B, B) temporary
-    w.sub_(cs * w.gather(1, q.view(S, 1)))
-    zero_row = active.view(S, 1, 1).to(H.dtype)
-    row = H.gather(1, q.view(S, 1, 1).expand(S, 1, B)) * (1 - zero_row)
-    H.scatter_(1, q.view(S, 1, 1).expand(S, 1, B), row)
-    H.scatter_(2, q.view(S, 1, 1).expand(S, B, 1), row.transpose(1, 2))
-    w.scatter_(1, q.view(S, 1), w.gather(1, q.view(S, 1)) * (~active).view(S, 1).to(w.dtype))
+    H.addcmul_(c.unsqueeze(2), cs.unsqueeze(1), value=-1.0)  # rank-1 downdate, one pass, no temporary
+    w.addcmul_(cs, w[rows, q].unsqueeze(1), value=-1.0)
+    return c, cs
 
 
 def _condition_on_pruned(H: torch.Tensor, w: torch.Tensor, dead: torch.Tensor) -> None:
@@ -162,24 +161,22 @@ def _condition_on_pruned(H: torch.Tensor, w: torch.Tensor, dead: torch.Tensor) -
 
 
 def _group_scores(H: torch.Tensor, w: torch.Tensor, alive: torch.Tensor, g: int) -> torch.Tensor:
-    """ρ of every unit: (S, B/g); +inf where a unit has no live member.
-
-    g = 1: w²/(2 H_qq) (0 where the pivot is not positive, see _eliminate_one). g > 1: ½ w_Qᵀ
-    (H_QQ)⁻¹ w_Q on the live members, dead members replaced by the identity and w = 0.
-    """
-    S, B = w.shape
-    inf = torch.tensor(float("inf"), dtype=w.dtype, device=w.device)
-    if g == 1:
-        diag = H.diagonal(dim1=1, dim2=2)
-        rho = torch.where(diag > 0, w * w / (2 * diag.clamp_min(torch.finfo(w.dtype).tiny)), torch.zeros_like(w))
-        return torch.where(alive, rho, inf)
+    """ρ of every group of g: (S, B/g), ½ w_Qᵀ (H_QQ)⁻¹ w_Q on the live members (dead members
+    replaced by the identity, their w by 0); +inf where a group has no live member."""
     from .scores import _quad_inverse, group_diag_blocks
 
+    S, B = w.shape
     live = alive.reshape(S * B // g, g)
     eye = torch.eye(g, dtype=H.dtype, device=H.device)
     blocks = torch.where(live.unsqueeze(2) & live.unsqueeze(1), group_diag_blocks(H, g), eye)
     rho = _quad_inverse(blocks, torch.where(live, w.reshape(-1, g), 0.0)).reshape(S, B // g)
-    return torch.where(live.any(-1).reshape(S, B // g), rho, inf)
+    return rho.masked_fill_(~live.any(-1).reshape(S, B // g), float("inf"))
+
+
+def _single_scores(w: torch.Tensor, diag: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    """ρ = w²/(2 H_qq) of single weights, (S, B); +inf off the candidates. A pivot ≤ 0 (H not
+    positive definite in this precision) scores huge, so it is taken last."""
+    return (w * w).div_(diag.clamp_min(torch.finfo(w.dtype).tiny)).mul_(0.5).masked_fill_(~candidate, float("inf"))
 
 
 def _candidates(alive: torch.Tensor, pattern: Pattern) -> torch.Tensor:
@@ -197,22 +194,26 @@ def _greedy_slice(H, w, alive, pattern: Pattern, order, cum) -> None:
     and pruned), all modified; writes order/cum (S, U)."""
     g = unit_size(pattern)
     S = w.shape[0]
+    rows = torch.arange(S, device=w.device)
     total = torch.zeros(S, dtype=w.dtype, device=w.device)
-    inf = torch.tensor(float("inf"), dtype=w.dtype, device=w.device)
+    diag = H.diagonal(dim1=1, dim2=2).clone() if g == 1 else None  # kept contiguous, downdated below
     for k in range(order.shape[1]):
-        rho = _group_scores(H, w, _candidates(alive, pattern), g)
+        cand = _candidates(alive, pattern)
+        rho = _single_scores(w, diag, cand) if g == 1 else _group_scores(H, w, cand, g)
         best, unit = rho.min(dim=1)  # the first minimum: ties go to the lowest unit
         active = torch.isfinite(best)
         if not bool(active.any()):
             break
-        total = total + torch.where(active, best, torch.zeros_like(best))
-        order[:, k] = torch.where(active, unit, torch.full_like(unit, -1))
-        cum[:, k] = torch.where(active, total, inf)
+        total.add_(best.masked_fill(~active, 0.0))
+        order[:, k] = unit.masked_fill(~active, -1)
+        cum[:, k] = total.masked_fill(~active, float("inf"))
         for t in range(g):  # a group leaves one member at a time: equal to its joint removal
             q = unit * g + t
-            member = active & alive.gather(1, q.view(S, 1)).squeeze(1)
-            _eliminate_one(H, w, q, member)
-            alive.scatter_(1, q.view(S, 1), alive.gather(1, q.view(S, 1)) & ~member.view(S, 1))
+            member = active & alive[rows, q]
+            c, cs = _eliminate_one(H, w, q, member)
+            if diag is not None:
+                diag.addcmul_(c, cs, value=-1.0)
+            alive[rows, q] = alive[rows, q] & ~member
 
 
 def sequential_order_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None):
