@@ -16,6 +16,7 @@ import triton  # noqa: F401  (an ImportError here marks the backend unavailable)
 from ._dispatch import register
 from ._triton_util import MAX_BLOCK, fix_interpreter_index, is_interpreted
 from .scores_triton import _scores_grouped_kernel, obs_scores_triton
+from .sequential_triton import sequential_order_triton
 from .update_triton import obs_apply_triton, obs_update_triton
 from .woodbury_triton import fisher_accumulate_triton, fisher_invert_triton, woodbury_update_triton
 
@@ -93,6 +94,13 @@ def _apply_reasons(weight, finv, direction, **_call) -> list[str]:
     return _finv_reasons(finv) + _data_reasons(weight, "weight") + _data_reasons(direction, "direction")
 
 
+def _sequential_reasons(weight, finv, pattern, **_call) -> list[str]:
+    out = _finv_reasons(finv) + _data_reasons(weight, "weight")
+    if pattern.kind == "block" and pattern.group_size & (pattern.group_size - 1):
+        out.append(f"pattern {pattern.name}: the Triton sequential kernel reshapes the tile into groups of a power of two")
+    return out
+
+
 def _auto_reasons(finv, **_call) -> list[str]:
     """Why "auto" should not pick Triton although it could run: only CUDA, only compiled."""
     if finv.device.type != "cuda":
@@ -110,3 +118,4 @@ def register_all() -> None:
     register("obs_scores", "triton", obs_scores_triton, _scores_reasons, _auto_reasons)
     register("obs_update", "triton", obs_update_triton, _update_reasons, _auto_reasons)
     register("obs_apply", "triton", obs_apply_triton, _apply_reasons, _auto_reasons)
+    register("sequential_order", "triton", sequential_order_triton, _sequential_reasons, _auto_reasons)
