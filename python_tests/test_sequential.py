@@ -254,3 +254,106 @@ def test_pruner_weights_are_joint_update_of_the_prefixes(seed):
     assert torch.equal(~p.masks["a"].reshape(-1), mask)
     expected = ops.obs_update_ref(w0, finv, mask, parse_pattern("unstructured"), "joint")
     assert rel_err(params["a"].reshape(-1), expected) < 1e-4
+
+
+# ---- Triton (interpreted on a CPU) and CUDA ---------------------------------------------------
+# small awkward shapes: the interpreter runs every program's steps in Python
+SMALL = {"unstructured": (50, 13), "block4": (44, 12), "2:4": (40, 12), "1:4": (40, 12), "4:8": (56, 24)}
+
+
+def _triton_or_skip(device="cpu"):
+    pytest.importorskip("triton", reason="triton is not installed")
+    _triton = pytest.importorskip("obert_kernels.ops._triton", reason="the Triton backend did not load")
+    if device == "cpu" and not _triton.INTERPRETED:
+        pytest.skip("Triton kernels are compiled (TRITON_INTERPRET is not 1): they do not run on CPU tensors")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("with_pruned", [False, True])
+def test_triton_matches_reference(seed, device, pattern, with_pruned):
+    _triton_or_skip(device)
+    pat = parse_pattern(pattern)
+    d, B = SMALL[pattern]
+    finv = random_finv(d, B)
+    w = torch.randn(d, dtype=torch.float64)
+    pruned = random_pruned(d, pattern, 0.25) if with_pruned else None
+    ref_order, ref_cum = ops.sequential_order_ref(w, finv, pat, pruned)
+    order, cum = ops.sequential_order(w.float().to(device), finv.float().to(device), pattern,
+                                      None if pruned is None else pruned.to(device), backend="triton")
+    assert cum.dtype == torch.float32
+    assert_orders_match(order, cum, ref_order, ref_cum, 1e-4)
+
+
+@pytest.mark.triton
+def test_triton_packed_and_coupled_pruned(seed, device):
+    """Packed F⁻¹ (dense tiles) and pruned weights that F⁻¹ still couples (the kernel's conditioning)."""
+    _triton_or_skip(device)
+    d, B = SMALL["unstructured"]
+    finv = random_finv(d, B)
+    w = torch.randn(d, dtype=torch.float64)
+    pruned = torch.rand(d) < 0.3
+    ref = ops.sequential_order_ref(w, finv, parse_pattern("unstructured"), pruned)
+    out = ops.sequential_order(w.float().to(device), ops.pack_upper(finv.float()).to(device), "unstructured",
+                               pruned.to(device), backend="triton")
+    assert_orders_match(*out, *ref, 1e-4)
+
+
+def test_cuda_backend_reasons_or_match(seed):
+    """Without a built extension and a GPU, the CUDA backend says why; with them, it matches the oracle."""
+    reasons = ops.not_supported_reasons("sequential_order", "cuda", weight=torch.zeros(8), finv=torch.zeros(1, 8, 8),
+                                        pattern=parse_pattern("unstructured"))
+    if reasons:
+        with pytest.raises(ops.BackendNotSupported):
+            ops.sequential_order(torch.zeros(8), torch.eye(8).unsqueeze(0), backend="cuda")
+        pytest.skip("; ".join(reasons))
+    d, B = shape_for("unstructured")
+    finv = random_finv(d, B)
+    w = torch.randn(d, dtype=torch.float64)
+    pruned = random_pruned(d, "unstructured", 0.25)
+    ref = ops.sequential_order_ref(w, finv, parse_pattern("unstructured"), pruned)
+    out = ops.sequential_order(w.float().cuda(), finv.float().cuda(), "unstructured", pruned.cuda(), backend="cuda")
+    assert_orders_match(*out, *ref, 1e-4)
+
+
+# ---- the CUDA kernel's per-block program, on the CPU (csrc/sequential_math.cuh) ----------------
+from test_cuda_harness import harness  # noqa: E402,F401  (the compiled csrc/host_harness.cpp)
+
+
+def host_sequential(lib, w, finv, pattern, pruned):
+    """Run sequential_program on every block: (order, cumloss) as the CUDA launcher returns them."""
+    import ctypes
+
+    P, LL, I = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
+    lib.obk_host_sequential.argtypes = [P, P, P, LL, I, I, LL, I, I, I, P, P]
+    lib.obk_host_sequential.restype = I
+    nb, B = ops._checks.block_dims(finv)
+    U, g = seq.units_per_block(pattern, B), seq.unit_size(pattern)
+    m, n = (pattern.group_size, pattern.n_prune) if pattern.is_nm else (0, 0)
+    order = torch.full((nb, U), -1, dtype=torch.int64)
+    cum = torch.full((nb, U), float("inf"))
+    wf, p8 = w.float().contiguous(), None if pruned is None else pruned.to(torch.uint8)
+    rc = lib.obk_host_sequential(wf.data_ptr(), None if p8 is None else p8.data_ptr(), finv.data_ptr(), nb, B,
+                                 int(ops.packed.is_packed(finv)), w.numel(), g, m, n, order.data_ptr(), cum.data_ptr())
+    assert rc == 0  # no write past its shared memory
+    return order, cum
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("with_pruned", [False, True])
+@pytest.mark.parametrize("layout", ["dense", "packed"])
+def test_cuda_program_matches_reference(harness, seed, pattern, with_pruned, layout):  # noqa: F811
+    pat = parse_pattern(pattern)
+    w, finv, pruned = case(pattern, with_pruned)
+    ref = ops.sequential_order_ref(w, finv, pat, pruned)
+    f = finv.float() if layout == "dense" else ops.pack_upper(finv.float())
+    assert_orders_match(*host_sequential(harness, w, f.contiguous(), pat, pruned), *ref, 1e-4)
+
+
+def test_cuda_program_conditions_on_coupled_pruned(harness, seed):  # noqa: F811
+    d, B = 96, 12
+    finv = ops.fisher_inverse_ref(torch.randn(40, d), B, 1e-2)  # couples every weight
+    w, pruned = torch.randn(d, dtype=torch.float64), torch.rand(d) < 0.3
+    ref = ops.sequential_order_ref(w, finv, parse_pattern("unstructured"), pruned)
+    out = host_sequential(harness, w, finv.float().contiguous(), parse_pattern("unstructured"), pruned)
+    assert_orders_match(*out, *ref, 1e-4)
