@@ -252,7 +252,7 @@ def sequential_order(weight: torch.Tensor, finv: torch.Tensor, pattern: "str | P
     """
     from ..patterns import parse_pattern
     from . import _checks, packed
-    from ._dispatch import resolve
+    from ._dispatch import resolve, resolve_packed
 
     pattern = parse_pattern(pattern)
     _, B = _checks.check_finv(finv)
@@ -261,7 +261,10 @@ def sequential_order(weight: torch.Tensor, finv: torch.Tensor, pattern: "str | P
     _checks.check_mask(pruned, weight, "pruned")
     if d % pattern.group_size:
         raise ValueError(f"pattern {pattern.name} needs the weight count ({d}) divisible by {pattern.group_size}")
-    if packed.is_packed(finv):  # dense tiles of ≤ UNPACK_TILE_BYTES, one at a time (F⁻¹ is only read)
+    if packed.is_packed(finv):  # CUDA reads packed blocks; the others get dense tiles, one at a time
+        native = resolve_packed("sequential_order", backend, weight=weight, finv=finv, pattern=pattern)
+        if native:
+            return native[1](weight, finv, pattern, pruned)
         w, p = weight.reshape(-1), None if pruned is None else pruned.reshape(-1)
         parts = packed.run_tiled_readonly(finv, B, lambda tile, a, b: sequential_order(
             w[a * B : b * B], tile, pattern, None if p is None else p[a * B : b * B], backend=backend))
