@@ -357,3 +357,25 @@ def test_cuda_program_conditions_on_coupled_pruned(harness, seed):  # noqa: F811
     ref = ops.sequential_order_ref(w, finv, parse_pattern("unstructured"), pruned)
     out = host_sequential(harness, w, finv.float().contiguous(), parse_pattern("unstructured"), pruned)
     assert_orders_match(*out, *ref, 1e-4)
+
+
+# ---- public surface -------------------------------------------------------------------------
+def test_one_shot_and_cli_reach_sequential(seed):
+    """one_shot_prune passes update="sequential" through; the CLI and pipeline accept it."""
+    from torch import nn
+
+    from obert_kernels import one_shot_prune
+    from obert_kernels.cli import build_parser
+    from obert_kernels.pipeline import METHODS
+
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    batches = ((torch.randn(4, 12), torch.randint(0, 4, (4,))) for _ in iter(int, 1))
+    pruner = one_shot_prune(model, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), batches, 0.6,
+                            num_recomputations=2, block_size=8, num_grads=16, damp=1e-2, update="sequential",
+                            progress=False, verbose=False)
+    assert pruner.update == "sequential" and [r.update for r in pruner.history] == ["sequential"] * 2
+    assert pruner.sparsity == int(0.6 * 256 + 0.5) / 256  # 12·16 + 16·4 weights, exact count
+    args = build_parser().parse_args(["prune", "digits-mlp", "--out", "x", "--sparsity", "0.5", "--method", "sequential"])
+    assert args.method == "sequential" and "sequential" in METHODS
+    with pytest.raises(ValueError, match="update must be one of"):
+        FisherPruner({"a": torch.randn(8, 8)}, update="greedy", verbose=False)
