@@ -400,8 +400,6 @@ def sequential_row(cfg: Config, finv, w, idx, read_ms, ops, parse_pattern, devic
     """Time ops.sequential_order (SPEC §2d, Triton, unstructured; B dependent steps per block
     in registers) against one read of F⁻¹; check sampled whole blocks against the float64 oracle
     (identical orders, and the cumulative losses where they are)."""
-    import torch
-
     from obert_kernels.ops._checks import padded_blocks
 
     start = time.perf_counter()

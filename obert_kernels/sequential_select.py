@@ -4,9 +4,9 @@ Input is each block's cumulative losses (ops.sequential_order's ``cumloss``, (nu
 +inf past its last candidate). One threshold over the blocks that compete (all tensors, or one
 tensor) takes the ``count`` lowest-ranked steps (``step_ranks``: by default the running maximum
 of each step's added loss). Ranks never decrease along a block, so the lowest ones of a block
-are a prefix of its order: each block removes its first c_b units and Σ c_b = count exactly. Ties are broken by block, then by position: a stable sort of
-the block-major flattening, which keeps prefixes (a later step of a block never ranks before an
-earlier one of equal loss).
+are a prefix of its order: each block removes its first c_b units and Σ c_b = count exactly.
+Ties are broken by block, then by position: a stable sort of the block-major flattening, which
+keeps prefixes (a later step of a block never ranks before an earlier one of equal rank).
 
 Only these (num_blocks, U) losses need to meet across ranks when F⁻¹ is sharded; the orders
 stay where they were computed (``prefix_mask`` on each rank's own blocks).
