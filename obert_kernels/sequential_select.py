@@ -2,8 +2,8 @@
 
 Input is each block's cumulative losses (ops.sequential_order's ``cumloss``, (num_blocks, U),
 +inf past its last candidate). One threshold over the blocks that compete (all tensors, or one
-tensor) takes the ``count`` lowest-ranked steps (``step_ranks``: by default the running maximum
-of each step's added loss). Ranks never decrease along a block, so the lowest ones of a block
+tensor) takes the ``count`` lowest-ranked steps (``step_ranks``: by default the cumulative losses
+themselves, or the running maximum of each step's added loss). Ranks never decrease along a block, so the lowest ones of a block
 are a prefix of its order: each block removes its first c_b units and Σ c_b = count exactly.
 Ties are broken by block, then by position: a stable sort of the block-major flattening, which
 keeps prefixes (a later step of a block never ranks before an earlier one of equal rank).
@@ -21,13 +21,15 @@ from .selection import count_for
 __all__ = ["CRITERIA", "CRITERION", "step_ranks", "prefix_counts", "block_counts", "prefix_mask", "pruned_units"]
 
 
-# What one step of a block is ranked by. "increment": the running maximum of its ρ (the loss that
-# step adds): the allocation that minimises Σ_b L_b(c_b) when each L_b is convex, and the one
-# for which a diagonal F⁻¹ picks exactly what update="obs" picks. "cumulative": L_b(k) itself
-# (SPEC §2d's wording), which instead evens out the per-block losses. Both are non-decreasing
-# along a block, so either threshold removes prefixes. examples/sequential_digits_cnn.py compares them.
-CRITERIA = ("increment", "cumulative")
-CRITERION = "increment"
+# What one step of a block is ranked by. "cumulative" (SPEC §2d): L_b(k) itself, so one threshold τ
+# lets every block remove steps while its own total loss stays ≤ τ. "increment": the running
+# maximum of the loss each step adds, the allocation that minimises Σ_b L_b(c_b) when each L_b is
+# convex, and the one for which a diagonal F⁻¹ selects exactly what update="obs" selects. Both are
+# non-decreasing along a block, so either threshold removes prefixes. Default "cumulative": on the
+# digits CNN (examples/sequential_digits_cnn.py, 2 trainings × 3 seeds) it was ahead in 5 of the
+# 6 mean comparisons, at 95% and 97% by 1–18 points, behind once at 90% R = 1 (by 6 points).
+CRITERIA = ("cumulative", "increment")
+CRITERION = "cumulative"
 
 
 def step_ranks(cumloss: torch.Tensor, criterion: str | None = None) -> torch.Tensor:

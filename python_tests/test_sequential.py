@@ -129,8 +129,9 @@ def test_decoupled_pruned_equal_conditioned(seed):
 # ---- properties -----------------------------------------------------------------------------
 @pytest.mark.parametrize("pattern", ["unstructured", "block4", "2:4"])
 def test_diagonal_finv_picks_what_obs_picks(seed, pattern):
-    """A diagonal F⁻¹ couples nothing: the greedy order sorts the obs scores, and selection takes
-    exactly obs's set (global threshold; N:M: each group's best subset)."""
+    """A diagonal F⁻¹ couples nothing: each block's greedy order sorts its obs scores (the
+    cumulative losses are their running sums), and selection ranked by the step increments takes
+    exactly obs's set (global threshold; N:M, under either ranking: each group's best subset)."""
     pat = parse_pattern(pattern)
     d, B = shape_for(pattern)
     finv = torch.diag_embed(torch.rand(-(-d // B), B, dtype=torch.float64) + 0.1)
@@ -145,8 +146,15 @@ def test_diagonal_finv_picks_what_obs_picks(seed, pattern):
     else:
         g = pat.group_size
         count = int(0.6 * (d // g) + 0.5)
-        counts = sequential_select.prefix_counts(cum, count)
+        counts = sequential_select.prefix_counts(cum, count, criterion="increment")
         from obert_kernels import selection
+
+        U = order.shape[1]
+        per_block = torch.nn.functional.pad(scores, (0, order.numel() - scores.numel()), value=float("inf")).reshape(-1, U)
+        taken = per_block.gather(1, order.clamp_min(0)).masked_fill(order < 0, float("inf"))
+        assert torch.equal(taken, per_block.sort(1).values)  # ascending obs scores (ties by position)
+        fin = torch.isfinite(cum)
+        assert torch.allclose(cum[fin], taken.masked_fill(~fin, 0).cumsum(1)[fin], rtol=1e-12)
 
         expected = selection.expand_groups(selection.select_lowest(scores, count), g)
     assert torch.equal(sequential_select.prefix_mask(order, counts, pat, d), expected)
