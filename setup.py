@@ -29,7 +29,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
-CU_SOURCES = ["woodbury.cu", "scores.cu", "update.cu"]
+CU_SOURCES = ["woodbury.cu", "scores.cu", "update.cu", "sequential.cu"]
 MODE = os.environ.get("OBERT_KERNELS_BUILD_CUDA", "").strip()
 
 

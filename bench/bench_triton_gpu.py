@@ -391,7 +391,29 @@ def score_update_rows(cfg: Config, finv, args, ceil, ops, st, ut, parse_pattern,
                          "rel_err": err, "passed": err < 2e-3, "vs_read_finv": ms / read_ms if read_ms else None})
             del factors
         del work
+    if not args.no_sequential:
+        rows.append(sequential_row(cfg, finv, w, idx, read_ms, ops, parse_pattern, device))
     return rows
+
+
+def sequential_row(cfg: Config, finv, w, idx, read_ms, ops, parse_pattern, device) -> dict:
+    """Time ops.sequential_order (SPEC §2d, Triton, unstructured; B dependent steps per block
+    in registers) against one read of F⁻¹; check sampled whole blocks against the float64 oracle
+    (identical orders, and the cumulative losses where they are)."""
+    from obert_kernels.ops.blocks import padded_blocks
+
+    start = time.perf_counter()
+    order, cum = ops.sequential_order(w, finv, "unstructured", backend="triton")
+    first_ms = 1e3 * (time.perf_counter() - start)  # --dry-run's time (the interpreter: one call is enough)
+    full = idx[idx < cfg.d // cfg.B]  # whole blocks only: the oracle would take padding as weights
+    ref_o, ref_c = ops.sequential_order_ref(padded_blocks(w, cfg.nb, cfg.B)[full.to(device)].reshape(-1).cpu(),
+                                            finv[full.to(device)].cpu(), parse_pattern("unstructured"))
+    same = (order[full.to(device)].cpu() == ref_o).all(1)
+    err = rel_err(cum[full.to(device)].cpu()[same], ref_c[same]) if bool(same.any()) else float("inf")
+    ms = first_ms if device == "cpu" else bench_ms(lambda: ops.sequential_order(w, finv, "unstructured", backend="triton"), device)
+    return {"d": cfg.d, "B": cfg.B, "op": "sequential_order", "pattern": "unstructured", "ms": ms, "rel_err": err,
+            "identical_orders": f"{int(same.sum())}/{len(full)}",
+            "passed": err < 2e-4 and int(same.sum()) >= 0.9 * len(full), "vs_read_finv": ms / read_ms if read_ms else None}
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -472,6 +494,7 @@ def parse_args(argv=None):
     ap.add_argument("--methods", default="triton,naive,direct",
                     help="of triton,naive,direct,torch (torch's rank-k temporaries need ~8·k·d bytes more)")
     ap.add_argument("--no-scores", action="store_true", help="skip the scoring/update part")
+    ap.add_argument("--no-sequential", action="store_true", help="skip the sequential_order timing (SPEC §2d)")
     ap.add_argument("--tune", action="store_true", help="also time the Woodbury kernel at other (G, num_warps)")
     ap.add_argument("--num-grads", type=int, default=1024, help="m: the 1/m of the Fisher; amortises the direct inverse")
     ap.add_argument("--damp", type=float, default=1e-7)

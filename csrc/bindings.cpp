@@ -26,6 +26,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("obs_update", &obk::obs_update_launch, py::arg("weight"), py::arg("prune_mask"), py::arg("finv"),
         py::arg("num_blocks"), py::arg("B"), py::arg("packed"), py::arg("d"), py::arg("group"), py::arg("mode"),
         py::arg("failed"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("sequential_order", &obk::sequential_order_launch, py::arg("weight"), py::arg("pruned"), py::arg("finv"),
+        py::arg("num_blocks"), py::arg("B"), py::arg("packed"), py::arg("d"), py::arg("unit"), py::arg("nm_m"),
+        py::arg("nm_n"), py::arg("order"), py::arg("cumloss"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("sequential_smem", &obk::sequential_smem);
   m.def(
       "device_count",
       []() {

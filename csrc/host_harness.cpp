@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "obk_math.cuh"
+#include "sequential_math.cuh"
 
 namespace {
 
@@ -133,6 +134,27 @@ int obk_host_update(float* weight, const unsigned char* prune, const float* finv
   for (int e = 0; e < 64; ++e)
     if (smem[region + e] != 12345.0f) return -2;  // wrote past its shared memory
   return failed;
+}
+
+// sequential_program on every block (order/cumloss prefilled by the caller). Returns 0, or −2
+// when the program wrote past its shared memory.
+int obk_host_sequential(const float* weight, const unsigned char* pruned, const float* finv, long long num_blocks,
+                        int B, int packed, long long d, int unit, int nm_m, int nm_n, long long* order, float* cumloss) {
+  const long long region = (obk::sequential_smem_bytes(B, B / unit) + 3) / 4;
+  std::vector<float> smem(static_cast<size_t>(region) + 64);
+  for (int e = 0; e < 64; ++e) smem[region + e] = 12345.0f;  // guard band
+  const int U = B / unit;
+  for (long long b = 0; b < num_blocks; ++b) {
+    const int nv = static_cast<int>(d - b * B < B ? d - b * B : B);
+    obk::SequentialBlock s = obk::sequential_block_layout(reinterpret_cast<unsigned char*>(smem.data()),
+                                                          finv + b * obk::block_stride(B, packed != 0), packed != 0, B,
+                                                          nv, unit, nm_m, nm_n);
+    HostWarp warp;
+    obk::sequential_program(warp, s, weight + b * B, pruned ? pruned + b * B : nullptr, order + b * U, cumloss + b * U);
+  }
+  for (int e = 0; e < 64; ++e)
+    if (smem[region + e] != 12345.0f) return -2;
+  return 0;
 }
 
 }  // extern "C"

@@ -32,6 +32,15 @@ void obs_update_launch(std::uintptr_t weight, std::uintptr_t prune_mask, std::ui
                        long long num_blocks, int B, bool packed, long long d, int group, int mode,
                        std::uintptr_t failed, std::uintptr_t stream);
 
+// Sequential OBS (SPEC §2d): each block's greedy order and cumulative losses. unit: weights per
+// step (1, or 4 for block4); nm_m, nm_n: N:M's M and N (0, 0 otherwise). order (num_blocks, B/unit)
+// int64 and cumloss (num_blocks, B/unit) float32 must be prefilled with −1 and +inf.
+void sequential_order_launch(std::uintptr_t weight, std::uintptr_t pruned, std::uintptr_t finv, long long num_blocks,
+                             int B, bool packed, long long d, int unit, int nm_m, int nm_n, std::uintptr_t order,
+                             std::uintptr_t cumloss, std::uintptr_t stream);
+// Bytes of shared memory sequential_order needs for (B, unit).
+long long sequential_smem(int B, int unit);
+
 // Devices the CUDA runtime sees, and the runtime's message when it sees none.
 int device_count(std::string* error);
 int runtime_version();

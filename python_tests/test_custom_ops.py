@@ -125,10 +125,20 @@ def test_opcheck_obs_update_factors_and_apply(seed, backend, storage, pattern):
         _opcheck(library.OPS["obs_update_factors"], (weight, finv, partial, factors, name, backend, backend))
 
 
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_sequential_order(seed, backend, storage, pattern):
+    weight, finv, name, pruned = _scores_args(pattern, storage)
+    _skip_unless_serves("sequential_order", backend, weight=weight, finv=finv, pattern=parse_pattern(pattern))
+    _opcheck(library.OPS["sequential_order"], (weight, finv, name, pruned, backend))
+    _opcheck(library.OPS["sequential_order"], (weight, finv, name, None, backend))
+
+
 def test_every_op_is_declared_in_the_namespace():
     declared = set(library.OPS)
     assert declared == {"woodbury_update", "fisher_accumulate", "fisher_invert", "obs_scores", "obs_scores_factors",
-                        "obs_update", "obs_update_factors", "obs_apply"}
+                        "obs_update", "obs_update_factors", "obs_apply", "sequential_order"}
     for name in declared:
         schema = library.OPS[name]._schema
         assert schema.arguments[-1].name in ("backend", "apply_backend")

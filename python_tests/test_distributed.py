@@ -26,6 +26,10 @@ CONFIGS = [
     {"pattern": "block4", "global_sparsity": False, "update": "obs"},
     {"pattern": "2:4", "global_sparsity": True, "update": "joint"},
     {"pattern": "2:4", "global_sparsity": False, "update": "obs"},
+    # sequential OBS: orders per rank, only the cumulative losses gathered (SPEC §2d)
+    {"pattern": "unstructured", "global_sparsity": True, "update": "sequential"},
+    {"pattern": "block4", "global_sparsity": False, "update": "sequential"},
+    {"pattern": "2:4", "global_sparsity": True, "update": "sequential"},
 ]
 # damping and storage options, checked on 3 ranks: identical on every rank, and (up to the
 # order of the per-tensor sums over ranks) the single-process result
@@ -37,6 +41,7 @@ OPTION_CONFIGS = [
 ]
 SHAPES = ((7, 12), (5, 20), (3, 4, 2, 2), (9, 8))
 TINY = ((2, 8),)  # 2 blocks of 8: with 3 ranks one rank owns none
+TINY_CONFIGS = [CONFIGS[0], CONFIGS[6]]  # obs and sequential
 TIMEOUT = timedelta(seconds=60)
 
 
@@ -64,7 +69,7 @@ def _worker(rank, world, store_path, out_dir, seed, mode):
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world, timeout=TIMEOUT)
     try:
         if mode == "compare":
-            results = [run_pruner(c, seed) for c in CONFIGS] + [run_pruner(CONFIGS[0], seed, shapes=TINY)]
+            results = [run_pruner(c, seed) for c in CONFIGS] + [run_pruner(c, seed, shapes=TINY) for c in TINY_CONFIGS]
             torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         elif mode == "options":
             torch.save([run_pruner(c, seed) for c in OPTION_CONFIGS], os.path.join(out_dir, f"rank{rank}.pt"))
@@ -104,12 +109,13 @@ def spawn(world, seed, mode):
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_equals_single_process_exactly(seed, world):
     single = [run_pruner(c, seed, process_group=False) for c in CONFIGS]
-    single.append(run_pruner(CONFIGS[0], seed, process_group=False, shapes=TINY))
+    single += [run_pruner(c, seed, process_group=False, shapes=TINY) for c in TINY_CONFIGS]
     ranks = spawn(world, seed, "compare")
     shares = [r[0]["local_blocks"] for r in ranks]
     assert sum(shares) == single[0]["local_blocks"] and max(shares) - min(shares) <= 1  # split evenly, not copied
     for rank_results in ranks:
-        for config, got, want in zip(CONFIGS + [CONFIGS[0]], rank_results, single):
+        assert len(rank_results) == len(single)
+        for config, got, want in zip(CONFIGS + TINY_CONFIGS, rank_results, single):
             for name in want["masks"]:
                 assert torch.equal(got["masks"][name], want["masks"][name]), (config, name)
                 assert torch.equal(got["weights"][name], want["weights"][name]), (config, name)

@@ -23,8 +23,9 @@ __all__ = ["main", "build_parser"]
 def _add_pruner_options(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("pruner (see FisherPruner)")
     g.add_argument("--sparsity", type=float, required=True, help="target sparsity in [0, 1) (ignored for N:M)")
-    g.add_argument("--method", choices=["obs", "joint", "magnitude"], default="obs",
-                   help="oBERT with the summed ('obs') or exact joint update, or magnitude pruning")
+    g.add_argument("--method", choices=["obs", "joint", "sequential", "magnitude"], default="obs",
+                   help="oBERT with the summed ('obs') or exact joint update, sequential OBS (greedy removal "
+                        "order per block, SPEC §2d), or magnitude pruning")
     g.add_argument("--damp", default="auto",
                    help="'auto' (chosen on held-out gradients), 'rel:α[:block]' (α × mean Fisher diagonal) "
                         "or an absolute λ (default: %(default)s)")

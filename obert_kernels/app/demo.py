@@ -156,7 +156,7 @@ def plot_accuracy(rows: list[dict], path, title: str, dense_accuracy: float | No
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95])
-    ap.add_argument("--update", choices=["obs", "joint", "none"], default="obs")
+    ap.add_argument("--update", choices=["obs", "joint", "sequential", "none"], default="obs")
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--num-grads", type=int, default=128)
     ap.add_argument("--damp", type=float, default=1e-6)

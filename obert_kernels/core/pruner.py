@@ -49,8 +49,9 @@ class FisherPruner:
         direct Fisher build only) or a ``damping.Damping``; see ``obert_kernels.core.damping``.
     pattern: "unstructured" | "block4" | "N:M" (e.g. "2:4").
     global_sparsity: one threshold over all tensors (True) or sparsity s per tensor.
-    update: "obs" (summed single-weight/group OBS updates, the paper's) | "joint" | "none"
-        (the keys of ``weight_update.UPDATE_STRATEGIES``).
+    update: "obs" (summed single-weight/group OBS updates, the paper's) | "joint" | "none" |
+        "sequential" (each block removes a prefix of its greedy removal order, ops.sequential_order;
+        CAP) — the keys of ``weight_update.UPDATE_STRATEGIES``.
     backend: "auto" | "torch" | "triton" | "cuda", passed to every op.
     chunk_size: k, gradients buffered per Fisher update (memory: k·d floats).
     fisher_method: "direct" (accumulate F, invert once) | "woodbury" (rank-k updates of F⁻¹) |
@@ -241,7 +242,8 @@ class FisherPruner:
         finv = agree(self._shard, "building F⁻¹", lambda: state.finalize(self._layout))
         weights = tracked.float32_weights()
         new, factors = select_new(target, weights, finv, tracked, self._masks.pruned, self.config, self._shard)
-        updated = updated_weights(tracked.pieces, tracked.slots, weights, finv, new, factors, self.config, self._shard)
+        updated = updated_weights(tracked.pieces, tracked.slots, weights, finv, new, self._masks.pruned, factors,
+                                  self.config, self._shard)
         report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0,
                              damping=self.damping.describe())
         write_back(tracked.slots, self._masks, new, updated, report)

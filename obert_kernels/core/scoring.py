@@ -6,19 +6,20 @@ picks the same weights.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 
 import torch
 
 from .. import ops
-from . import selection
+from . import selection, sequential_select
 from .config import PrunerConfig
-from .sharding import Piece, Shard, agree, all_gather_flat
+from .sharding import Piece, Shard, agree, all_gather_flat, all_reduce_sum
 from .tracked import Slot, TrackedTensors
 from .weight_update import UPDATE_STRATEGIES
 
-__all__ = ["select_new", "local_scores", "wants_factors", "score_shape"]
+__all__ = ["select_new", "select_sequential", "local_scores", "wants_factors", "score_shape"]
 
 
 def wants_factors(config: PrunerConfig, weight: torch.Tensor, finv: torch.Tensor) -> bool:
@@ -63,7 +64,10 @@ def score_shape(slot: Slot, config: PrunerConfig) -> tuple[int, ...]:
 def select_new(target: float, weights: Mapping[str, torch.Tensor], finv: torch.Tensor, tracked: TrackedTensors,
                pruned: Mapping[str, torch.Tensor], config: PrunerConfig, shard: Shard) -> tuple[dict[str, torch.Tensor], list]:
     """name -> bool (d,) mask of the weights newly pruned in this step (the same on every
-    rank), and this rank's per-piece factors (see ``local_scores``). Collective when sharded."""
+    rank), and this rank's per-piece factors (see ``local_scores``). Collective when sharded.
+    update="sequential" selects by each block's greedy order instead (``select_sequential``)."""
+    if config.update == "sequential":
+        return select_sequential(target, weights, finv, tracked, pruned, config, shard), [None] * len(tracked.pieces)
     local, factors = agree(shard, "scoring", lambda: local_scores(tracked.pieces, weights, finv, pruned, config,
                                                                   tracked.device))
     flat = all_gather_flat(shard, local)
@@ -85,3 +89,43 @@ def _choose(scores: dict[str, torch.Tensor], target: float, config: PrunerConfig
     pick = selection.select_global if config.global_sparsity else selection.select_per_tensor
     units = pick(scores, target)
     return {n: selection.expand_groups(u, pattern.group_size) for n, u in units.items()}
+
+
+def _local_orders(tracked: TrackedTensors, weights, finv, pruned, config: PrunerConfig):
+    """This rank's greedy orders (one (blocks, U) int64 per piece) and their cumulative losses
+    stacked (blocks, U) float32, U = B / unit size."""
+    out = [ops.sequential_order(weights[p.slot.name][p.weights], finv[p.blocks], config.pattern,
+                                pruned[p.slot.name][p.weights], backend=config.backend) for p in tracked.pieces]
+    U = ops.blocks.units_per_block(config.pattern, config.block_size)
+    cum = torch.cat([c.float() for _, c in out]) if out else torch.zeros(0, U, device=tracked.device)
+    return [o for o, _ in out], cum, U
+
+
+def select_sequential(target: float, weights: Mapping[str, torch.Tensor], finv: torch.Tensor, tracked: TrackedTensors,
+                      pruned: Mapping[str, torch.Tensor], config: PrunerConfig, shard: Shard) -> dict[str, torch.Tensor]:
+    """update="sequential" (SPEC §2d): name -> bool (d,) newly pruned, the same on every rank.
+
+    Each rank orders its own blocks; only the (blocks, U) cumulative losses are gathered for
+    the threshold, and each rank's prefixes are summed into the full masks (one non-zero term
+    per weight). Zeroes the already-pruned entries of ``weights`` first: the order and the
+    joint update of the removed set assume them zero. Collective when sharded.
+    """
+    for name, w in weights.items():
+        w.masked_fill_(pruned[name], 0.0)
+    orders, cum, U = agree(shard, "sequential order", lambda: _local_orders(tracked, weights, finv, pruned, config))
+    flat = all_gather_flat(shard, cum.reshape(-1)).reshape(-1, U)
+    slots, pattern = tracked.slots, config.pattern
+    counts = sequential_select.block_counts(
+        {s.name: flat[s.block_start : s.block_start + s.num_blocks] for s in slots},
+        {s.name: s.numel // ops.blocks.unit_size(pattern) for s in slots},
+        {n: sequential_select.pruned_units(m, pattern) for n, m in pruned.items()},
+        target, pattern, config.global_sparsity)
+    offsets = dict(zip((s.name for s in slots), itertools.accumulate((s.numel for s in slots), initial=0)))
+    contrib = torch.zeros(sum(s.numel for s in slots), device=tracked.device)
+    for p, order in zip(tracked.pieces, orders):
+        first = p.start // config.block_size
+        mask = sequential_select.prefix_mask(order, counts[p.slot.name][first : first + p.num_blocks], pattern, p.stop - p.start)
+        contrib[offsets[p.slot.name] + p.start : offsets[p.slot.name] + p.stop] = mask.float()
+    all_reduce_sum(shard, contrib)
+    # a block4 unit may hold weights pruned before: they are not new
+    return {s.name: (contrib[offsets[s.name] : offsets[s.name] + s.numel] > 0.5) & ~pruned[s.name] for s in slots}

@@ -16,8 +16,8 @@ from . import checks
 from . import packed
 from .dispatch import BACKENDS, PREFERENCE, BackendNotSupported, not_supported_reasons, resolve_backend
 from .packed import init_finv_packed, pack_upper, unpack_upper
-from .blocks import factor_shape
-from .reference import fisher_inverse_ref, obs_factors_ref, obs_scores_ref, obs_update_ref
+from .blocks import check_groups, factor_shape
+from .reference import fisher_inverse_ref, obs_factors_ref, obs_scores_ref, obs_update_ref, sequential_order_ref
 from .backends.torch.update import UPDATES, obs_direction
 from .backends.torch.woodbury import init_finv, naive_woodbury_update
 from . import library  # noqa: F401  (declares torch.ops.obert_kernels.*)
@@ -44,6 +44,8 @@ __all__ = [
     "obs_update_ref",
     "obs_factors_ref",
     "UPDATES",
+    "sequential_order",
+    "sequential_order_ref",
 ]
 
 def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, backend: str = "auto") -> torch.Tensor:
@@ -142,6 +144,28 @@ def obs_update(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.Tenso
     with torch.no_grad():
         torch.ops.obert_kernels.obs_update_factors.default(weight, finv, prune_mask, factors, pattern.name, name, apply_name)
     return weight
+
+
+def sequential_order(weight: torch.Tensor, finv: torch.Tensor, pattern: "str | Pattern" = "unstructured",
+                     pruned: torch.Tensor | None = None, *, backend: str = "auto"):
+    """Each Fisher block's greedy removal order and cumulative losses (SPEC §2d, sequential OBS).
+
+    weight: any shape with d elements (flattened row-major), any float dtype; finv:
+    (ceil(d/B), B, B) float32/64, or packed (ceil(d/B), B(B+1)/2), left intact; pruned:
+    optional bool with d elements, True where already pruned (never a candidate).
+    Returns (order (num_blocks, U) int64, cumloss (num_blocks, U) in finv.dtype), U = B / unit
+    size (B for unstructured and N:M, B/4 for block4): order[b, k] is the unit block b removes
+    at step k (−1 once none is left), cumloss[b, k] the loss of its first k+1 removals (+inf
+    after). ops/backends/torch/sequential.py gives the semantics in full.
+    """
+    pattern = parse_pattern(pattern)
+    _, B = checks.check_finv(finv)
+    d = checks.check_weight(weight, finv)
+    pattern.check_block_size(B)
+    checks.check_mask(pruned, weight, "pruned")
+    check_groups(d, pattern)
+    name = resolve_backend("sequential_order", backend, finv, weight=weight, pattern=pattern)
+    return torch.ops.obert_kernels.sequential_order.default(weight.detach(), finv, pattern.name, pruned, name)
 
 
 def _load_backends() -> None:

@@ -61,3 +61,13 @@ def check_groups(d: int, pattern: Pattern) -> int:
     if d % pattern.group_size:
         raise ValueError(f"pattern {pattern.name} needs the weight count ({d}) divisible by {pattern.group_size}")
     return d // pattern.group_size
+
+
+def unit_size(pattern: Pattern) -> int:
+    """Weights removed per greedy step: the group size for block patterns, else 1."""
+    return pattern.group_size if pattern.kind == "block" else 1
+
+
+def units_per_block(pattern: Pattern, B: int) -> int:
+    """U, the columns of order and cumloss: B / unit_size."""
+    return B // unit_size(pattern)

@@ -19,7 +19,7 @@ from .patterns import Pattern, parse_pattern
 from .backends.torch.update import obs_direction
 
 __all__ = ["woodbury_update", "fisher_accumulate", "fisher_invert", "obs_scores", "obs_update",
-           "obs_update_factors", "obs_apply", "pattern_named"]
+           "obs_update_factors", "obs_apply", "sequential_order", "pattern_named"]
 
 
 @lru_cache(maxsize=None)
@@ -117,6 +117,19 @@ def obs_update_factors(weight: torch.Tensor, finv: torch.Tensor, prune_mask: tor
         obs_update(weight, finv, prune_mask, pattern, "obs", backend)
     else:
         obs_apply(weight, finv, direction, prune_mask, apply_backend)
+
+
+def sequential_order(weight: torch.Tensor, finv: torch.Tensor, pattern: str, pruned: torch.Tensor | None,
+                     backend: str):
+    """(order, cumloss) per block (SPEC §2d); a packed F⁻¹ goes to dense-only kernels tile by tile."""
+    impl, pat = kernel("sequential_order", backend), pattern_named(pattern)
+    B = _tiled(finv, impl)
+    if B is None:
+        return impl.fn(weight, finv, pat, pruned)
+    w, p = weight.reshape(-1), None if pruned is None else pruned.reshape(-1)
+    parts = packed.run_tiled_readonly(finv, B, lambda tile, a, b: impl.fn(
+        w[a * B : b * B], tile, pat, None if p is None else p[a * B : b * B]))
+    return torch.cat([o for o, _ in parts]), torch.cat([c for _, c in parts])
 
 
 def _tiled_update(weight, finv, B, fn, prune_mask):

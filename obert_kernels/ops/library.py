@@ -28,8 +28,9 @@ from __future__ import annotations
 import torch
 
 from . import implementations as impl
-from .blocks import factor_shape, score_shape
+from .blocks import factor_shape, score_shape, units_per_block
 from .implementations import pattern_named
+from .packed import packed_block_size
 
 __all__ = ["NAMESPACE", "SCHEMAS", "OPS"]
 
@@ -45,6 +46,7 @@ SCHEMAS = {
     "obs_update_factors": "(Tensor(a!) weight, Tensor finv, Tensor prune_mask, Tensor factors, str pattern, "
                           "str backend, str apply_backend) -> ()",
     "obs_apply": "(Tensor(a!) weight, Tensor finv, Tensor direction, Tensor prune_mask, str backend) -> ()",
+    "sequential_order": "(Tensor weight, Tensor finv, str pattern, Tensor? pruned, str backend) -> (Tensor, Tensor)",
 }
 
 
@@ -65,6 +67,7 @@ IMPLEMENTATIONS = {
     "obs_update": impl.obs_update,
     "obs_update_factors": impl.obs_update_factors,
     "obs_apply": impl.obs_apply,
+    "sequential_order": impl.sequential_order,
 }
 
 
@@ -85,7 +88,16 @@ def _obs_scores_factors_fake(weight, finv, pattern, pruned, backend):
     return finv.new_empty(score_shape(pat, d)), finv.new_empty(factor_shape(pat, d))
 
 
-FAKES = dict.fromkeys(SCHEMAS, _nothing) | {"obs_scores": _obs_scores_fake, "obs_scores_factors": _obs_scores_factors_fake}
+def _sequential_order_fake(weight, finv, pattern, pruned, backend):
+    """(order (num_blocks, U) int64, cumloss (num_blocks, U) finv.dtype), U = B / unit size."""
+    nb = finv.shape[0]
+    B = packed_block_size(finv.shape[1]) if finv.dim() == 2 else finv.shape[1]
+    U = units_per_block(pattern_named(pattern), B)
+    return finv.new_empty(nb, U, dtype=torch.int64), finv.new_empty(nb, U)
+
+
+FAKES = dict.fromkeys(SCHEMAS, _nothing) | {"obs_scores": _obs_scores_fake, "obs_scores_factors": _obs_scores_factors_fake,
+                                           "sequential_order": _sequential_order_fake}
 
 _LIBRARY = torch.library.Library(NAMESPACE, "DEF")  # owns the definitions: kept for the process's life
 for _name, _schema in SCHEMAS.items():

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from .blocks import factor_shape, padded_blocks
+from .blocks import factor_shape, padded_blocks, unit_size, units_per_block
 from .patterns import Pattern
 
-__all__ = ["fisher_inverse_ref", "obs_scores_ref", "obs_factors_ref", "obs_update_ref"]
+__all__ = ["fisher_inverse_ref", "obs_scores_ref", "obs_factors_ref", "obs_update_ref", "sequential_order_ref"]
 
 
 def fisher_inverse_ref(grads: torch.Tensor, block_size: int, damp: float, num_grads: int | None = None) -> torch.Tensor:
@@ -107,3 +107,73 @@ def obs_update_ref(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.T
         out[lo:hi] = w[lo:hi] + delta[: hi - lo]
     out[p] = 0.0
     return out
+
+
+# ---- sequential OBS (SPEC §2d; ops/backends/torch/sequential.py has the semantics) ----
+def _ref_candidates(alive: torch.Tensor, pattern: Pattern, removed_in_group: list[int]) -> list[list[int]]:
+    """Live members of each unit (empty when it is not a candidate)."""
+    g, out = unit_size(pattern), []
+    for u in range(alive.numel() // g):
+        members = [i for i in range(u * g, u * g + g) if alive[i]]
+        if pattern.is_nm and removed_in_group[u // pattern.group_size] >= pattern.n_prune:
+            members = []
+        out.append(members)
+    return out
+
+
+def _ref_block(H: torch.Tensor, w: torch.Tensor, alive: torch.Tensor, pattern: Pattern, U: int):
+    """Greedy order and cumulative losses of one block (H, w: the valid part, float64)."""
+    order = torch.full((U,), -1, dtype=torch.long)
+    cum = torch.full((U,), float("inf"), dtype=torch.float64)
+    M = pattern.group_size
+    removed = [int((~alive[a * M : a * M + M]).sum()) for a in range(-(-alive.numel() // M))] if pattern.is_nm else []
+    total = 0.0
+    for k in range(U):
+        best, best_rho = None, None
+        for u, Q in enumerate(_ref_candidates(alive, pattern, removed)):
+            if Q:
+                rho = float(0.5 * w[Q] @ torch.linalg.inv(H[Q][:, Q]) @ w[Q])
+                if best is None or rho < best_rho:  # strict: ties go to the lowest unit
+                    best, best_rho, best_Q = u, rho, Q
+        if best is None:
+            break
+        total += best_rho
+        order[k], cum[k] = best, total
+        solve = torch.linalg.inv(H[best_Q][:, best_Q])
+        w = w - H[:, best_Q] @ solve @ w[best_Q]
+        w[best_Q] = 0.0
+        H = H - H[:, best_Q] @ solve @ H[best_Q, :]
+        alive[best_Q] = False
+        if pattern.is_nm:
+            removed[best_Q[0] // M] += 1
+    return order, cum
+
+
+def sequential_order_ref(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None):
+    """Float64 oracle of the module docstring: (order, cumloss) as (num_blocks, U) int64 / float64.
+
+    weight: d elements; finv: dense (num_blocks, B, B); pruned: bool, d elements, or None.
+    """
+    f = finv.detach().to("cpu", torch.float64)
+    nb, B = f.shape[0], f.shape[1]
+    U = units_per_block(pattern, B)
+    w_all = weight.detach().reshape(-1).to("cpu", torch.float64)
+    d = w_all.numel()
+    p_all = torch.zeros(d, dtype=torch.bool) if pruned is None else pruned.reshape(-1).cpu()
+    order = torch.full((nb, U), -1, dtype=torch.long)
+    cum = torch.full((nb, U), float("inf"), dtype=torch.float64)
+    for b in range(nb):
+        lo, hi = b * B, min((b + 1) * B, d)
+        n = hi - lo
+        H, w = f[b, :n, :n].clone(), w_all[lo:hi].clone()
+        dead = p_all[lo:hi].clone()
+        w[dead] = 0.0
+        P0 = torch.nonzero(dead).flatten().tolist()
+        if P0:  # condition on the already-pruned weights (w_P0 = 0: w does not move)
+            H = H - H[:, P0] @ torch.linalg.inv(H[P0][:, P0]) @ H[P0, :]
+        alive = torch.zeros(B, dtype=torch.bool)  # padding: never alive
+        alive[:n] = ~dead
+        Hp, wp = torch.eye(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64)
+        Hp[:n, :n], wp[:n] = H, w
+        order[b], cum[b] = _ref_block(Hp, wp, alive, pattern, U)
+    return order, cum

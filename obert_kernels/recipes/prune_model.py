@@ -24,7 +24,7 @@ from ..core.pruner import FisherPruner
 
 __all__ = ["grads_only_for", "prune_model", "PruneRun", "memory_line", "METHODS"]
 
-METHODS = ("obs", "joint", "magnitude")
+METHODS = ("obs", "joint", "sequential", "magnitude")
 
 
 @dataclass

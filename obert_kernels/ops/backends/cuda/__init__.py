@@ -47,7 +47,7 @@ BUILD_HINT = (
 # Woodbury at d = 8.5e7, B = 50, m = 1024, and scores/update at BERT-base size. Then either
 # reorder PREFERENCE, or set an op to False here to keep auto off CUDA for it altogether
 # (an explicit backend="cuda" still runs it).
-AUTO_PREFERS_CUDA = {"woodbury_update": True, "obs_scores": True, "obs_update": True}
+AUTO_PREFERS_CUDA = {"woodbury_update": True, "obs_scores": True, "obs_update": True, "sequential_order": True}
 
 _UPDATE_MODES = {"obs": 0, "joint": 1, "none": 2}
 
@@ -122,6 +122,20 @@ def _update_reasons(finv, weight, pattern, update, **_) -> list[str]:
             limit = extension.joint_max_block_size()
         if B > limit:
             out.append(f"update='joint' keeps the |P|×|P| system in shared memory: B ≤ {limit} on this device, got {B}")
+    return out
+
+
+def _sequential_reasons(finv, weight, pattern, **_) -> list[str]:
+    if extension is not None and not hasattr(extension, "sequential_order"):
+        return [f"the built CUDA extension predates csrc/sequential.cu: rebuild it ({BUILD_HINT})"]
+    out = _common_reasons(finv, {"weight": weight}) or _group_reasons(pattern)
+    if not out:
+        B = checks.block_dims(finv)[1]
+        unit = pattern.group_size if pattern.kind == "block" else 1
+        need = extension.sequential_smem(B, unit)
+        have = torch.cuda.get_device_properties(finv.device).shared_memory_per_block_optin
+        if need > have:
+            out.append(f"sequential_order keeps a B×B block in shared memory: {need} bytes at B={B}, the device has {have}")
     return out
 
 
@@ -217,8 +231,26 @@ def obs_update_cuda(weight: torch.Tensor, finv: torch.Tensor, prune_mask: torch.
     return weight
 
 
+def sequential_order_cuda(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern, pruned: torch.Tensor | None = None):
+    """Greedy order and cumulative losses (csrc/sequential.cu; ops/backends/torch/sequential.py), float32; finv
+    dense or packed, read only. Returns (order (num_blocks, U) int64, cumloss (num_blocks, U) float32)."""
+    nb, B = checks.block_dims(finv)
+    unit = pattern.group_size if pattern.kind == "block" else 1
+    m, n = (pattern.group_size, pattern.n_prune) if pattern.is_nm else (0, 0)
+    w = weight.detach().reshape(-1).to(torch.float32).contiguous()
+    p = None if pruned is None else pruned.reshape(-1).contiguous()
+    order = torch.full((nb, B // unit), -1, dtype=torch.int64, device=finv.device)
+    cum = torch.full((nb, B // unit), float("inf"), dtype=torch.float32, device=finv.device)
+    with torch.cuda.device(finv.device):
+        extension.sequential_order(w.data_ptr(), 0 if p is None else p.data_ptr(), finv.data_ptr(), nb, B, is_packed(finv),
+                            weight.numel(), unit, m, n, order.data_ptr(), cum.data_ptr(), _stream(finv.device))
+    return order, cum
+
+
 def register_all() -> None:
     """Register the CUDA ops; each says why it cannot serve a call (not built, no device, …)."""
     register("woodbury_update", "cuda", woodbury_update_cuda, _woodbury_reasons, _auto_reasons("woodbury_update"), packed=True)
     register("obs_scores", "cuda", obs_scores_cuda, _scores_reasons, _auto_reasons("obs_scores"), packed=True)
     register("obs_update", "cuda", obs_update_cuda, _update_reasons, _auto_reasons("obs_update"), packed=True)
+    register("sequential_order", "cuda", sequential_order_cuda, _sequential_reasons, _auto_reasons("sequential_order"),
+             packed=True)

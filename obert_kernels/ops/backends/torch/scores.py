@@ -24,10 +24,10 @@ import torch
 from ...patterns import Pattern
 from ...blocks import check_groups, group_diag_blocks, nm_subset_masks, padded_blocks
 
-__all__ = ["obs_scores_torch"]
+__all__ = ["obs_scores_torch", "quad_inverse"]
 
 
-def _quad_inverse(a: torch.Tensor, w: torch.Tensor, want_solution: bool = False):
+def quad_inverse(a: torch.Tensor, w: torch.Tensor, want_solution: bool = False):
     """½ wᵀ A⁻¹ w for batches of SPD A (…, n, n) and w (…, n); with want_solution, also A⁻¹ w (…, n)."""
     chol, info = torch.linalg.cholesky_ex(a)
     if bool(info.any()):  # not SPD in this precision: a general solve still gives the quadratic form
@@ -76,7 +76,7 @@ def obs_scores_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern,
     blocks = group_diag_blocks(finv, g)[:ng]  # (ng, g, g)
     wg = w[: ng * g].reshape(ng, g)
     if not pattern.is_nm:
-        scores, factors = _quad_inverse(blocks, wg, want_solution=True) if return_factors else (_quad_inverse(blocks, wg), None)
+        scores, factors = quad_inverse(blocks, wg, want_solution=True) if return_factors else (quad_inverse(blocks, wg), None)
         if pruned_flat is not None:
             scores = scores.masked_fill(pruned_flat.reshape(ng, g).all(-1), float("-inf"))
         return (scores, factors) if return_factors else scores
@@ -84,7 +84,7 @@ def obs_scores_torch(weight: torch.Tensor, finv: torch.Tensor, pattern: Pattern,
     for subset in pattern.subsets:
         idx = torch.tensor(subset, device=finv.device)
         sub = blocks.index_select(1, idx).index_select(2, idx)
-        solved = _quad_inverse(sub, wg.index_select(1, idx), want_solution=return_factors)
+        solved = quad_inverse(sub, wg.index_select(1, idx), want_solution=return_factors)
         per_subset.append(solved[0] if return_factors else solved)
         if return_factors:
             per_subset_factors.append(solved[1])

@@ -15,20 +15,21 @@ import triton  # noqa: F401  (an ImportError here marks the backend unavailable)
 
 from ...dispatch import register
 from .util import MAX_BLOCK, fix_interpreter_index, is_interpreted
-from . import scores, update, woodbury
+from . import scores, sequential, update, woodbury
 from .scores import obs_scores_triton
+from .sequential import sequential_order_triton
 from .update import obs_apply_triton, obs_update_triton
 from .woodbury import fisher_accumulate_triton, fisher_invert_triton, woodbury_update_triton
 
 __all__ = ["register_all", "INTERPRETED", "KERNELS"]
 
 # every jit kernel of the backend
-KERNELS = woodbury.KERNELS + scores.KERNELS + update.KERNELS
+KERNELS = woodbury.KERNELS + scores.KERNELS + update.KERNELS + sequential.KERNELS
 
-# Decided once, when the kernels were decorated (see _triton_util.is_interpreted).
+# Decided once, when the kernels were decorated (see util.is_interpreted).
 INTERPRETED = is_interpreted(scores.scores_grouped_kernel)
 if INTERPRETED:
-    fix_interpreter_index()  # Triton 3.6's interpreter with NumPy ≥ 2.4: see _triton_util
+    fix_interpreter_index()  # Triton 3.6's interpreter with NumPy ≥ 2.4: see util.py
 DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_GROUP = 16  # block4 / N:M: an M×M sub-block per lane, all C(M, N) subsets in one pass
 
@@ -97,6 +98,13 @@ def _apply_reasons(weight, finv, direction, **_call) -> list[str]:
     return _finv_reasons(finv) + _data_reasons(weight, "weight") + _data_reasons(direction, "direction")
 
 
+def _sequential_reasons(weight, finv, pattern, **_call) -> list[str]:
+    out = _finv_reasons(finv) + _data_reasons(weight, "weight")
+    if pattern.kind == "block" and pattern.group_size & (pattern.group_size - 1):
+        out.append(f"pattern {pattern.name}: the Triton sequential kernel reshapes the tile into groups of a power of two")
+    return out
+
+
 def _auto_reasons(finv, **_call) -> list[str]:
     """Why "auto" should not pick Triton although it could run: only CUDA, only compiled."""
     if finv.device.type != "cuda":
@@ -114,3 +122,4 @@ def register_all() -> None:
     register("obs_scores", "triton", obs_scores_triton, _scores_reasons, _auto_reasons)
     register("obs_update", "triton", obs_update_triton, _update_reasons, _auto_reasons)
     register("obs_apply", "triton", obs_apply_triton, _apply_reasons, _auto_reasons)
+    register("sequential_order", "triton", sequential_order_triton, _sequential_reasons, _auto_reasons)

@@ -14,7 +14,7 @@ kernel writes w ← w + δw and w_P ← 0 in the weight's own dtype, in place.
   c = f[:, s], f ← f − c cᵀ/c_s, f[s, :] = f[:, s] = c/c_s, f[s, s] = −1/c_s) turns the
   columns P of F⁻¹ into F⁻¹[:, P]([F⁻¹]_PP)⁻¹ in place, so δw_Q = −that · w_P for the
   kept rows Q: |P| sweeps of B² each, no second copy of the block. The sweep keeps f
-  symmetric, so each pivot needs one extraction, along rows (in-thread, see _triton_util).
+  symmetric, so each pivot needs one extraction, along rows (in-thread, see util.py).
 - "none": zero P only.
 - ``obs_apply`` (factors from scoring, ops/update.py): v is given, so every pattern takes the
   unstructured kernel's one P×P tile and one matvec, with v loaded instead of w_q/[F⁻¹]_qq.
