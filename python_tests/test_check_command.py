@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FULL_CASES = ([("woodbury_update", ""), ("fisher_accumulate+fisher_invert", "direct path")]
               + [("obs_scores", f"{p}{f}") for p in ("unstructured", "block4", "2:4") for f in ("", " +factors")]
               + [("obs_update", f"{p} {u}") for p in ("unstructured", "block4", "2:4") for u in ("obs", "joint", "none")]
-              + [("obs_apply", f"{p} obs_update(factors=)") for p in ("unstructured", "block4", "2:4")])
+              + [("obs_apply", f"{p} obs_update(factors=)") for p in ("unstructured", "block4", "2:4")]
+              + [("sequential_order", p) for p in ("unstructured", "block4", "2:4")])
 
 
 def _rows(path: Path) -> list[dict]:
@@ -66,7 +67,8 @@ def test_quick_check_runs_triton_under_the_interpreter(tmp_path, capsys, seed):
     out = tmp_path / "check.json"
     assert main(["check", "--quick", "--backend", "triton", "--device", "cpu", "--seed", str(seed), "--json", str(out)]) == 0
     rows = _rows(out)
-    assert {r["op"] for r in rows} == {"woodbury_update", "fisher_accumulate+fisher_invert", "obs_scores", "obs_update", "obs_apply"}
+    assert {r["op"] for r in rows} == {"woodbury_update", "fisher_accumulate+fisher_invert", "obs_scores", "obs_update", "obs_apply",
+                                       "sequential_order"}
     assert rows and all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     assert "passed:" in capsys.readouterr().out
 

@@ -226,6 +226,45 @@ def _run_update(pattern, update: str):
     return run
 
 
+# ---- sequential OBS ---------------------------------------------------------------------
+def _make_sequential(pattern):
+    def make(gen):
+        d, B = _shape_for(pattern)
+        finv, w = _finv(gen, d, B), torch.randn(d, generator=gen, dtype=torch.float64)
+        pruned = _pruned(gen, d, pattern, 0.2)
+        order, cum = ops.sequential_order_ref(w, finv, pattern, pruned)
+        return {"finv": finv, "w": w, "pruned": pruned, "order": order, "cum": cum}
+
+    return make
+
+
+def _compare_orders(order, cum, ref_order, ref_cum, tolerance: float) -> Comparison:
+    """Same greedy orders, except that a block may part from the reference at a float near-tie:
+    where it does, the losses there must agree; error: over every step both took alike."""
+    order, cum = order.cpu(), cum.double().cpu()
+    if order.shape != ref_order.shape:
+        return Comparison(float("inf"), tolerance, [f"order has shape {tuple(order.shape)}, the reference {tuple(ref_order.shape)}"])
+    same = torch.cumprod((order == ref_order).long(), dim=1).bool()  # the common prefix of each block
+    parted = (~same).any(dim=1)
+    at = (~same).long().argmax(dim=1)
+    rows = torch.arange(order.shape[0])
+    near_tie = (cum[rows, at] - ref_cum[rows, at]).abs() <= tolerance * ref_cum[rows, at].abs() + 1e-12
+    problems = [] if bool((near_tie | ~parted).all()) else ["a block's greedy order parts from the reference beyond a near-tie"]
+    both = same & torch.isfinite(ref_cum)
+    if not torch.equal(torch.isfinite(cum[same]), torch.isfinite(ref_cum[same])):
+        problems.append("cumulative losses are +inf where the reference is finite, or finite where it is +inf")
+    return Comparison(rel_err(cum[both], ref_cum[both]), tolerance, problems)
+
+
+def _run_sequential(pattern):
+    def run(p: dict, t: Target) -> Comparison:
+        order, cum = ops.sequential_order(p["w"].to(t.device, t.dtype), _finv_on(p["finv"], t), pattern,
+                                          p["pruned"].to(t.device), backend=t.backend)
+        return _compare_orders(order, cum, p["order"], p["cum"], RTOL[t.dtype])
+
+    return run
+
+
 # ---- the table's rows -----------------------------------------------------------------
 def _shape_text(pattern) -> str:
     d, B = _shape_for(pattern)
@@ -234,7 +273,8 @@ def _shape_text(pattern) -> str:
 
 def all_cases(quick: bool = False) -> list[Case]:
     """Every op: the Fisher inverse both ways, scores (each pattern, with and without factors),
-    the update (each pattern × obs/joint/none) and obs_apply (each pattern, via factors)."""
+    the update (each pattern × obs/joint/none), obs_apply (each pattern, via factors) and the
+    sequential greedy order (each pattern)."""
     cases = [Case("woodbury_update", "", "d=46 B=13 m=24 k=7", _make_fisher(46, 13, 24, 7), _run_woodbury),
              Case("fisher_accumulate+fisher_invert", "direct path", "d=103 B=40 m=48 k=20",
                   _make_fisher(103, 40, 48, 20), _run_direct)]
@@ -247,4 +287,5 @@ def all_cases(quick: bool = False) -> list[Case]:
                   for u in UPDATE_MODES]
         cases.append(Case("obs_apply", f"{name} obs_update(factors=)", shape,
                           _make_update(pattern, "obs", whole_candidates=True), _run_update(pattern, "obs")))
+        cases.append(Case("sequential_order", name, shape, _make_sequential(pattern), _run_sequential(pattern)))
     return cases
