@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels import ops  # noqa: E402
 from obert_kernels.core import sequential_select  # noqa: E402
-from obert_kernels.patterns import parse_pattern  # noqa: E402
+from obert_kernels import parse_pattern  # noqa: E402
 
 REQUIRES = ("cpu",)
 QUICK_ARGS = ["--d", "200000"]

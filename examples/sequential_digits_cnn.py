@@ -34,9 +34,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels.core import sequential_select  # noqa: E402
-from obert_kernels.baselines import magnitude_prune  # noqa: E402
-from obert_kernels.demo import accuracy, cross_entropy_loss, endless_batches, load_digits_data  # noqa: E402
-from obert_kernels.one_shot import one_shot_prune  # noqa: E402
+from obert_kernels import magnitude_prune  # noqa: E402
+from obert_kernels.app.demo import accuracy, cross_entropy_loss, endless_batches, load_digits_data  # noqa: E402
+from obert_kernels import one_shot_prune  # noqa: E402
 
 SETTINGS = [(0.90, 1), (0.95, 8), (0.97, 8)]
 METHODS = ["magnitude", "obs", "joint", "seq-cumulative", "seq-increment"]
