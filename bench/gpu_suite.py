@@ -22,7 +22,7 @@ the summary as passed / failed / timeout / skipped (with why).
                        (dense and packed), direct; in one run
   bench_triton         Triton Woodbury / direct / naive per gradient, scoring and update vs one read of F⁻¹
   prune_e2e            one prune step at all-MiniLM-L6-v2 size, time per phase, F⁻¹ memory dense vs packed
-  sequential_pass      a benchmark of the sequential pass, if one exists (skipped with the reason if not)
+  sequential_pass      a GPU benchmark of the sequential pass, if one exists (else skipped: bench_triton times it)
   tests:<file>         the other test files that run on a GPU, each with its own cap
 
 The targets of the issue are printed beside the measured numbers, judged only where measured at
@@ -132,11 +132,14 @@ def not_again(test_file: str) -> Callable[[dict], str | None]:
 
 
 def sequential_step(dry: bool, out: Path, cap: float) -> Step:
-    """The sequential-pass benchmark if a bench script for it exists; its own quick arguments."""
-    found = sorted(p for p in (ROOT / "bench").glob("bench_*.py") if re.search(r"seq", p.stem))
-    what = "the sequential pass, if a benchmark for it exists"
+    """A GPU benchmark of the sequential pass if one exists (bench/bench_*seq*_gpu.py), with its own
+    quick arguments. bench_sequential_cpu.py is the CPU benchmark (minutes at MiniLM size): not
+    run here; sequential_order's Triton time on the GPU is a row of the bench_triton step."""
+    found = sorted(p for p in (ROOT / "bench").glob("bench_*_gpu.py") if re.search(r"seq", p.stem))
+    what = "the sequential pass, if a GPU benchmark for it exists"
     if not found:
-        return Step("sequential_pass", what, [], cap, when=lambda r: "no bench/bench_*seq*.py in this checkout")
+        return Step("sequential_pass", what, [], cap, when=lambda r: "no bench/bench_*seq*_gpu.py: sequential_order is "
+                    "timed by the bench_triton step (its sequential_order row)")
     script = found[0]
     text = script.read_text()
     args = ["--dry-run"] if dry else list(_quick_args(text))
