@@ -129,6 +129,10 @@ def test_opcheck_obs_update_factors_and_apply(seed, backend, storage, pattern):
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_sequential_order(seed, backend, storage, pattern):
+    if backend == "triton" and pattern != "2:4" and not torch.cuda.is_available():
+        # opcheck calls the op ~6 times, each B greedy steps in the interpreter (~8 s a case); every
+        # pattern's Triton results are held to the oracle in test_sequential.py
+        pytest.skip("under the Triton interpreter opcheck runs the 2:4 case only")
     weight, finv, name, pruned = _scores_args(pattern, storage)
     _skip_unless_serves("sequential_order", backend, weight=weight, finv=finv, pattern=parse_pattern(pattern))
     _opcheck(library.OPS["sequential_order"], (weight, finv, name, pruned, backend))
