@@ -15,11 +15,16 @@ from .patterns import Pattern, parse_pattern
 from . import checks
 from . import packed
 from .dispatch import BACKENDS, PREFERENCE, BackendNotSupported, not_supported_reasons, resolve_backend
+from .dispatch import register, resolve, resolve_packed  # noqa: F401  (importable from here before the layout move)
 from .packed import init_finv_packed, pack_upper, unpack_upper
 from .blocks import check_groups, factor_shape
 from .reference import fisher_inverse_ref, obs_factors_ref, obs_scores_ref, obs_update_ref, sequential_order_ref
 from .backends.torch.update import UPDATES, obs_direction
 from .backends.torch.woodbury import init_finv, naive_woodbury_update
+# the torch kernels were importable from obert_kernels.ops before they moved to backends/torch/
+from .backends.torch.scores import obs_scores_torch  # noqa: F401,E402
+from .backends.torch.update import obs_apply_torch, obs_update_torch  # noqa: F401,E402
+from .backends.torch.woodbury import fisher_accumulate_torch, fisher_invert_torch, woodbury_update_torch  # noqa: F401,E402
 from . import library  # noqa: F401  (declares torch.ops.obert_kernels.*)
 
 __all__ = [
