@@ -63,7 +63,7 @@ def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, 
     """
     checks.check_finv(finv)
     grads = checks.check_grads(grads, finv)
-    checks.check_num_grads(num_grads)
+    num_grads = checks.check_num_grads(num_grads)
     name = resolve_backend("woodbury_update", backend, finv, grads=grads)
     torch.ops.obert_kernels.woodbury_update.default(finv, grads, num_grads, name)
     return finv
@@ -78,7 +78,7 @@ def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
     """
     checks.check_finv(fisher, "fisher")
     grads = checks.check_grads(grads, fisher)
-    checks.check_num_grads(num_grads)
+    num_grads = checks.check_num_grads(num_grads)
     name = resolve_backend("fisher_accumulate", backend, fisher, grads=grads)
     torch.ops.obert_kernels.fisher_accumulate.default(fisher, grads, num_grads, name)
     return fisher
@@ -88,7 +88,7 @@ def fisher_invert(fisher: torch.Tensor, damp: float, *, backend: str = "auto") -
     """Direct path, step 2: fisher ← (fisher + λI)⁻¹ per block, in place (Cholesky; a block
     that fails is retried with more damping and a warning)."""
     checks.check_finv(fisher, "fisher")
-    checks.check_damp(damp)
+    damp = checks.check_damp(damp)
     name = resolve_backend("fisher_invert", backend, fisher)
     torch.ops.obert_kernels.fisher_invert.default(fisher, float(damp), name)
     return fisher
