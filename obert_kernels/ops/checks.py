@@ -168,3 +168,37 @@ def check_finite_blocks(blocks: torch.Tensor) -> None:
         low, high = torch.aminmax(part)
         if not bool(torch.isfinite(low) & torch.isfinite(high)):
             raise FloatingPointError("the Fisher blocks hold non-finite values: check the gradients for overflow")
+
+
+def check_finite_input(t: torch.Tensor, name: str) -> None:
+    """ValueError if ``t`` (any shape, floating point) holds NaN or ±inf.
+
+    One aminmax over t (exact, as in check_finite_blocks: NaN propagates to both, ±inf shows
+    in one; no bool per entry). Skipped while torch.compile traces (a data-dependent branch
+    would break the graph): compiled callers check their inputs themselves.
+    """
+    if t.numel() == 0 or torch.compiler.is_compiling():
+        return
+    low, high = torch.aminmax(t.detach())
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        raise ValueError(f"{name} hold(s) non-finite values (NaN or ±inf): no result could be finite")
+
+
+def check_finv_diagonal(finv: torch.Tensor, name: str = "finv") -> None:
+    """ValueError unless every diagonal entry of every block is finite and > 0: necessary for
+    F⁻¹ to be positive definite, and read in O(d) (one entry per weight). The full condition
+    (a Cholesky per block, O(B³) each, ~B² times the unstructured scores' cost) is not checked
+    here: FisherPruner builds F⁻¹ by Cholesky (ops.fisher_invert) or by Woodbury updates of
+    (1/λ)I, which keep it positive definite; a caller passing its own F⁻¹ checks it
+    (torch.linalg.cholesky_ex(finv).info == 0). Skipped while torch.compile traces."""
+    if finv.numel() == 0 or torch.compiler.is_compiling():
+        return
+    _, B = block_dims(finv)
+    if finv.dim() == 2:  # packed upper triangles, row by row: (i, i) sits at i·(2B − i + 1)/2
+        diag = finv[:, [i * (2 * B - i + 1) // 2 for i in range(B)]]
+    else:
+        diag = finv.diagonal(dim1=1, dim2=2)
+    low, high = torch.aminmax(diag)
+    if not bool((low > 0) & torch.isfinite(high)):
+        raise ValueError(f"{name} is not positive definite: a diagonal entry is ≤ 0 or non-finite "
+                         f"(smallest {low.item():g}, largest {high.item():g})")
