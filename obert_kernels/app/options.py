@@ -121,10 +121,6 @@ class PruneOptions:
         options.pruner.check_for_device(options.device)
         return options
 
-    @property
-    def builtin_digits(self) -> bool:
-        return self.model.lower() == "digits-mlp"
-
     def min_text_sentences(self) -> int:
         """The fewest ``--texts`` sentences this run can use: a quarter of them, at most
         --eval-sentences, are held out, which needs ≥ 2 (when --eval-sentences > 0); the rest,
