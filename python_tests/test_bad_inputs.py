@@ -310,6 +310,38 @@ def test_cli_case(case, tmp_path, capsys, no_model_loads):
     assert seconds < 5.0, f"refused after {seconds:.1f} s"
 
 
+def test_what_counts_as_a_number():
+    """ops.checks.real_scalar, the one definition every check above builds on."""
+    from fractions import Fraction
+
+    from obert_kernels.core import arguments
+    from obert_kernels.ops.checks import real_scalar
+
+    accepted = [(3, 3), (np.int32(3), 3), (torch.tensor(3), 3), (np.array(3), 3), (0.5, 0.5), (np.float16(0.5), 0.5),
+                (torch.tensor(0.5, dtype=torch.bfloat16), 0.5), (np.array(0.5), 0.5), (Fraction(1, 2), 0.5)]
+    for value, expected in accepted:
+        got = real_scalar("x", value)
+        assert got == expected and type(got) is type(expected), (value, got)
+    refused = [True, np.bool_(False), torch.tensor(True), torch.ones(1), np.ones(2), "0.5", None, 1j,
+               torch.tensor(1 + 1j), [0.5]]
+    for value in refused:
+        with pytest.raises(ArgumentTypeError, match="x must be a number"):
+            real_scalar("x", value)
+    assert arguments.check_fraction("f", np.float64(0.25)) == 0.25
+    for bad in (1.0, -1e-9, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"f must be in \[0, 1\)"):
+            arguments.check_fraction("f", bad)
+    assert arguments.check_fraction("f", 1.0, low_open=True, high_closed=True) == 1.0
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        arguments.check_fraction("f", 0.0, low_open=True, high_closed=True)
+    assert arguments.check_sparsity(None, "2:4") == 0.5 and arguments.check_sparsity(0.9, "2:4") == 0.5
+    assert arguments.check_flag("b", np.bool_(True)) is True and arguments.check_flag("b", torch.tensor(False)) is False
+    for bad in (0, 1, "yes", None):
+        with pytest.raises(ArgumentTypeError, match="b must be True or False"):
+            arguments.check_flag("b", bad)
+    assert arguments.check_device("d", "cpu") == torch.device("cpu")
+
+
 def _write_readme() -> None:
     text = README.read_text(encoding="utf-8")
     span = _table_span(text)

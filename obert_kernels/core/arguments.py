@@ -85,8 +85,8 @@ def check_flag(name: str, value) -> bool:
     """A bool (Python, NumPy or 0-d bool tensor); 0, 1, "no", None are refused: they read as a choice made by accident."""
     if isinstance(value, torch.Tensor) and value.shape == () and value.dtype == torch.bool:
         return bool(value)
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # NumPy's bool, without importing NumPy
-        return bool(value)
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return bool(value)  # NumPy's bool (np.bool_; np.bool in NumPy 2), without importing NumPy
     raise ArgumentTypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
