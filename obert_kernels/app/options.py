@@ -13,13 +13,15 @@ from pathlib import Path
 
 import torch
 
+from ..core import arguments
+from ..core.config import PrunerConfig
 from ..core.damping import parse_damp
-from ..ops import BACKENDS
+from ..ops import BACKENDS, BackendNotSupported
 from ..ops.patterns import parse_pattern
 
 __all__ = ["PrunerOptions", "PruneOptions", "DemoOptions", "BenchOptions", "InfoOptions", "CheckOptions"]
 
-PRUNE_METHODS = ("obs", "joint", "magnitude")
+PRUNE_METHODS = ("obs", "joint", "sequential", "magnitude")  # recipes.prune_model.METHODS
 FISHER_METHODS = ("auto", "direct", "woodbury")
 CHECK_DTYPES = ("float32", "float64")
 
@@ -64,6 +66,20 @@ class PrunerOptions:
                    _positive("chunk_size", args.chunk_size), _positive("num_recomputations", args.num_recomputations),
                    args.pattern, bool(args.per_tensor), args.fisher_method, _backend(args.backend))
 
+    def check_for_device(self, device: str) -> None:
+        """Everything FisherPruner would refuse, refused now, before a model is loaded: the
+        pattern vs --block-size, the damp vs --fisher-method, --backend vs the device (with the
+        dispatch's reasons). Builds the pruner's config only (no tensor but one B×B sample)."""
+        if self.method == "magnitude":
+            return
+        try:
+            PrunerConfig.from_args(block_size=self.block_size, num_grads=self.num_grads, damp=self.damp,
+                                   pattern=self.pattern, global_sparsity=not self.per_tensor, update=self.method,
+                                   backend=self.backend, chunk_size=self.chunk_size, fisher_method=self.fisher_method,
+                                   fisher_storage="dense", verbose=False, max_memory_fraction=0.9).resolved_for(device)
+        except BackendNotSupported as exc:
+            raise ValueError(f"--backend {self.backend} on {device}: {exc}") from None
+
     def method_kwargs(self, verbose: bool) -> dict:
         """Keyword arguments of ``recipes.prune_model.prune_model`` beyond method and sparsity:
         the FisherPruner's for oBERT, the pattern and selection for magnitude."""
@@ -96,11 +112,25 @@ class PruneOptions:
     def from_args(cls, args: argparse.Namespace) -> "PruneOptions":
         if not 0.0 <= args.sparsity < 1.0:
             raise ValueError(f"--sparsity must be in [0, 1), got {args.sparsity}")
-        if args.eval_sentences < 0:
-            raise ValueError(f"--eval-sentences must be ≥ 0, got {args.eval_sentences}")
-        return cls(args.model, Path(args.out), args.sparsity, PrunerOptions.from_args(args), bool(args.overwrite),
-                   _positive("batch_size", args.batch_size), args.texts, args.eval_sentences,
-                   _positive("max_length", args.max_length), args.device, args.seed, not args.no_progress)
+        if args.eval_sentences < 0 or args.eval_sentences == 1:
+            raise ValueError(f"--eval-sentences must be 0 (no agreement check) or ≥ 2 (each held-out sentence's "
+                             f"nearest neighbour is among the others), got {args.eval_sentences}")
+        options = cls(args.model, Path(args.out), args.sparsity, PrunerOptions.from_args(args), bool(args.overwrite),
+                      _positive("batch_size", args.batch_size), args.texts, args.eval_sentences,
+                      _positive("max_length", args.max_length), _prune_device(args), args.seed, not args.no_progress)
+        options.pruner.check_for_device(options.device)
+        return options
+
+    def min_text_sentences(self) -> int:
+        """The fewest ``--texts`` sentences this run can use: a quarter of them, at most
+        --eval-sentences, are held out, which needs ≥ 2 (when --eval-sentences > 0); the rest,
+        the Fisher's, must fill one batch of --batch-size distinct sentences."""
+        n = 1
+        while True:
+            held_out = min(self.eval_sentences, n // 4)
+            if n - held_out >= self.batch_size and (self.eval_sentences == 0 or held_out >= 2):
+                return n
+            n += 1
 
     def report_args(self) -> dict[str, str]:
         """The options as obert_report.json's "args" records them (each as text, in the flags' order)."""
@@ -113,6 +143,16 @@ class PruneOptions:
                   "eval_sentences": self.eval_sentences, "max_length": self.max_length, "device": self.device,
                   "seed": self.seed, "no_progress": not self.progress}
         return {k: str(v) for k, v in values.items()}
+
+
+def _prune_device(args: argparse.Namespace) -> str:
+    """--device, present here; digits-mlp trains and prunes on the CPU only (it would ignore another)."""
+    device = str(arguments.check_device("--device", args.device))
+    if args.model.lower() == "digits-mlp" and device != "cpu":
+        raise ValueError(f"--device {args.device}: digits-mlp trains and prunes on the CPU only")
+    if args.model.lower() == "digits-mlp" and args.texts is not None:
+        raise ValueError("--texts is for Hugging Face encoders; digits-mlp's Fisher comes from its own training images")
+    return device
 
 
 @dataclass(frozen=True)
@@ -169,8 +209,11 @@ class InfoOptions:
     def from_args(cls, args: argparse.Namespace) -> "InfoOptions":
         if args.d is not None:
             _positive("d", args.d)
+        if args.d is not None and args.model:
+            raise ValueError("pass --d or --model, not both (--model counts the model's weights)")
+        device = None if args.device is None else str(arguments.check_device("--device", args.device))
         return cls(args.d, args.model, _positive("block_size", args.block_size), _positive("chunk_size", args.chunk_size),
-                   args.device)
+                   device)
 
 
 @dataclass(frozen=True)

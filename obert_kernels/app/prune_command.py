@@ -44,6 +44,16 @@ def _read_texts(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
+def _check_texts(options: PruneOptions) -> None:
+    found, needed = len(_read_texts(options.texts)), options.min_text_sentences()
+    if found < needed:
+        held = "" if options.eval_sentences == 0 else (
+            " and 2 held out for the agreement check (a quarter of the sentences, at most --eval-sentences, are held "
+            "out; --eval-sentences 0 skips it)")
+        raise ValueError(f"--texts {options.texts} holds {found} sentence(s) (non-empty lines); this run needs at least "
+                         f"{needed}: one batch of --batch-size {options.batch_size} distinct sentences for the Fisher{held}")
+
+
 def _steps(meter: StepMeter) -> list[dict]:
     return [{"step": r.name, "seconds": round(r.seconds, 3), "peak_bytes": r.peak_bytes, "memory": r.what} for r in meter.records]
 
@@ -57,6 +67,8 @@ def run_prune(options: PruneOptions) -> dict:
     """Run ``prune`` with its options; returns the report written to OUT/obert_report.json."""
     out = check_output_dir(options.out, options.overwrite)
     require_safetensors()  # fail before the long part, not at the end
+    if options.texts is not None:  # a file too short is refused before the model loads (10–25 s)
+        _check_texts(options)
     if options.model.lower() == BUILTIN_DIGITS:
         report, write = _prune_digits(options)
     else:

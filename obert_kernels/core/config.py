@@ -3,7 +3,8 @@
 ``PrunerConfig.from_args`` checks the arguments that need no tensor (in the order
 FisherPruner always checked them, so the first error reported is the same);
 ``resolved_for`` then settles what depends on the tracked tensors' device (the Fisher
-build "auto" picks, the damping's needs). Nothing here allocates.
+build "auto" picks, the damping's needs, whether an explicit backend serves that device).
+Nothing here allocates but the one B×B sample block an explicit backend is asked about.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 
 from .. import ops
 from ..ops.patterns import Pattern, parse_pattern
+from . import arguments
+from .arguments import check_positive_int
 from .damping import AbsoluteDamp, Damping, parse_damp
 from .weight_update import UPDATES
 
@@ -37,11 +40,6 @@ def auto_fisher_method(device: torch.device) -> str:
     Other devices -> "woodbury" until their backends' benchmarks decide.
     """
     return "direct" if torch.device(device).type == "cpu" else "woodbury"
-
-
-def check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -70,19 +68,20 @@ class PrunerConfig:
     def from_args(cls, *, block_size, num_grads, damp, pattern, global_sparsity, update, backend, chunk_size,
                   fisher_method, fisher_storage, verbose, max_memory_fraction) -> "PrunerConfig":
         parsed_pattern = parse_pattern(pattern)
-        check_positive_int("block_size", block_size)
-        check_positive_int("num_grads", num_grads)
-        check_positive_int("chunk_size", chunk_size)
-        damping = parse_damp(damp)
+        block_size = check_positive_int("block_size", block_size)
+        num_grads = check_positive_int("num_grads", num_grads)
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+        damping = parse_damp(damp)  # numbers through ops.checks.check_damp: bools refused, NumPy / 0-d tensors taken
         parsed_pattern.check_block_size(block_size)
-        _check_choice("update", update, UPDATES)
-        _check_choice("fisher_method", fisher_method, FISHER_METHODS)
-        _check_choice("fisher_storage", fisher_storage, FISHER_STORAGES)
+        arguments.check_choice("update", update, UPDATES)
+        arguments.check_choice("fisher_method", fisher_method, FISHER_METHODS)
+        arguments.check_choice("fisher_storage", fisher_storage, FISHER_STORAGES)
         if backend != "auto" and backend not in ops.BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {ops.BACKENDS}, got {backend!r}")
+        flags = arguments.check_flag("global_sparsity", global_sparsity), arguments.check_flag("verbose", verbose)
+        fraction = arguments.check_fraction("max_memory_fraction", max_memory_fraction, low_open=True, high_closed=True)
         return cls(parsed_pattern, block_size, num_grads, damping.chunk_size_for(num_grads, min(chunk_size, num_grads)),
-                   damping, update, fisher_method, fisher_storage, backend, bool(global_sparsity), verbose,
-                   max_memory_fraction)
+                   damping, update, fisher_method, fisher_storage, backend, flags[0], flags[1], fraction)
 
     def resolved_for(self, device: torch.device) -> "PrunerConfig":
         """This config with fisher_method settled for tensors on ``device``; refuses damping
@@ -96,17 +95,35 @@ class PrunerConfig:
         if self.fisher_storage == "packed" and not isinstance(self.damping, AbsoluteDamp):
             raise ValueError(f"damp={self.damp!r} is relative to the Fisher diagonal, which packed storage does not "
                              "keep per tensor here: pass an absolute damp (a number) with fisher_storage='packed'")
-        return dataclasses.replace(self, fisher_method=method)
+        resolved = dataclasses.replace(self, fisher_method=method)
+        resolved.check_backend_serves(torch.device(device))
+        return resolved
+
+    def check_backend_serves(self, device: torch.device) -> None:
+        """An explicit backend must serve every op a prune step calls on ``device`` (asked of the
+        dispatch with one float32 block there): refused now, with its reasons, not at the first flush."""
+        if self.backend == "auto":
+            return
+        B = self.block_size
+        finv = torch.eye(B, device=device).unsqueeze(0)
+        weight, grads = torch.zeros(B, device=device), torch.zeros(1, 1, B, device=device)
+        build = ("woodbury_update",) if self.fisher_method == "woodbury" else ("fisher_accumulate", "fisher_invert")
+        calls = [(op, {"finv": finv, "grads": grads}) for op in build]
+        if self.update == "sequential":
+            calls.append(("sequential_order", {"finv": finv, "weight": weight, "pattern": self.pattern}))
+        else:  # scoring without factors: the pruner asks for them only where the backend writes them
+            calls.append(("obs_scores", {"finv": finv, "weight": weight, "pattern": self.pattern, "return_factors": False}))
+        update = "joint" if self.update == "sequential" else self.update
+        calls.append(("obs_update", {"finv": finv, "weight": weight, "pattern": self.pattern, "update": update}))
+        failing = {op: ops.not_supported_reasons(op, self.backend, **call) for op, call in calls}
+        failing = {op: reasons for op, reasons in failing.items() if reasons}
+        if failing:
+            reasons = [f"{op}: {'; '.join(r)}" for op, r in failing.items()]
+            raise ops.BackendNotSupported(", ".join(failing), self.backend, reasons + [f"the tracked tensors are on {device}"])
 
     def check_sparsity(self, sparsity) -> float:
-        """``sparsity`` as a float in [0, 1); for N:M, the pattern's N/M whatever is passed."""
-        if self.pattern.is_nm:
-            return self.pattern.n_prune / self.pattern.group_size
-        if sparsity is None or isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-            raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-        return float(sparsity)
+        """``sparsity`` as a float in [0, 1); for N:M, the pattern's N/M (None or any number in [0, 1) passed)."""
+        return arguments.check_sparsity(sparsity, self.pattern)
 
     @property
     def damp(self):
@@ -117,7 +134,3 @@ class PrunerConfig:
     def packed(self) -> bool:
         return self.fisher_storage == "packed"
 
-
-def _check_choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")

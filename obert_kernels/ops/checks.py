@@ -1,5 +1,12 @@
-"""Argument checks shared by every backend's launcher: one place, one wording."""
+"""Argument checks shared by every backend's launcher: one place, one wording.
+
+``real_scalar`` is the one definition of "a number" in this package (core/arguments.py
+builds its range checks on it): Python ints and floats, NumPy scalars and 0-d arrays,
+0-d tensors of a real dtype; never a bool (``damp=True`` is not λ = 1).
+"""
 from __future__ import annotations
+
+import numbers
 
 import torch
 
@@ -66,14 +73,40 @@ def check_grads(grads: torch.Tensor, finv: torch.Tensor) -> torch.Tensor:
     return grads
 
 
-def check_num_grads(num_grads: int) -> None:
-    if isinstance(num_grads, bool) or not isinstance(num_grads, int) or num_grads <= 0:
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a bool or a string where a number goes, ...).
+
+    Both a TypeError and a ValueError: code that caught the ValueError these checks raised
+    before they told the two apart keeps working."""
+
+
+def real_scalar(name: str, value, what: str = "a number"):
+    """``value`` as a Python int (integer types) or float; ArgumentTypeError unless it is a
+    real number: an int, a float, a NumPy scalar or 0-d array, a 0-d tensor. Bools of every
+    kind are refused (True is not 1 here); NaN and ±inf are returned for the caller's range check."""
+    if isinstance(value, torch.Tensor) or (getattr(value, "shape", None) == () and hasattr(value, "item")):
+        if value.shape != () or getattr(value, "dtype", None) in (torch.bool, torch.complex64, torch.complex128):
+            raise ArgumentTypeError(f"{name} must be {what}, got a tensor of shape {tuple(value.shape)} and {value.dtype}")
+        value = value.item()  # a 0-d tensor or array, or a NumPy scalar (np.bool_ becomes a bool: refused below)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def check_num_grads(num_grads: int) -> int:
+    """m as a Python int ≥ 1 (NumPy / 0-d tensor integers accepted); ValueError otherwise."""
+    value = real_scalar("num_grads", num_grads, "a positive int")
+    if not isinstance(value, int) or value <= 0:
         raise ValueError(f"num_grads must be a positive int, got {num_grads!r}")
+    return value
 
 
-def check_damp(damp: float) -> None:
-    if not (isinstance(damp, (int, float)) and damp > 0 and damp < float("inf")):
+def check_damp(damp: float) -> float:
+    """λ as a finite float > 0 (NumPy / 0-d tensor numbers accepted; bools refused)."""
+    value = real_scalar("damp", damp, "a finite number > 0")
+    if not (0 < value < float("inf")):
         raise ValueError(f"damp must be a finite number > 0, got {damp!r}")
+    return float(value)
 
 
 def check_weight(weight: torch.Tensor, finv: torch.Tensor, name: str = "weight") -> int:
@@ -135,3 +168,37 @@ def check_finite_blocks(blocks: torch.Tensor) -> None:
         low, high = torch.aminmax(part)
         if not bool(torch.isfinite(low) & torch.isfinite(high)):
             raise FloatingPointError("the Fisher blocks hold non-finite values: check the gradients for overflow")
+
+
+def check_finite_input(t: torch.Tensor, name: str) -> None:
+    """ValueError if ``t`` (any shape, floating point) holds NaN or ±inf.
+
+    One aminmax over t (exact, as in check_finite_blocks: NaN propagates to both, ±inf shows
+    in one; no bool per entry). Skipped while torch.compile traces (a data-dependent branch
+    would break the graph): compiled callers check their inputs themselves.
+    """
+    if t.numel() == 0 or torch.compiler.is_compiling():
+        return
+    low, high = torch.aminmax(t.detach())
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        raise ValueError(f"{name} hold(s) non-finite values (NaN or ±inf): no result could be finite")
+
+
+def check_finv_diagonal(finv: torch.Tensor, name: str = "finv") -> None:
+    """ValueError unless every diagonal entry of every block is finite and > 0: necessary for
+    F⁻¹ to be positive definite, and read in O(d) (one entry per weight). The full condition
+    (a Cholesky per block, O(B³) each, ~B² times the unstructured scores' cost) is not checked
+    here: FisherPruner builds F⁻¹ by Cholesky (ops.fisher_invert) or by Woodbury updates of
+    (1/λ)I, which keep it positive definite; a caller passing its own F⁻¹ checks it
+    (torch.linalg.cholesky_ex(finv).info == 0). Skipped while torch.compile traces."""
+    if finv.numel() == 0 or torch.compiler.is_compiling():
+        return
+    _, B = block_dims(finv)
+    if finv.dim() == 2:  # packed upper triangles, row by row: (i, i) sits at i·(2B − i + 1)/2
+        diag = finv[:, [i * (2 * B - i + 1) // 2 for i in range(B)]]
+    else:
+        diag = finv.diagonal(dim1=1, dim2=2)
+    low, high = torch.aminmax(diag)
+    if not bool((low > 0) & torch.isfinite(high)):
+        raise ValueError(f"{name} is not positive definite: a diagonal entry is ≤ 0 or non-finite "
+                         f"(smallest {low.item():g}, largest {high.item():g})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..core import selection
+from ..core.arguments import check_flag, check_sparsity
 from ..ops.patterns import parse_pattern
 from ..core.pruner import named_tensors
 
@@ -24,8 +25,11 @@ def magnitude_scores(weight: torch.Tensor, pattern) -> torch.Tensor:
 
 @torch.no_grad()
 def magnitude_prune(params, sparsity: float, pattern: str = "unstructured", global_sparsity: bool = True) -> dict[str, torch.Tensor]:
-    """Zero the smallest weights of ``params`` (module, mapping or pairs) in place; returns keep-masks."""
+    """Zero the smallest weights of ``params`` (module, mapping or pairs) in place; returns keep-masks.
+
+    sparsity: in [0, 1) (N:M: ignored, may be None; a number given must still be in [0, 1))."""
     pattern = parse_pattern(pattern)
+    sparsity, global_sparsity = check_sparsity(sparsity, pattern), check_flag("global_sparsity", global_sparsity)
     named = named_tensors(params)
     scores = {n: magnitude_scores(t, pattern) for n, t in named}
     if pattern.is_nm:

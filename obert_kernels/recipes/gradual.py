@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 from .one_shot import collect_grads
+from ..core.arguments import check_cubic_schedule
 from ..core.pruner import FisherPruner
 from ..core.report import PruneReport
 
@@ -52,13 +53,8 @@ class GradualSchedule:
     ):
         if not isinstance(pruner, FisherPruner):
             raise TypeError("GradualSchedule drives a FisherPruner")
-        for name, s in (("init_sparsity", init_sparsity), ("final_sparsity", final_sparsity)):
-            if not 0.0 <= s < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {s}")
-        if not 0 <= start_step <= end_step:
-            raise ValueError(f"need 0 <= start_step <= end_step, got {start_step}, {end_step}")
-        if update_every < 1:
-            raise ValueError(f"update_every must be >= 1, got {update_every}")
+        init_sparsity, final_sparsity, start_step, end_step, update_every = check_cubic_schedule(
+            init_sparsity, final_sparsity, start_step, end_step, update_every)
         if (loss_fn is None) != (batches is None):
             raise ValueError("pass both loss_fn and batches (fresh gradients at each pruning step) or neither")
         if loss_fn is not None and model is None:

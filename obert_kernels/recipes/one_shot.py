@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..core import arguments
 from ..core.pruner import FisherPruner
 
 __all__ = ["one_shot_prune", "recomputation_targets", "collect_grads"]
@@ -13,8 +14,7 @@ __all__ = ["one_shot_prune", "recomputation_targets", "collect_grads"]
 
 def recomputation_targets(start: float, target: float, steps: int) -> list[float]:
     """s_r = s₀ + (s − s₀)·r/R for r = 1..R (SPEC §3, recomputation)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"num_recomputations must be a positive int, got {steps!r}")
+    steps = arguments.check_positive_int("num_recomputations", steps)
     return [start + (target - start) * r / steps for r in range(1, steps + 1)]
 
 
@@ -59,6 +59,7 @@ def one_shot_prune(
     pruner_kwargs go to FisherPruner. Returns the pruner: ``.masks``, ``.history``
     (one PruneReport per step).
     """
+    arguments.check_one_shot_args(loss_fn, batches, sparsity, num_recomputations, progress)
     pruner = FisherPruner(model, **pruner_kwargs)
     target = pruner.check_sparsity(sparsity)
     steps = recomputation_targets(pruner.sparsity, target, num_recomputations)

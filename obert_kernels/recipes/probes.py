@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..core.arguments import as_int, check_callable
+
 __all__ = ["gauss_newton_loss", "GaussNewtonProbe"]
 
 
@@ -43,8 +45,9 @@ class GaussNewtonProbe:
     """
 
     def __init__(self, forward: Callable[[nn.Module, object], torch.Tensor], seed: int | None = 0):
+        check_callable("forward", forward, "forward(model, batch) -> outputs")
         self.forward = forward
-        self.seed = seed
+        self.seed = None if seed is None else as_int("seed", seed)
         self._generators: dict[str, torch.Generator] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
