@@ -11,6 +11,7 @@ This module sequences the parts in this package, each with one job: ``config``
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -18,13 +19,14 @@ import torch
 
 from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method
 from .damping import BlockLayout
-from .fisher_state import FisherBuild, FisherKind
+from .fisher_state import FisherBuild, FisherKind, config_with_damp
 from .grad_buffer import check_finite
 from .masks import PrunedMasks
 from .memory import MemoryEstimate, estimate_memory, refuse_if_too_big
-from .report import PruneReport
+from .report import PruneReport, reports_from_dicts
 from .scoring import select_new
 from .sharding import Shard, agree, all_reduce_sum, resolve_group
+from .transaction import Checkpoint
 from .tracked import PRUNABLE_MODULES, TrackedTensors, make_slots, named_tensors, prunable_weights
 from .weight_update import updated_weights, write_back
 
@@ -75,6 +77,11 @@ class FisherPruner:
     Fisher state of the current step), ``scoring`` and ``weight_update``; this class only
     sequences them. State that changes: ``_state`` (the step's FisherBuild, None between
     steps), ``_masks``, ``history`` and the damping policy's choice (AutoDamp).
+
+    Every call that changes state is a transaction (``transaction()``, core/transaction.py):
+    it completes, or raises leaving weights, masks, history, damping and the collected
+    gradients as they were, interrupts included, and can be retried. A failed prune() keeps
+    the collected Fisher: retry it, set ``damp`` first, or ``reset()``.
     """
 
     def __init__(
@@ -111,7 +118,6 @@ class FisherPruner:
     # ---- settings (read-only views of ``config``) --------------------------------------
     pattern = _setting("pattern")
     damping = _setting("damping")
-    damp = _setting("damp", "The damp as given: a number, 'rel:α[:block]', 'auto[:block]' or a Damping's spec.")
     block_size = _setting("block_size")
     num_grads = _setting("num_grads")
     chunk_size = _setting("chunk_size", "k, the gradients buffered per Fisher update (as the damping policy wants it).")
@@ -122,6 +128,20 @@ class FisherPruner:
     fisher_storage = _setting("fisher_storage")
     verbose = _setting("verbose")
     max_memory_fraction = _setting("max_memory_fraction")
+
+    @property
+    def damp(self):
+        """The damp as given: a number, 'rel:α[:block]', 'auto[:block]' or a Damping's spec.
+
+        Settable for the next inversion: between steps, or while the collected Fisher is still
+        a sum (the direct build; e.g. after a prune() that failed inverting it). See
+        ``fisher_state.config_with_damp`` for when it is refused.
+        """
+        return self.config.damp
+
+    @damp.setter
+    def damp(self, value) -> None:
+        self.config = config_with_damp(self.config, value, self._state, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -171,17 +191,40 @@ class FisherPruner:
         shaped like its weight. Gradients of pruned weights are zeroed. Returns how many
         gradients are collected toward the current estimate.
 
-        A gradient with a NaN or ±inf is refused (ValueError) by the call that passes it,
-        with nothing written; the gradients accepted before stay collected.
+        All or nothing: a call that raises (a NaN or ±inf gradient: ValueError; or anything
+        failing or interrupted inside) has added nothing, and the gradients accepted before
+        stay collected. A full chunk is applied to the Fisher state by the next call (or by
+        prune()), before that call writes its own gradient.
         """
         got = self._tracked.gradients(grads, check=check_finite)
         if self.num_collected >= self.num_grads:
-            raise RuntimeError(f"already collected {self.num_grads} of {self.num_grads} gradients: call prune() first")
-        state = self._state_or_new()
-        state.grads.add(self._tracked.pieces, dict(zip(self.names, got)), self._masks.keep_or_none)
-        if state.chunk_due:
-            state.flush(self._layout)
+            raise RuntimeError(f"already collected {self.num_grads} of {self.num_grads} gradients: call prune() "
+                               "first (or reset() to discard them)")
+        with self.transaction(weights=False):
+            state = self._state_or_new()
+            if state.grads.full:
+                state.flush(self._layout)
+            state.grads.add(self._tracked.pieces, dict(zip(self.names, got)), self._masks.keep_or_none)
         return state.collected
+
+    def reset(self) -> None:
+        """Discard the gradients collected toward the current step (and their Fisher state)."""
+        self._state = None
+
+    @contextlib.contextmanager
+    def transaction(self, *, weights: bool = True):
+        """A context in which any exception (KeyboardInterrupt included) puts the pruner back as
+        it was on entry, then propagates: masks, history, damping choice, the collected
+        gradients (see core/transaction.py for the one case it cannot) and, with ``weights``,
+        the tracked tensors' values, from a copy taken on entry (d weights in their dtype)."""
+        checkpoint = Checkpoint.take(self.damping, self._masks, self.history, self._state,
+                                     self._tracked.slots if weights else ())
+        try:
+            yield
+        except BaseException as exc:
+            self._state = checkpoint.restore(self._masks, self.history)
+            checkpoint.note(exc)
+            raise
 
     def _state_or_new(self) -> FisherBuild:
         if self._state is None:
@@ -230,10 +273,20 @@ class FisherPruner:
         Already-pruned weights stay pruned (if they exceed the target, nothing new is
         pruned). Frees the Fisher state. Returns a PruneReport (also kept in ``history``).
         When sharded, a collective: if any rank fails, every rank raises.
+
+        A transaction: if anything raises (a non-finite F, an interrupt, ...), weights, masks,
+        history and the damping are as before and the collected Fisher is kept, so prune()
+        can be retried (after setting ``damp``, on the direct build) or dropped by ``reset()``.
+        Costs while it runs: a copy of the tracked weights, and on the direct build a copy
+        of F (F⁻¹ is computed beside it); see the README, "When something fails".
         """
         target = self.check_sparsity(sparsity)
         if self.num_collected < self.num_grads:
             raise RuntimeError(f"prune() needs {self.num_grads} gradients, {self.num_collected} collected: call add_grads() more")
+        with self.transaction():
+            return self._prune_step(target)
+
+    def _prune_step(self, target: float) -> PruneReport:
         start = time.perf_counter()
         state, tracked = self._state, self._tracked
         # two agreements: a rank that fails applying its last chunk is known before the
@@ -247,8 +300,8 @@ class FisherPruner:
         report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0,
                              damping=self.damping.describe())
         write_back(tracked.slots, self._masks, new, updated, report)
-        self._state = None
         report.seconds = time.perf_counter() - start
+        self._state = None
         self.history.append(report)
         return report
 
@@ -282,13 +335,25 @@ class FisherPruner:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore masks (and zero the masked weights); names and shapes must match."""
+        """Restore masks and history (and zero the masked weights); names and shapes must match.
+
+        Everything is checked before anything changes (ValueError). Refused (RuntimeError)
+        while gradients are collected toward a step, which loading would drop: call prune()
+        or reset() first. A transaction, like prune().
+        """
         masks = state.get("masks") if isinstance(state, dict) else None
         if masks is None:
             raise ValueError("not a FisherPruner state_dict: no 'masks'")
-        self._masks.replace_from_keep_masks(masks)
-        self._state = None
-        self.apply_masks()
+        if self.num_collected:
+            raise RuntimeError(f"load_state_dict() would drop the {self.num_collected} gradients collected toward the "
+                               "current step: call prune() or reset() first")
+        pruned = self._masks.pruned_from_keep_masks(masks)
+        history = reports_from_dicts(state.get("history", []))
+        with self.transaction():
+            self._masks.replace(pruned)
+            self.history[:] = history
+            self._state = None
+            self.apply_masks()
 
     def __repr__(self) -> str:
         return (f"FisherPruner({len(self.names)} tensors, {self._tracked.num_weights:,} weights, "
