@@ -78,10 +78,8 @@ class FisherPruner:
     sequences them. State that changes: ``_state`` (the step's FisherBuild, None between
     steps), ``_masks``, ``history`` and the damping policy's choice (AutoDamp).
 
-    Every call that changes state is a transaction (``transaction()``, core/transaction.py):
-    it completes, or raises leaving weights, masks, history, damping and the collected
-    gradients as they were, interrupts included, and can be retried. A failed prune() keeps
-    the collected Fisher: retry it, set ``damp`` first, or ``reset()``.
+    Every call that changes state completes or raises with nothing changed, interrupts
+    included (``transaction()``, core/transaction.py), and can be retried.
     """
 
     def __init__(
@@ -131,12 +129,8 @@ class FisherPruner:
 
     @property
     def damp(self):
-        """The damp as given: a number, 'rel:α[:block]', 'auto[:block]' or a Damping's spec.
-
-        Settable for the next inversion: between steps, or while the collected Fisher is still
-        a sum (the direct build; e.g. after a prune() that failed inverting it). See
-        ``fisher_state.config_with_damp`` for when it is refused.
-        """
+        """The damp as given: a number, 'rel:α[:block]', 'auto[:block]' or a Damping's spec. Settable
+        for the next inversion (e.g. after a failed prune()); ``fisher_state.config_with_damp`` says when."""
         return self.config.damp
 
     @damp.setter
@@ -191,10 +185,8 @@ class FisherPruner:
         shaped like its weight. Gradients of pruned weights are zeroed. Returns how many
         gradients are collected toward the current estimate.
 
-        All or nothing: a call that raises (a NaN or ±inf gradient: ValueError; or anything
-        failing or interrupted inside) has added nothing, and the gradients accepted before
-        stay collected. A full chunk is applied to the Fisher state by the next call (or by
-        prune()), before that call writes its own gradient.
+        All or nothing: a call that raises (a NaN or ±inf gradient: ValueError; an interrupt)
+        added nothing. A full chunk is applied by the next call (or prune()), before its own.
         """
         got = self._tracked.gradients(grads, check=check_finite)
         if self.num_collected >= self.num_grads:
@@ -213,10 +205,8 @@ class FisherPruner:
 
     @contextlib.contextmanager
     def transaction(self, *, weights: bool = True):
-        """A context in which any exception (KeyboardInterrupt included) puts the pruner back as
-        it was on entry, then propagates: masks, history, damping choice, the collected
-        gradients (see core/transaction.py for the one case it cannot) and, with ``weights``,
-        the tracked tensors' values, from a copy taken on entry (d weights in their dtype)."""
+        """Any exception (interrupts too) inside puts masks, history, damping, the collected gradients
+        and (``weights``: from a copy) the tracked weights back as on entry; see core/transaction.py."""
         checkpoint = Checkpoint.take(self.damping, self._masks, self.history, self._state,
                                      self._tracked.slots if weights else ())
         try:
@@ -272,13 +262,9 @@ class FisherPruner:
 
         Already-pruned weights stay pruned (if they exceed the target, nothing new is
         pruned). Frees the Fisher state. Returns a PruneReport (also kept in ``history``).
-        When sharded, a collective: if any rank fails, every rank raises.
-
-        A transaction: if anything raises (a non-finite F, an interrupt, ...), weights, masks,
-        history and the damping are as before and the collected Fisher is kept, so prune()
-        can be retried (after setting ``damp``, on the direct build) or dropped by ``reset()``.
-        Costs while it runs: a copy of the tracked weights, and on the direct build a copy
-        of F (F⁻¹ is computed beside it); see the README, "When something fails".
+        When sharded, a collective: if any rank fails, every rank raises. If it raises, nothing
+        changed and the collected Fisher is kept: retry (after setting ``damp``) or ``reset()``.
+        Costs: a copy of the weights and (direct build) of F while it runs (README, "When something fails").
         """
         target = self.check_sparsity(sparsity)
         if self.num_collected < self.num_grads:
@@ -336,11 +322,7 @@ class FisherPruner:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore masks and history (and zero the masked weights); names and shapes must match.
-
-        Everything is checked before anything changes (ValueError). Refused (RuntimeError)
-        while gradients are collected toward a step, which loading would drop: call prune()
-        or reset() first. A transaction, like prune().
-        """
+        Checked first (ValueError); refused (RuntimeError) while gradients are collected, which it would drop."""
         masks = state.get("masks") if isinstance(state, dict) else None
         if masks is None:
             raise ValueError("not a FisherPruner state_dict: no 'masks'")
