@@ -133,6 +133,8 @@ ADD_STAGES = [  # (owner, name, nth, after, pruner kwargs): a fault in the 5th a
     (grad_buffer.GradBuffer, "mark_progress", 2, False, {}),  # slice 2 applied, not recorded
     (grad_buffer.GradBuffer, "mark_applied", 1, False, {}),  # every slice applied, chunk not marked
     (ops, "woodbury_update", 2, True, {"fisher_method": "woodbury"}),
+    (damping_mod.AbsoluteDamp, "start_woodbury", 1, True, {"fisher_method": "woodbury"}),  # F₀⁻¹ set, then a fault
+    (damping_mod.RelativeDamp, "start_woodbury", 1, True, {"fisher_method": "woodbury", "damp": "rel:0.1"}),
     (ops, "fisher_accumulate", 1, True, {"fisher_storage": "packed", "damp": 0.1}),
 ]
 
@@ -158,13 +160,19 @@ def test_add_grads_fault_changes_nothing_and_retry_works(seed, monkeypatch, owne
     assert_final_equal(final(p, params), expected)
 
 
-def test_first_add_grads_fault_leaves_no_state(seed, monkeypatch):
+@pytest.mark.parametrize("owner,name,nth,after", [
+    (grad_buffer, "write_row", 3, True),  # the first gradient copied, counters not yet set
+    (pruner_mod, "refuse_if_too_big", 1, False),  # the memory check before the Fisher state is allocated
+    (fisher_state, "GradBuffer", 1, False),  # allocating the buffer, after the Fisher blocks
+], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_first_add_grads_fault_leaves_no_state(seed, monkeypatch, owner, name, nth, after):
     params = make_params()
     p = make_pruner(params)
     g = make_grads(params, 1)[0]
-    inject(monkeypatch, grad_buffer, "write_row", nth=3, after=True)
-    with pytest.raises(Injected):
-        p.add_grads(g)
+    with monkeypatch.context() as mp:
+        inject(mp, owner, name, nth=nth, after=after)
+        with pytest.raises(Injected):
+            p.add_grads(g)
     assert p._state is None and p.num_collected == 0
     assert p.add_grads(g) == 1
 
@@ -249,8 +257,9 @@ def test_prune_fault_in_history_append(seed):
     assert_same(snapshot(p, params), before)
 
 
-def test_prune_keyboard_interrupt_in_write_back(seed, monkeypatch):
-    params0 = make_params()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_prune_keyboard_interrupt_in_write_back(seed, monkeypatch, dtype):
+    params0 = make_params(dtype)
     grads = make_grads(params0)
     expected = run_uninterrupted(params0, grads, 0.6)
     params = copy.deepcopy(params0)

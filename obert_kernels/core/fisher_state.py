@@ -20,11 +20,18 @@ What a failure leaves (issue 14):
   the copy, and the buffer's ``Counts.applied_blocks`` records the slices done, so the next
   flush resumes there. The state holds the same gradients as before the failed call and the
   result is bit-identical to an uninterrupted flush (blocks are independent). Cost: one
-  slice of scratch (41 MB at B = 50) and a copy of F per flush (measured below).
+  slice of scratch (41 MB at B = 50) and a copy of F per flush, in cache-sized pieces:
+  measured 336 ms against 297 ms for one fisher_accumulate over all blocks (min of 15;
+  medians 351 vs 347 ms; d = 10⁶, B = 50, k = 32, torch backend, OMP_NUM_THREADS=1, on the
+  shared 2-core machine under load, 2026-11-30).
 - The direct build's inversion works on a copy of F (``kept_sum`` keeps F until the prune
   commits, ``rollback_inversion`` puts it back), so a failed prune (a non-finite F, an
   interrupt, a failure in scoring or the update) can be retried, with another damp too.
-  Cost: one more F (d·B·4 bytes, half when packed) from the inversion until prune() returns.
+  Cost: one more F (d·B·4 bytes, half when packed) from the inversion until prune() returns;
+  copying F took 0.5 s against 5 s for inverting it (d = 10⁶, B = 50, same machine and date).
+  The cheaper alternative, inverting in place and resuming, would lose F for the slices
+  already inverted, so a retry could not change damp; recomputing F needs the m gradients,
+  which are not kept.
 """
 from __future__ import annotations
 

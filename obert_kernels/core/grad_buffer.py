@@ -70,7 +70,8 @@ def _copy_masked(dst: torch.Tensor, src: torch.Tensor, keep: torch.Tensor | None
 @dataclass(frozen=True)
 class Counts:
     """The buffer's counters, replaced as one record (one attribute store), so that an
-    exception or interrupt between two statements never leaves them half-updated.
+    exception or interrupt between two statements never leaves them half-updated (Python
+    raises a KeyboardInterrupt between bytecodes, never inside one store).
 
     filled: rows holding gradients not yet applied to the Fisher state (the chunk);
     collected: gradients accepted toward the current estimate (applied or in the chunk);
