@@ -333,6 +333,56 @@ def test_damp_change_refused_where_it_cannot_apply(seed):
         p.damp = -1.0
 
 
+def test_damp_auto_refused_once_a_failed_prune_freed_the_held_out_chunk(seed, monkeypatch):
+    params = make_params()
+    p = make_pruner(params)
+    for g in make_grads(params):
+        p.add_grads(g)
+    with monkeypatch.context() as mp:
+        inject(mp, ops, "obs_scores", nth=1)
+        with pytest.raises(Injected):
+            p.prune(0.5)
+    with pytest.raises(ValueError, match="held-out"):
+        p.damp = "auto"
+    p.damp = "rel:0.01"  # needs no held-out gradients: fine
+    assert p.prune(0.5).damping.startswith("λ=0.01×mean diag")
+
+
+# ---- transaction(): what it can and cannot give back ----------------------------------------
+def test_transaction_gives_back_gradients_still_in_the_buffer(seed):
+    params0 = make_params()
+    grads = make_grads(params0)
+    expected = run_uninterrupted(params0, grads, 0.5)
+    params = copy.deepcopy(params0)
+    p = make_pruner(params)
+    for g in grads[: K + 1]:  # chunk 1 applied, one gradient buffered
+        p.add_grads(g)
+    before = snapshot(p, params)
+    with pytest.raises(Injected), p.transaction():
+        p.add_grads(grads[K + 1])
+        p.add_grads(grads[K + 2])  # both only buffered: the counters can be put back
+        raise Injected("injected")
+    assert_same(snapshot(p, params), before)
+    for g in grads[K + 1 :]:
+        p.add_grads(g)
+    p.prune(0.5)
+    assert_final_equal(final(p, params), expected)
+
+
+def test_transaction_that_cannot_give_back_gradients_says_so(seed):
+    params = make_params()
+    p = make_pruner(params)
+    grads = make_grads(params)
+    for g in grads[:2]:
+        p.add_grads(g)
+    with pytest.raises(Injected) as info, p.transaction():
+        for g in grads[2 : K + 2]:  # chunk 1, holding the 2 from before, is applied to F
+            p.add_grads(g)
+        raise Injected("injected")
+    assert p.num_collected == 0 and p._state is None
+    assert any("the 2 gradients collected before this call were discarded" in n for n in info.value.__notes__)
+
+
 # ---- load_state_dict ----------------------------------------------------------------------
 def pruned_state(params):
     p = make_pruner(copy.deepcopy(params))
