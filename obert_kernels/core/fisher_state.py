@@ -23,7 +23,8 @@ What a failure leaves (issue 14):
   slice of scratch (41 MB at B = 50) and a copy of F per flush, in cache-sized pieces:
   measured 336 ms against 297 ms for one fisher_accumulate over all blocks (min of 15;
   medians 351 vs 347 ms; d = 10⁶, B = 50, k = 32, torch backend, OMP_NUM_THREADS=1, on the
-  shared 2-core machine under load, 2026-11-30).
+  shared 2-core machine under load, 2026-11-30). Not measured on a GPU, where the flush is
+  memory-bound and the backup adds a read and a write of F to it.
 - The direct build's inversion works on a copy of F (``kept_sum`` keeps F until the prune
   commits, ``rollback_inversion`` puts it back), so a failed prune (a non-finite F, an
   interrupt, a failure in scoring or the update) can be retried, with another damp too.
@@ -39,7 +40,6 @@ import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -74,7 +74,7 @@ class FisherState:
 
     blocks: torch.Tensor
     kind: FisherKind = FisherKind.EMPTY
-    kept_sum: Optional[torch.Tensor] = None  # F while ``blocks`` holds its uncommitted inverse
+    kept_sum: torch.Tensor | None = None  # F while ``blocks`` holds its uncommitted inverse
 
     @classmethod
     def zeros(cls, num_blocks: int, block_size: int, device, packed: bool) -> "FisherState":

@@ -26,8 +26,8 @@ from .memory import MemoryEstimate, estimate_memory, refuse_if_too_big
 from .report import PruneReport, reports_from_dicts
 from .scoring import select_new
 from .sharding import Shard, agree, all_reduce_sum, resolve_group
-from .transaction import Checkpoint
 from .tracked import PRUNABLE_MODULES, TrackedTensors, make_slots, named_tensors, prunable_weights
+from .transaction import Checkpoint
 from .weight_update import updated_weights, write_back
 
 __all__ = ["FisherPruner", "prunable_weights", "auto_fisher_method", "named_tensors", "PRUNABLE_MODULES",
