@@ -306,9 +306,10 @@ def test_overflowing_gradients_keep_the_fisher_and_reset_discards_it(seed):
         p.add_grads({n: torch.full_like(t, 3e19) for n, t in params.items()})
     before = snapshot(p, params)
     for _ in range(2):
-        with pytest.raises(FloatingPointError):
+        with pytest.raises(FloatingPointError) as info:
             p.prune(0.5)
         assert_same(snapshot(p, params), before)
+        assert any("reset()" in n for n in info.value.__notes__)
     with pytest.raises(RuntimeError, match="reset"):
         p.add_grads({n: torch.ones_like(t) for n, t in params.items()})
     p.reset()

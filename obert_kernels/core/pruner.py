@@ -270,7 +270,12 @@ class FisherPruner:
         if self.num_collected < self.num_grads:
             raise RuntimeError(f"prune() needs {self.num_grads} gradients, {self.num_collected} collected: call add_grads() more")
         with self.transaction():
-            return self._prune_step(target)
+            try:
+                return self._prune_step(target)
+            except FloatingPointError as exc:
+                exc.add_note("obert_kernels: the collected gradients are kept: set damp and call prune() again, "
+                             "or reset() to discard them")
+                raise
 
     def _prune_step(self, target: float) -> PruneReport:
         start = time.perf_counter()
