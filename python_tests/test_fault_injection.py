@@ -426,7 +426,7 @@ def test_load_state_dict_restores_history_and_refuses_to_drop_gradients(seed):
     p.reset()
     p.load_state_dict(state)
     assert [r.to_dict() for r in p.history] == state["history"] and len(p.history) == 1
-    assert str(p.history[0]) .startswith("prune to 50.00%")
+    assert str(p.history[0]).startswith("prune to 50.00%")
     bad = dict(state, history=[{"nonsense": 1}])
     with pytest.raises(ValueError, match="history"):
         make_pruner(make_params()).load_state_dict(bad)
