@@ -23,12 +23,13 @@ it), so all ranks refuse the same calls without talking to each other.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import torch
 
 from .sharding import Piece
 
-__all__ = ["GradBuffer", "check_finite", "write_row"]
+__all__ = ["GradBuffer", "Counts", "check_finite", "write_row"]
 
 
 def check_finite(name: str, grad: torch.Tensor) -> None:
@@ -66,32 +67,62 @@ def _copy_masked(dst: torch.Tensor, src: torch.Tensor, keep: torch.Tensor | None
         torch.addcmul(torch.zeros((), dtype=dst.dtype, device=dst.device), src, keep, out=dst)
 
 
+@dataclass(frozen=True)
+class Counts:
+    """The buffer's counters, replaced as one record (one attribute store), so that an
+    exception or interrupt between two statements never leaves them half-updated (Python
+    raises a KeyboardInterrupt between bytecodes, never inside one store).
+
+    filled: rows holding gradients not yet applied to the Fisher state (the chunk);
+    collected: gradients accepted toward the current estimate (applied or in the chunk);
+    last_flushed: rows of the last applied chunk, still in the buffer (AutoDamp's held-out set);
+    applied_blocks: blocks of this rank's Fisher state to which the chunk is already applied
+    (0 < applied_blocks only while a flush that was interrupted is pending; see FisherBuild.flush).
+    """
+
+    filled: int = 0
+    collected: int = 0
+    last_flushed: int = 0
+    applied_blocks: int = 0
+
+
 class GradBuffer:
     """buffer: (num_blocks, k, B) float32, block-major: each block's k gradient slices are
     contiguous, so the batched products of a flush need no transpose. The zero padding of
     each tensor's last block is written once here and never touched.
 
-    filled: rows holding gradients not yet applied to the Fisher state (the chunk);
-    collected: gradients accepted toward the current estimate (applied or in the chunk);
-    last_flushed: rows of the last applied chunk, still in the buffer (AutoDamp's held-out
-    set). Rows past ``filled`` are scratch: nothing reads them before they are written.
+    ``counts`` (a ``Counts``) says which rows hold what. Rows past ``filled`` are scratch:
+    nothing reads them before they are written, so a gradient whose copy fails half-way
+    (its row partly written, ``counts`` not yet changed) leaves the buffer as it was.
     ``buffer`` is None once freed (after the last flush of a prune step).
     """
 
     def __init__(self, num_blocks: int, chunk_size: int, block_size: int, device):
         self.buffer: torch.Tensor | None = torch.zeros(num_blocks, chunk_size, block_size, device=device)
-        self.filled = 0
-        self.collected = 0
-        self.last_flushed = 0
+        self.counts = Counts()
+
+    @property
+    def filled(self) -> int:
+        return self.counts.filled
+
+    @property
+    def collected(self) -> int:
+        return self.counts.collected
+
+    @property
+    def last_flushed(self) -> int:
+        return self.counts.last_flushed
 
     @property
     def full(self) -> bool:
-        return self.filled == self.buffer.shape[1]
+        return self.buffer is not None and self.filled == self.buffer.shape[1]
 
     def add(self, pieces: list[Piece], grads: Mapping[str, torch.Tensor], keep: Mapping[str, torch.Tensor | None]) -> None:
         """Write one gradient (name -> tensor shaped like its weight, already checked) into row
         ``filled``: this rank's pieces of it. keep: name -> (d,) bool keep-mask, or None when
-        nothing of that tensor is pruned."""
+        nothing of that tensor is pruned. All or nothing: ``counts`` changes only after the
+        last piece is written."""
+        row = self.filled
         for piece in pieces:
             name = piece.slot.name
             # a no-op for float32 gradients on the buffer's device; others are converted first,
@@ -105,17 +136,20 @@ class GradBuffer:
                 # pruned ones in the (fresh) converted copy instead, as masked_fill always did
                 flat.masked_fill_(~mask, 0.0)
                 mask = None
-            write_row(self.buffer[piece.blocks, self.filled], flat, mask)
-        self.filled += 1
-        self.collected += 1
+            write_row(self.buffer[piece.blocks, row], flat, mask)
+        self.counts = replace(self.counts, filled=row + 1, collected=self.collected + 1)
 
     def chunk(self) -> torch.Tensor:
         """(num_blocks, filled, B): the gradients not yet applied."""
         return self.buffer[:, : self.filled]
 
+    def mark_progress(self, applied_blocks: int) -> None:
+        """The chunk is applied to blocks [0, applied_blocks) of the Fisher state."""
+        self.counts = replace(self.counts, applied_blocks=applied_blocks)
+
     def mark_applied(self) -> None:
         """The chunk was applied to the Fisher state: its rows become the held-out set."""
-        self.last_flushed, self.filled = self.filled, 0
+        self.counts = Counts(0, self.collected, self.filled, 0)
 
     def last_applied(self) -> torch.Tensor:
         """(num_blocks, last_flushed, B): the last applied chunk."""

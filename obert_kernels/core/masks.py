@@ -24,12 +24,22 @@ class PrunedMasks:
         self.replace({s.name: torch.zeros(s.numel, dtype=torch.bool, device=device) for s in slots})
 
     def replace(self, pruned: Mapping[str, torch.Tensor]) -> None:
-        self.pruned: dict[str, torch.Tensor] = dict(pruned)
-        self.keep_or_none: dict[str, torch.Tensor | None] = {n: ~m if bool(m.any()) else None for n, m in self.pruned.items()}
+        """Swap in new masks (name -> (d,) bool, True where pruned): everything is computed
+        first and both dicts are set in one statement, so a failure leaves the old ones."""
+        pruned = dict(pruned)
+        keep_or_none = {n: ~m if bool(m.any()) else None for n, m in pruned.items()}
+        self.restore((pruned, keep_or_none))
 
-    def replace_from_keep_masks(self, keep: Mapping[str, torch.Tensor]) -> None:
-        """Set the masks from name -> bool keep-masks shaped like the weights (a state_dict's
-        "masks"), checked first: same names, shapes and dtype, or ValueError and nothing changed."""
+    def snapshot(self) -> tuple[dict, dict]:
+        """The current masks, for ``restore`` (references: ``replace`` never edits them in place)."""
+        return self.pruned, self.keep_or_none
+
+    def restore(self, snapshot: tuple[dict, dict]) -> None:
+        self.pruned, self.keep_or_none = snapshot
+
+    def pruned_from_keep_masks(self, keep: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """name -> (d,) bool pruned masks from name -> bool keep-masks shaped like the weights
+        (a state_dict's "masks"), checked: same names, shapes and dtype, or ValueError. Changes nothing."""
         names = [s.name for s in self.slots]
         if set(keep) != set(names):
             raise ValueError(f"state_dict masks are for {sorted(keep)[:3]}..., this pruner tracks {names[:3]}...")
@@ -37,7 +47,7 @@ class PrunedMasks:
             m = keep[slot.name]
             if tuple(m.shape) != tuple(slot.tensor.shape) or m.dtype != torch.bool:
                 raise ValueError(f"mask of {slot.name!r} must be bool of shape {tuple(slot.tensor.shape)}")
-        self.replace({s.name: ~keep[s.name].reshape(-1).to(s.tensor.device) for s in self.slots})
+        return {s.name: ~keep[s.name].reshape(-1).to(s.tensor.device) for s in self.slots}
 
     def merged_with(self, new: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """name -> pruned | new (new: (d,) bool of the newly pruned weights); changes nothing."""
@@ -55,6 +65,7 @@ class PrunedMasks:
 
     @torch.no_grad()
     def zero_pruned_weights(self) -> None:
+        """Idempotent: an interrupted call is completed by calling it again."""
         for slot in self.slots:
             slot.tensor.masked_fill_(self.pruned[slot.name].reshape(slot.tensor.shape), 0.0)
 

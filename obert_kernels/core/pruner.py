@@ -11,6 +11,7 @@ This module sequences the parts in this package, each with one job: ``config``
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -18,14 +19,15 @@ import torch
 
 from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method
 from .damping import BlockLayout
-from .fisher_state import FisherBuild, FisherKind
+from .fisher_state import FisherBuild, FisherKind, config_with_damp
 from .grad_buffer import check_finite
 from .masks import PrunedMasks
 from .memory import MemoryEstimate, estimate_memory, refuse_if_too_big
-from .report import PruneReport
+from .report import PruneReport, reports_from_dicts
 from .scoring import select_new
 from .sharding import Shard, agree, all_reduce_sum, resolve_group
 from .tracked import PRUNABLE_MODULES, TrackedTensors, make_slots, named_tensors, prunable_weights
+from .transaction import Checkpoint
 from .weight_update import updated_weights, write_back
 
 __all__ = ["FisherPruner", "prunable_weights", "auto_fisher_method", "named_tensors", "PRUNABLE_MODULES",
@@ -75,6 +77,9 @@ class FisherPruner:
     Fisher state of the current step), ``scoring`` and ``weight_update``; this class only
     sequences them. State that changes: ``_state`` (the step's FisherBuild, None between
     steps), ``_masks``, ``history`` and the damping policy's choice (AutoDamp).
+
+    Every call that changes state completes or raises with nothing changed, interrupts
+    included (``transaction()``, core/transaction.py), and can be retried.
     """
 
     def __init__(
@@ -111,7 +116,6 @@ class FisherPruner:
     # ---- settings (read-only views of ``config``) --------------------------------------
     pattern = _setting("pattern")
     damping = _setting("damping")
-    damp = _setting("damp", "The damp as given: a number, 'rel:α[:block]', 'auto[:block]' or a Damping's spec.")
     block_size = _setting("block_size")
     num_grads = _setting("num_grads")
     chunk_size = _setting("chunk_size", "k, the gradients buffered per Fisher update (as the damping policy wants it).")
@@ -122,6 +126,16 @@ class FisherPruner:
     fisher_storage = _setting("fisher_storage")
     verbose = _setting("verbose")
     max_memory_fraction = _setting("max_memory_fraction")
+
+    @property
+    def damp(self):
+        """The damp as given: a number, 'rel:α[:block]', 'auto[:block]' or a Damping's spec. Settable
+        for the next inversion (e.g. after a failed prune()); ``fisher_state.config_with_damp`` says when."""
+        return self.config.damp
+
+    @damp.setter
+    def damp(self, value) -> None:
+        self.config = config_with_damp(self.config, value, self._state, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -171,17 +185,36 @@ class FisherPruner:
         shaped like its weight. Gradients of pruned weights are zeroed. Returns how many
         gradients are collected toward the current estimate.
 
-        A gradient with a NaN or ±inf is refused (ValueError) by the call that passes it,
-        with nothing written; the gradients accepted before stay collected.
+        All or nothing: a call that raises (a NaN or ±inf gradient: ValueError; an interrupt)
+        added nothing. A full chunk is applied by the next call (or prune()), before its own.
         """
         got = self._tracked.gradients(grads, check=check_finite)
         if self.num_collected >= self.num_grads:
-            raise RuntimeError(f"already collected {self.num_grads} of {self.num_grads} gradients: call prune() first")
-        state = self._state_or_new()
-        state.grads.add(self._tracked.pieces, dict(zip(self.names, got)), self._masks.keep_or_none)
-        if state.chunk_due:
-            state.flush(self._layout)
+            raise RuntimeError(f"already collected {self.num_grads} of {self.num_grads} gradients: call prune() "
+                               "first (or reset() to discard them)")
+        with self.transaction(weights=False):
+            state = self._state_or_new()
+            if state.grads.full:
+                state.flush(self._layout)
+            state.grads.add(self._tracked.pieces, dict(zip(self.names, got)), self._masks.keep_or_none)
         return state.collected
+
+    def reset(self) -> None:
+        """Discard the gradients collected toward the current step (and their Fisher state)."""
+        self._state = None
+
+    @contextlib.contextmanager
+    def transaction(self, *, weights: bool = True):
+        """Any exception (interrupts too) inside puts masks, history, damping, the collected gradients
+        and (``weights``: from a copy) the tracked weights back as on entry; see core/transaction.py."""
+        checkpoint = Checkpoint.take(self.damping, self._masks, self.history, self._state,
+                                     self._tracked.slots if weights else ())
+        try:
+            yield
+        except BaseException as exc:
+            self._state = checkpoint.restore(self._masks, self.history)
+            checkpoint.note(exc)
+            raise
 
     def _state_or_new(self) -> FisherBuild:
         if self._state is None:
@@ -229,11 +262,22 @@ class FisherPruner:
 
         Already-pruned weights stay pruned (if they exceed the target, nothing new is
         pruned). Frees the Fisher state. Returns a PruneReport (also kept in ``history``).
-        When sharded, a collective: if any rank fails, every rank raises.
+        When sharded, a collective: if any rank fails, every rank raises. If it raises, nothing
+        changed and the collected Fisher is kept: retry (after setting ``damp``) or ``reset()``.
+        Costs: a copy of the weights and (direct build) of F while it runs (README, "When something fails").
         """
         target = self.check_sparsity(sparsity)
         if self.num_collected < self.num_grads:
             raise RuntimeError(f"prune() needs {self.num_grads} gradients, {self.num_collected} collected: call add_grads() more")
+        with self.transaction():
+            try:
+                return self._prune_step(target)
+            except FloatingPointError as exc:
+                exc.add_note("obert_kernels: the collected gradients are kept: set damp and call prune() again, "
+                             "or reset() to discard them")
+                raise
+
+    def _prune_step(self, target: float) -> PruneReport:
         start = time.perf_counter()
         state, tracked = self._state, self._tracked
         # two agreements: a rank that fails applying its last chunk is known before the
@@ -247,8 +291,8 @@ class FisherPruner:
         report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0,
                              damping=self.damping.describe())
         write_back(tracked.slots, self._masks, new, updated, report)
-        self._state = None
         report.seconds = time.perf_counter() - start
+        self._state = None
         self.history.append(report)
         return report
 
@@ -282,13 +326,21 @@ class FisherPruner:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore masks (and zero the masked weights); names and shapes must match."""
+        """Restore masks and history (and zero the masked weights); names and shapes must match.
+        Checked first (ValueError); refused (RuntimeError) while gradients are collected, which it would drop."""
         masks = state.get("masks") if isinstance(state, dict) else None
         if masks is None:
             raise ValueError("not a FisherPruner state_dict: no 'masks'")
-        self._masks.replace_from_keep_masks(masks)
-        self._state = None
-        self.apply_masks()
+        if self.num_collected:
+            raise RuntimeError(f"load_state_dict() would drop the {self.num_collected} gradients collected toward the "
+                               "current step: call prune() or reset() first")
+        pruned = self._masks.pruned_from_keep_masks(masks)
+        history = reports_from_dicts(state.get("history", []))
+        with self.transaction():
+            self._masks.replace(pruned)
+            self.history[:] = history
+            self._state = None
+            self.apply_masks()
 
     def __repr__(self) -> str:
         return (f"FisherPruner({len(self.names)} tensors, {self._tracked.num_weights:,} weights, "

@@ -1,7 +1,7 @@
 """What a prune step did, per tensor and in total."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -49,6 +49,16 @@ class PruneReport:
         out.update(total=self.total, num_pruned=self.num_pruned, newly_pruned=self.newly_pruned, sparsity=self.sparsity)
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "PruneReport":
+        """The report ``to_dict`` gave (its derived totals are ignored); ValueError if it is not one."""
+        try:
+            kwargs = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+            kwargs["tensors"] = {name: TensorReport(**row) for name, row in data["tensors"].items()}
+            return cls(**kwargs)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a PruneReport dict ({exc!r})") from None
+
     def __str__(self) -> str:
         width = max([len("total")] + [len(n) for n in self.tensors])
         lines = [
@@ -61,3 +71,18 @@ class PruneReport:
             lines.append(f"{name:<{width}}  {t.numel:>12,}  {t.pruned:>12,}  {t.newly_pruned:>10,}  {t.sparsity:>8.2%}")
         lines.append(f"{'total':<{width}}  {self.total:>12,}  {self.num_pruned:>12,}  {self.newly_pruned:>10,}  {self.sparsity:>8.2%}")
         return "\n".join(lines)
+
+
+def reports_from_dicts(history) -> list[PruneReport]:
+    """A state_dict's "history" (a list of ``PruneReport.to_dict()``) as reports; ValueError naming a bad entry."""
+    if not isinstance(history, (list, tuple)):
+        raise ValueError(f"state_dict 'history' must be a list of reports, got {type(history).__name__}")
+    out = []
+    for i, entry in enumerate(history):
+        if not isinstance(entry, dict):
+            raise ValueError(f"state_dict 'history'[{i}] is not a report dict")
+        try:
+            out.append(PruneReport.from_dict(entry))
+        except ValueError as exc:
+            raise ValueError(f"state_dict 'history'[{i}]: {exc}") from None
+    return out

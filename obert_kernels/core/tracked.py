@@ -76,6 +76,7 @@ def make_slots(params, block_size: int, pattern: Pattern) -> list[Slot]:
         nb = -(-t.numel() // block_size)
         slots.append(Slot(name, t, start, nb))
         start += nb
+    _check_no_shared_memory(slots)
     return slots
 
 
@@ -88,6 +89,41 @@ def _check_tensor(name: str, t, first: tuple[str, torch.Tensor]) -> None:
         raise ValueError(f"{name!r} is empty")
     if t.device != first[1].device:
         raise ValueError(f"{name!r} is on {t.device} but {first[0]!r} is on {first[1].device}: put all tracked tensors on one device")
+    if t.is_inference():
+        raise ValueError(f"{name!r} is an inference tensor (made under torch.inference_mode()), which cannot be "
+                         "updated in place outside it: pass a tensor made outside inference mode (e.g. t.clone())")
+    if _span(t) < t.numel():
+        # an expand()ed (stride-0) or as_strided view: several weights share one memory cell, so
+        # writing the updated weights would leave some "pruned" ones non-zero (issue 14)
+        raise ValueError(f"{name!r} has weights that share memory (strides {tuple(t.stride())} for shape "
+                         f"{tuple(t.shape)}, e.g. from expand()): pass a tensor of its own (t.clone())")
+
+
+def _span(t: torch.Tensor) -> int:
+    """Memory cells (elements) ``t`` spans if no two of its elements overlap; less than
+    ``t.numel()`` when some do (the test is exact for any permutation of a dense or sliced
+    layout, and refuses the rare interleaved non-overlapping as_strided layouts too)."""
+    reach = 0  # the largest offset reached by the dims of smaller stride
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride <= reach:
+            return 0
+        reach += (size - 1) * stride
+    return t.numel()
+
+
+def _check_no_shared_memory(slots: list["Slot"]) -> None:
+    """Two tracked tensors must not share memory (views of one another): a write-back to one
+    would change the other behind its mask."""
+    spans = []
+    for s in slots:
+        t = s.tensor
+        lo = t.storage_offset()
+        hi = lo + sum((sz - 1) * st for sz, st in zip(t.shape, t.stride()))
+        spans.append((t.untyped_storage().data_ptr(), lo * t.element_size(), (hi + 1) * t.element_size(), s.name))
+    spans.sort()
+    for (ptr_a, _, end_a, name_a), (ptr_b, start_b, _, name_b) in zip(spans, spans[1:]):
+        if ptr_a == ptr_b and start_b < end_a:
+            raise ValueError(f"{name_a!r} and {name_b!r} share memory (views of one tensor): track each weight once")
 
 
 def _check_row_fits_pattern(name: str, t: torch.Tensor, pattern: Pattern) -> None:

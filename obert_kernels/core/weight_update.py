@@ -22,7 +22,7 @@ from ..ops.patterns import Pattern
 from .report import PruneReport, TensorReport
 from .sharding import Piece, Shard, agree, all_reduce_sum
 
-__all__ = ["UpdateStrategy", "UPDATE_STRATEGIES", "UPDATES", "updated_weights", "write_back"]
+__all__ = ["UpdateStrategy", "UPDATE_STRATEGIES", "UPDATES", "updated_weights", "write_back", "write_tensor"]
 
 # apply(weight (d_p,) float32 in place, finv (nb_p, B, B) or packed, newly_pruned (d_p,) bool,
 #       already_pruned (d_p,) bool, pattern, factors (from obs_scores, or None), backend) -> None
@@ -93,14 +93,24 @@ def write_back(slots, masks, new: Mapping[str, torch.Tensor], updated: dict[str,
     """Zero every pruned weight of ``updated`` (in place), then copy each into its tensor,
     set the masks (``masks``: PrunedMasks) and fill ``report``'s per-tensor rows.
 
-    Everything is computed before the first tensor or mask changes; the commit is copies.
+    Everything is computed before the first tensor or mask changes (each tensor's final
+    values in its own dtype and shape); the commit is copies, then one swap of the masks.
+    A failure during the copies leaves some tensors written: the caller's transaction
+    (``FisherPruner.prune``) puts them back from its copy of the weights.
     """
     pruned = masks.merged_with(new)
+    values = {}
     for slot in slots:
-        updated[slot.name].masked_fill_(pruned[slot.name], 0.0)
-    with torch.no_grad():
-        for slot in slots:
-            slot.tensor.copy_(updated[slot.name].reshape(slot.tensor.shape))
+        flat = updated[slot.name].masked_fill_(pruned[slot.name], 0.0)
+        values[slot.name] = flat.reshape(slot.tensor.shape).to(slot.tensor.dtype)
+    rows = {s.name: TensorReport(s.numel, int(pruned[s.name].sum()), int(new[s.name].sum())) for s in slots}
+    for slot in slots:
+        write_tensor(slot, values[slot.name])
     masks.replace(pruned)
-    for slot in slots:
-        report.tensors[slot.name] = TensorReport(slot.numel, int(pruned[slot.name].sum()), int(new[slot.name].sum()))
+    report.tensors.update(rows)
+
+
+def write_tensor(slot, values: torch.Tensor) -> None:
+    """Copy the final ``values`` (shaped and typed like the tensor) into one tracked tensor."""
+    with torch.no_grad():
+        slot.tensor.copy_(values)

@@ -96,11 +96,18 @@ class GradualSchedule:
         return True
 
     def step(self, step: int) -> PruneReport | None:
-        """After the optimizer step at ``step``: prune if it is a pruning step, then re-apply masks."""
+        """After the optimizer step at ``step``: prune if it is a pruning step, then re-apply masks.
+
+        A pruning step is a transaction (``FisherPruner.transaction``): if it fails, weights,
+        masks, history, ``reports`` and the collected gradients are as before the call (those
+        drawn fresh in it are dropped), and step(step) can be retried.
+        """
         if not self.enabled:
             return None
-        report = None
-        if step in self.pruning_steps():
+        if step not in self.pruning_steps():
+            self.pruner.apply_masks()  # idempotent: an interrupted call is completed by the next
+            return None
+        with self.pruner.transaction():
             if self._batch_iter is not None:
                 collect_grads(self.pruner, self.model, self.loss_fn, self._batch_iter, progress=self.progress,
                               desc=f"gradients (step {step})")
@@ -110,6 +117,6 @@ class GradualSchedule:
                     "call observe_grads(step) after every backward"
                 )
             report = self.pruner.prune(self.sparsity_at(step))
-            self.reports.append(report)
-        self.pruner.apply_masks()
+            self.pruner.apply_masks()
+            self.reports.append(report)  # last: nothing after it can fail
         return report
