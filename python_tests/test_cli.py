@@ -144,3 +144,18 @@ def test_demo_refuses_a_bad_damp_before_training(monkeypatch, capsys):
     monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: pytest.fail("trained despite a bad --damp"))
     assert main(["demo", "--damp", "rel:x", "--no-plot"]) == 2
     assert "damp must be" in capsys.readouterr().err
+
+
+def test_busy_machine_hint_only_when_loaded_and_threaded(monkeypatch):
+    from obert_kernels.app import cli
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
+    hint = cli.busy_machine_hint()
+    assert hint is not None and "OMP_NUM_THREADS=1" in hint and f"{cores} cores" in hint
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+    assert cli.busy_machine_hint() is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # already one thread: nothing to suggest
+    assert cli.busy_machine_hint() is None
