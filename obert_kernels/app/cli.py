@@ -180,7 +180,7 @@ def _info(options: InfoOptions) -> int:
     if options.model:
         from ..integrations.hf_models import encoder_weights, load_sentence_encoder
 
-        d = sum(w.numel() for _, w in encoder_weights(load_sentence_encoder(options.model).model))
+        d = [w.numel() for _, w in encoder_weights(load_sentence_encoder(options.model).model)]  # one size per tensor
     print(info_text(d, options.block_size, options.chunk_size, options.device))
     return 0
 

@@ -111,11 +111,19 @@ def run_demo(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), *, seed: int = 0, update: st
                      "magnitude": accuracy(magnitude, data.x_test, data.y_test), "seconds": seconds, "dense": dense_acc})
     if print_table:
         print(f"digits MLP 64-128-128-10, dense test accuracy {dense_acc:.2%} "
-              f"(oBERT: update={update}, B={block_size}, m={num_grads}, damp={damp}, recomputations={num_recomputations})")
+              f"(oBERT: update={update}, B={block_size}, m={num_grads}, damp={_damp_text(damp)}, recomputations={num_recomputations})")
         print(f"{'sparsity':>8}  {'oBERT':>8}  {'magnitude':>9}  {'prune s':>7}")
         for r in rows:
             print(f"{r['sparsity']:>8.0%}  {r['obert']:>8.2%}  {r['magnitude']:>9.2%}  {r['seconds']:>7.2f}")
     return rows
+
+
+def _damp_text(damp) -> str:
+    """A number as ``:g`` prints it (1e-06, as the table always showed), "auto"/"rel:..." as typed."""
+    try:
+        return f"{float(damp):g}"
+    except (TypeError, ValueError):
+        return str(damp)
 
 
 def plot_accuracy(rows: list[dict], path, title: str, dense_accuracy: float | None = None) -> Path:
