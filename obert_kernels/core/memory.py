@@ -1,7 +1,7 @@
 """Memory of a prune step (SPEC §3): estimate it, say it, refuse what will not fit.
 
 The estimate is the peak of the bytes a prune step allocates on the tracked device, phase
-by phase (``StepPhases``), taking the largest:
+by phase (``MemoryEstimate.phases``), taking the largest:
 
 - ``collect``: the keep-masks, F (or F⁻¹ with the Woodbury build), the k-gradient buffer,
   a float32 copy of one gradient piece when the gradients are not float32, and the torch
@@ -18,13 +18,13 @@ by phase (``StepPhases``), taking the largest:
   blocks lose a weight), ``joint``/``sequential`` about four such copies (the masked
   blocks, the identity-padded copy, the Cholesky factor and LAPACK's working copy).
 
-What was missing before (issue 14), measured with ``python_tests/test_memory.py`` (peak RSS
-of a fresh process minus the RSS before the pruner was built, one 5·10⁵-weight tensor, B = 50,
-m = 16; 2026-11-30): the estimate said F⁻¹ + buffer (126 MiB) while the step peaked at 252
-MiB (obs, the copy of the touched F⁻¹ blocks in the update), 234 MiB (the absolute damp's
-two 4096-block inversion slices), 320 MiB with damp="auto" (six 1024-block float64 scoring
-temporaries), 545 MiB with update="joint" (four copies) and 279 MiB while collecting with
-the torch Woodbury build.
+What was missing before (issue 14), measured by ``python_tests/test_memory.py`` (peak RSS
+over the RSS before the pruner was built, 3·10⁵ weights in one tensor, B = 50, m = k = 12,
+CPU, 2026-11-30): the former estimate, F⁻¹ + buffer = 71 MiB, was exceeded by the inversion
+at damp 1e-7 (240 MiB: the absolute damp's backup of a 4096-block slice, the inverses, and
+the retries' copies), by the update (125 MiB: obs copies the touched F⁻¹ blocks; joint 310
+MiB), by damp="auto" (164 MiB over 61: its float64 scoring of 1024 blocks) and by the torch
+Woodbury build while collecting (142 MiB).
 
 The per-weight counts below follow the code they name; they model the torch kernels (what a
 CPU runs, and the fallback everywhere). The Triton and CUDA kernels write only their outputs,
