@@ -1,11 +1,13 @@
 """Build script. The package is pure Python; csrc/ holds the optional CUDA extension.
 
-The extension (obert_kernels._C) is built when nvcc and the CUDA runtime (headers and
-libcudart_static) are found, and skipped with one line otherwise:
+The extension (obert_kernels._C) is built by default only where a GPU driver is present
+(/proc/driver/nvidia exists, ``nvidia-smi -L`` runs, or libcuda loads) and nvcc and the CUDA
+runtime (headers and libcudart_static) are found: compiling it takes ~90 s of CPU, wasted on
+a machine that cannot run it. One line on stderr says which and why (pip shows it with -v):
 
-    OBERT_KERNELS_BUILD_CUDA=1   build it, and fail loudly if it cannot be built
+    OBERT_KERNELS_BUILD_CUDA=1   build it (no driver needed: CI), and fail loudly if it cannot be built
     OBERT_KERNELS_BUILD_CUDA=0   never build it
-    (unset)                      build it when nvcc and the runtime are found
+    (unset)                      build it when a GPU driver, nvcc and the runtime are found
     OBERT_KERNELS_CUDA_ARCHS     compute capabilities to compile for (default "80;90")
     OBERT_KERNELS_NVCC_THREADS   nvcc --threads (default: the number of CPUs)
 
@@ -15,6 +17,7 @@ build time (csrc/README.md).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -35,6 +38,43 @@ MODE = os.environ.get("OBERT_KERNELS_BUILD_CUDA", "").strip()
 
 def say(msg: str) -> None:
     print(f"obert_kernels: {msg}", file=sys.stderr, flush=True)
+
+
+def gpu_driver() -> str | None:
+    """How a GPU driver shows itself here, or None: /proc/driver/nvidia, a working
+    ``nvidia-smi -L``, or a loadable libcuda (the driver's library; WSL has no /proc entry)."""
+    if Path("/proc/driver/nvidia").exists():
+        return "/proc/driver/nvidia exists"
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            if subprocess.run([smi, "-L"], capture_output=True, timeout=30).returncode == 0:
+                return f"{smi} -L runs"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for name in ("libcuda.so.1", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return f"{name} loads"
+        except OSError:
+            pass
+    return None
+
+
+def build_decision(mode: str, driver=gpu_driver) -> tuple[bool, str]:
+    """(build the CUDA extension?, the line that says why) for OBERT_KERNELS_BUILD_CUDA=``mode``;
+    driver() -> how a GPU driver was found, or None (asked only when ``mode`` is unset)."""
+    if mode == "0":
+        return False, "OBERT_KERNELS_BUILD_CUDA=0: not building the CUDA extension"
+    if mode == "1":
+        return True, "OBERT_KERNELS_BUILD_CUDA=1: building the CUDA extension (an error if it cannot be built)"
+    if mode:
+        raise SystemExit(f"obert_kernels: OBERT_KERNELS_BUILD_CUDA must be 0, 1 or unset, got {mode!r}")
+    found = driver()
+    if found:
+        return True, f"GPU driver found ({found}): building the CUDA extension (OBERT_KERNELS_BUILD_CUDA=0 skips it)"
+    return False, ("no GPU driver found (no /proc/driver/nvidia, nvidia-smi or libcuda): not building the CUDA "
+                   "extension; the torch/Triton backends work without it (OBERT_KERNELS_BUILD_CUDA=1 builds it anyway)")
 
 
 def find_nvcc() -> str | None:
@@ -111,8 +151,9 @@ class BuildCudaExt(build_ext):
 
 
 def cuda_extension() -> list[Extension]:
-    if MODE == "0":
-        say("OBERT_KERNELS_BUILD_CUDA=0: not building the CUDA extension")
+    build, why = build_decision(MODE)
+    say(why)
+    if not build:
         return []
     nvcc = find_nvcc()
     paths = cuda_paths(nvcc) if nvcc else None
@@ -147,4 +188,5 @@ def cuda_extension() -> list[Extension]:
     return [ext]
 
 
-setup(ext_modules=cuda_extension(), cmdclass={"build_ext": BuildCudaExt})
+if __name__ == "__main__":  # pip's build backend and ``python setup.py`` run it as __main__; tests import it
+    setup(ext_modules=cuda_extension(), cmdclass={"build_ext": BuildCudaExt})

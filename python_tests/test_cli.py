@@ -125,3 +125,37 @@ def test_bench_dir_defaults_to_the_checkouts_bench(monkeypatch):
     found = benchrun.find_bench_dir()
     assert found == Path(__file__).resolve().parents[1] / "bench"
     assert (found / "bench_woodbury_cpu.py").is_file()
+
+
+@pytest.mark.parametrize("damp", ["auto", "rel:0.01", "rel:0.01:block", "1e-7"])
+def test_demo_takes_the_damp_forms_of_prune(damp, monkeypatch):
+    """``demo --damp`` accepts what ``prune --damp`` does and hands it on as typed (issue 14)."""
+    from obert_kernels.app import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: seen.update(kw) or [])
+    assert main(["demo", "--damp", damp, "--no-plot", "--no-progress"]) == 0
+    assert seen["damp"] == damp
+
+
+def test_demo_refuses_a_bad_damp_before_training(monkeypatch, capsys):
+    from obert_kernels.app import demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: pytest.fail("trained despite a bad --damp"))
+    assert main(["demo", "--damp", "rel:x", "--no-plot"]) == 2
+    assert "damp must be" in capsys.readouterr().err
+
+
+def test_busy_machine_hint_only_when_loaded_and_threaded(monkeypatch):
+    from obert_kernels.app import cli
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
+    hint = cli.busy_machine_hint()
+    assert hint is not None and "OMP_NUM_THREADS=1" in hint and f"{cores} cores" in hint
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+    assert cli.busy_machine_hint() is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # already one thread: nothing to suggest
+    assert cli.busy_machine_hint() is None

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -108,11 +109,32 @@ def main(argv=None) -> int:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    hint = busy_machine_hint() if args.command in ("demo", "prune", "bench", "check") else None
+    if hint:
+        print(hint, file=sys.stderr)
     try:
         return _run(args, extra)
     except (FileExistsError, FileNotFoundError, ImportError, ValueError) as exc:
         print(f"obert-kernels {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def busy_machine_hint() -> str | None:
+    """One line when the 1-minute load average is above the core count while torch runs
+    several threads: torch's threads then wait on each other (on 2 cores with one other busy
+    process the demo and the MiniLM prune ran 15-30× slower; OMP_NUM_THREADS=1 brought them
+    back, README "Troubleshooting"). None otherwise, or where the load is unknown."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    import torch
+
+    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+    if load <= cores or threads == 1:
+        return None
+    return (f"obert-kernels: the load average ({load:.1f}) is above this machine's {cores} cores and torch runs "
+            f"{threads} threads; if this is slow, run it with OMP_NUM_THREADS=1 (README: Troubleshooting)")
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -158,7 +180,7 @@ def _info(options: InfoOptions) -> int:
     if options.model:
         from ..integrations.hf_models import encoder_weights, load_sentence_encoder
 
-        d = sum(w.numel() for _, w in encoder_weights(load_sentence_encoder(options.model).model))
+        d = [w.numel() for _, w in encoder_weights(load_sentence_encoder(options.model).model)]  # one size per tensor
     print(info_text(d, options.block_size, options.chunk_size, options.device))
     return 0
 

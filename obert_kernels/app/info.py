@@ -99,7 +99,7 @@ def _device_line(device: str) -> str:
             f"{format_bytes(props.total_memory)} total, {free_text} free")
 
 
-def info_text(d: int | None = None, block_size: int = 50, chunk_size: int = 32, device: str | None = None) -> str:
+def info_text(d: "int | list[int] | None" = None, block_size: int = 50, chunk_size: int = 32, device: str | None = None) -> str:
     """The report ``python -m obert_kernels info`` prints."""
     lines = ["obert_kernels " + (versions()["obert_kernels"] or "?") + f" ({os.path.dirname(__file__)})", "", "versions:"]
     for name, version in versions().items():
@@ -120,7 +120,12 @@ def info_text(d: int | None = None, block_size: int = 50, chunk_size: int = 32, 
         lines.append(f"  Fisher build, fisher_method='auto': {auto_fisher_method(torch.device(dev))}")
     if d is not None:
         dev = device or devices()[-1]
-        lines += ["", "memory estimate:", f"  {estimate_memory([d], block_size, chunk_size, dev)}"]
+        sizes = [d] if isinstance(d, int) else list(d)
+        # prune's defaults (damp auto, update obs); with one d, one tensor: its update copies all of F⁻¹
+        est = estimate_memory(sizes, block_size, chunk_size, dev, damping="auto", update="obs",
+                              fisher_method=auto_fisher_method(torch.device(dev)))
+        lines += ["", f"memory estimate ({len(sizes)} tensor{'s' if len(sizes) > 1 else ''}, damp auto, update obs):",
+                  f"  {est}", "  per phase: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in est.phases.items())]
     lines += ["", "to run every op on each backend above against its float64 reference: python -m obert_kernels check"
                   + ("" if torch.cuda.is_available() else " (--interpret: Triton through its CPU interpreter)")]
     return "\n".join(lines)

@@ -163,7 +163,7 @@ class DemoOptions:
     update: str = "obs"
     block_size: int = 32
     num_grads: int = 128
-    damp: float = 1e-6
+    damp: str = "1e-6"  # as typed, the forms ``prune --damp`` takes: "auto", "rel:α[:block]" or an absolute λ
     num_recomputations: int = 4
     backend: str = "auto"
     seed: int = 0
@@ -175,6 +175,7 @@ class DemoOptions:
         for s in args.sparsities:
             if not 0.0 <= s < 1.0:
                 raise ValueError(f"--sparsities must be in [0, 1), got {s}")
+        parse_damp(args.damp)  # raises ValueError naming the accepted forms
         return cls(tuple(args.sparsities), args.update, _positive("block_size", args.block_size),
                    _positive("num_grads", args.num_grads), args.damp, _positive("num_recomputations", args.num_recomputations),
                    _backend(args.backend), args.seed, None if args.no_plot else Path(args.plot), not args.no_progress)

@@ -108,10 +108,10 @@ class FisherPruner:
         self.config = config.resolved_for(slots[0].tensor.device)
         self._shard: Shard = resolve_group(process_group)
         self._tracked = TrackedTensors(slots, block_size, self._shard)
+        self._check_memory()  # before the masks: nothing proportional to d is allocated before a refusal
         self._masks = PrunedMasks(self._tracked.slots, self.device)
         self._state: FisherBuild | None = None
         self.history: list[PruneReport] = []
-        self._check_memory()
 
     # ---- settings (read-only views of ``config``) --------------------------------------
     pattern = _setting("pattern")
@@ -160,9 +160,14 @@ class FisherPruner:
 
     # ---- memory -------------------------------------------------------------------------
     def memory_estimate(self) -> MemoryEstimate:
-        """Bytes this process's Fisher state needs on its device (its share when sharded), and what is free there."""
+        """Peak bytes a prune step allocates on this process's device (its share of F⁻¹ when sharded;
+        masks, damping, scoring and update temporaries included: core/memory.py), and what is free there."""
+        itemsizes = {s.tensor.element_size() for s in self._tracked.slots}  # .grad has its weight's dtype
+        grad_itemsize = 4 if itemsizes == {4} else min(itemsizes - {4})
         return estimate_memory([p.stop - p.start for p in self._tracked.pieces], self.block_size, self.chunk_size,
-                               self.device, packed=self.config.packed)
+                               self.device, packed=self.config.packed, total_weights=self._tracked.num_weights,
+                               damping=self.damping, fisher_method=self.fisher_method, update=self.update,
+                               pattern=self.pattern, grad_itemsize=grad_itemsize, backend=self.backend)
 
     def _check_memory(self, announce: bool = True) -> MemoryEstimate:
         est = self.memory_estimate()

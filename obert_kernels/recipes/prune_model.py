@@ -106,7 +106,7 @@ def prune_model(
 
 
 def memory_line(pruner: FisherPruner, model: nn.Module, meter: StepMeter) -> str:
-    """'peak X = before B + added A; F⁻¹ + chunk = E; model M' for printing after a prune."""
+    """'peak X = before B + added A; F⁻¹, chunk, estimated step peak E; model M' for printing after a prune."""
     est = pruner.memory_estimate()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     peak = meter.max_peak()
@@ -114,5 +114,5 @@ def memory_line(pruner: FisherPruner, model: nn.Module, meter: StepMeter) -> str
         f" = {format_bytes(meter.baseline_bytes)} in use before pruning (the model included) + "
         f"{format_bytes(peak - meter.baseline_bytes)}")
     return (f"peak memory {format_bytes(peak)} ({meter.records[0].what}){added}; expected to add: "
-            f"F⁻¹ {format_bytes(est.fisher_bytes)} + gradient chunk {format_bytes(est.buffer_bytes)} = "
-            f"{format_bytes(est.total_bytes)}, model {format_bytes(model_bytes)}")
+            f"F⁻¹ {format_bytes(est.fisher_bytes)} + gradient chunk {format_bytes(est.buffer_bytes)}, with masks "
+            f"and temporaries {format_bytes(est.total_bytes)} at the peak ({est.peak_phase}), model {format_bytes(model_bytes)}")

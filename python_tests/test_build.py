@@ -1,0 +1,68 @@
+"""setup.py's choice of building the CUDA extension (issue 14): by default only where a GPU
+driver is present, always with OBERT_KERNELS_BUILD_CUDA=1, never with =0, one line saying why.
+
+setup.py runs ``setup()`` only as __main__ (as pip's build backend and ``python setup.py``
+run it), so importing it here builds nothing.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup_module():
+    spec = importlib.util.spec_from_file_location("obk_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def never_ask():
+    raise AssertionError("the driver probe must not run when OBERT_KERNELS_BUILD_CUDA is set")
+
+
+def test_forced_on_and_off_never_probe_the_driver(setup_module):
+    build, why = setup_module.build_decision("1", driver=never_ask)
+    assert build and "OBERT_KERNELS_BUILD_CUDA=1" in why
+    build, why = setup_module.build_decision("0", driver=never_ask)
+    assert not build and "OBERT_KERNELS_BUILD_CUDA=0" in why
+
+
+def test_unset_follows_the_driver(setup_module):
+    build, why = setup_module.build_decision("", driver=lambda: "/proc/driver/nvidia exists")
+    assert build and "/proc/driver/nvidia exists" in why and "OBERT_KERNELS_BUILD_CUDA=0" in why
+    build, why = setup_module.build_decision("", driver=lambda: None)
+    assert not build and "no GPU driver" in why and "OBERT_KERNELS_BUILD_CUDA=1" in why
+
+
+def test_a_bad_value_is_refused(setup_module):
+    with pytest.raises(SystemExit, match="must be 0, 1 or unset"):
+        setup_module.build_decision("yes", driver=never_ask)
+
+
+def test_the_probe_agrees_with_this_machine(setup_module):
+    found = setup_module.gpu_driver()
+    has_proc = os.path.exists("/proc/driver/nvidia")
+    if has_proc:
+        assert found == "/proc/driver/nvidia exists"
+    elif found is None:  # nothing of a driver here: no nvidia-smi that runs, no libcuda
+        assert not has_proc
+
+
+def test_setup_py_prints_one_line_saying_why():
+    """``python setup.py --name`` (no build) prints the decision line on stderr (unset here,
+    or =0 where a driver is present: unset would go on to look for nvcc)."""
+    mode = "0" if os.path.exists("/proc/driver/nvidia") else ""
+    env = {**os.environ, "OBERT_KERNELS_BUILD_CUDA": mode}
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("obert_kernels:")]
+    assert len(lines) == 1, proc.stderr
+    assert ("OBERT_KERNELS_BUILD_CUDA=0" in lines[0]) if mode == "0" else ("GPU driver" in lines[0])
