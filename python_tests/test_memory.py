@@ -153,7 +153,8 @@ def test_peak_is_within_the_estimate(name):
         assert measured[phase] <= 1.1 * bound + OVERHEAD, f"{phase} above its estimate: {detail}"
     assert peak <= 1.1 * r["estimate"] + OVERHEAD, detail
     # not vacuous: the phases that allocate only as they run (no retry term) are close
-    assert expected["collect"] <= 2 * measured["collect"] + OVERHEAD, detail
+    # (with m = k the one chunk is applied by prune(), so its temporaries show in "invert")
+    assert expected["collect"] <= 2 * max(measured["collect"], measured["invert"]) + OVERHEAD, detail
     assert expected["score+update"] <= 2 * measured["score+update"] + OVERHEAD, detail
     assert expected["invert"] <= 2 * measured["invert"] + OVERHEAD + RETRY_COPIES, detail
 
@@ -170,9 +171,9 @@ def test_refusal_comes_before_anything_proportional_to_d(monkeypatch):
 
 @needs_proc
 def test_refusing_a_billion_weights_allocates_nothing_of_their_size():
-    """10⁹ weights (a stride-0 view: no memory of its own) are refused with the RSS unchanged;
-    masks first would have added ~1 GiB."""
-    huge = torch.zeros(1).expand(1_000_000_000)
+    """10⁹ weights (an untouched torch.empty: address space, no resident pages) are refused with
+    the RSS unchanged; masks first would have added ~1 GiB."""
+    huge = torch.empty(1_000_000_000)
     before = _status("VmRSS")
     with pytest.raises(FisherMemoryError):
         FisherPruner({"w": huge}, verbose=False)
@@ -194,7 +195,8 @@ def test_estimate_counts_what_the_policies_add():
     assert small.phases["invert"] > memory.estimate_memory([20_000], B, k, "cpu", damping="relative").phases["invert"]
     assert est(fisher_method="woodbury").phases["collect"] > base.phases["collect"] + base.fisher_bytes
     assert est(grad_itemsize=2).phases["collect"] == base.phases["collect"] + 4 * sizes[0]
-    assert est().phases["collect"] == base.fisher_bytes + base.buffer_bytes + 2 * sizes[0]  # + the masks
+    flush_scratch = 4 * B * B * min(4096, sizes[0] // B)  # FisherBuild.flush's backup of one slice
+    assert est().phases["collect"] == base.fisher_bytes + base.buffer_bytes + 2 * sizes[0] + flush_scratch  # + the masks
     fused = memory.estimate_memory(sizes, B, k, "meta", backend="auto")  # not a CPU: fused kernels, no F⁻¹ copies
     assert fused.phases["update"] < base.phases["update"] - base.fisher_bytes // 2
     assert "peaks at" in str(base) and base.total_bytes == max(base.phases.values())

@@ -129,8 +129,14 @@ class Damping:
     def fit(self, fisher: torch.Tensor, heldout: torch.Tensor, num_grads: int, layout: BlockLayout) -> None:
         """Direct path, before ``invert``: see the last chunk (already inside ``fisher``). No-op by default."""
 
-    def invert(self, fisher: torch.Tensor, layout: BlockLayout, *, backend: str = "auto") -> None:
-        """fisher (nb, B, B), holding Σ g gᵀ / m, ← (fisher + λI)⁻¹ in place."""
+    def block_scale(self, fisher: torch.Tensor, layout: BlockLayout) -> torch.Tensor | None:
+        """(nb,) what λ is relative to for each block of ``fisher`` (None: an absolute λ); for
+        ``invert(part, ..., scale=...)`` of a part of the blocks with the statistics of all."""
+        return None
+
+    def invert(self, fisher: torch.Tensor, layout: BlockLayout, *, backend: str = "auto",
+               scale: torch.Tensor | None = None) -> None:
+        """fisher (nb, B, B), holding Σ g gᵀ / m, ← (fisher + λI)⁻¹ in place; scale: see ``block_scale``."""
         raise NotImplementedError
 
 
@@ -157,7 +163,7 @@ class AbsoluteDamp(Damping):
         else:
             finv.zero_().diagonal(dim1=1, dim2=2).fill_(1.0 / self.value)
 
-    def invert(self, fisher, layout, *, backend="auto"):
+    def invert(self, fisher, layout, *, backend="auto", scale=None):
         for start in range(0, fisher.shape[0], INVERT_SLICE):
             part = fisher[start : start + INVERT_SLICE]
             ops.checks.check_finite_blocks(part)
@@ -196,8 +202,11 @@ class RelativeDamp(Damping):
         lam = self.fraction * _mean_diag(diag, layout, self.per)
         finv.zero_().diagonal(dim1=1, dim2=2).copy_((1.0 / lam)[:, None].expand(-1, finv.shape[1]))
 
-    def invert(self, fisher, layout, *, backend="auto"):
-        scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
+    def block_scale(self, fisher, layout):
+        return _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
+
+    def invert(self, fisher, layout, *, backend="auto", scale=None):
+        scale = self.block_scale(fisher, layout) if scale is None else scale
         for start in range(0, fisher.shape[0], INVERT_SLICE):
             stop = start + INVERT_SLICE
             _invert_scaled(fisher[start:stop], scale[start:stop], self.fraction, backend)
@@ -261,10 +270,10 @@ class AutoDamp(RelativeDamp):
         self.chosen = best * (num_grads - h) / num_grads
         self.fraction = self.chosen
 
-    def invert(self, fisher, layout, *, backend="auto"):
+    def invert(self, fisher, layout, *, backend="auto", scale=None):
         if self.chosen is None:  # fisher_inverse() before prune(): no held-out chunk seen yet
             warnings.warn(f"damp='auto' has not chosen yet; using {self.fraction:g}×mean diag", RuntimeWarning, stacklevel=3)
-        super().invert(fisher, layout, backend=backend)
+        super().invert(fisher, layout, backend=backend, scale=scale)
 
 
 def parse_damp(damp) -> Damping:

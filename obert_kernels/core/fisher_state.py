@@ -25,14 +25,12 @@ What a failure leaves (issue 14):
   medians 351 vs 347 ms; d = 10⁶, B = 50, k = 32, torch backend, OMP_NUM_THREADS=1, on the
   shared 2-core machine under load, 2026-11-30). Not measured on a GPU, where the flush is
   memory-bound and the backup adds a read and a write of F to it.
-- The direct build's inversion works on a copy of F (``kept_sum`` keeps F until the prune
-  commits, ``rollback_inversion`` puts it back), so a failed prune (a non-finite F, an
-  interrupt, a failure in scoring or the update) can be retried, with another damp too.
-  Cost: one more F (d·B·4 bytes, half when packed) from the inversion until prune() returns;
-  copying F took 0.5 s against 5 s for inverting it (d = 10⁶, B = 50, same machine and date).
-  The cheaper alternative, inverting in place and resuming, would lose F for the slices
-  already inverted, so a retry could not change damp; recomputing F needs the m gradients,
-  which are not kept.
+- The direct build's inversion is in place and resumable (``inversion``): F is checked and
+  the damping fitted before any block changes, then slices are inverted with a backup of
+  the current one, so a failed prune is retried from where it stopped with the same λ, and
+  a prune that failed after the inversion (scoring, update, write-back) reuses F⁻¹. Another
+  damp can be set while no block has been inverted. An earlier version inverted a copy of
+  F so that any failure could go back to F: one more F (d·B·4 bytes) for every prune.
 """
 from __future__ import annotations
 
@@ -47,6 +45,7 @@ from .. import ops
 from .config import PrunerConfig
 from .damping import BlockLayout, Damping, parse_damp
 from .grad_buffer import GradBuffer
+from .inversion import Inversion, run_inversion, start_inversion
 
 __all__ = ["FisherKind", "FisherState", "FisherBuild", "FLUSH_SLICE", "fits_on_heldout", "config_with_damp"]
 
@@ -74,7 +73,7 @@ class FisherState:
 
     blocks: torch.Tensor
     kind: FisherKind = FisherKind.EMPTY
-    kept_sum: torch.Tensor | None = None  # F while ``blocks`` holds its uncommitted inverse
+    inversion: Inversion | None = None  # the direct build's inversion, once started (kept when done)
 
     @classmethod
     def zeros(cls, num_blocks: int, block_size: int, device, packed: bool) -> "FisherState":
@@ -95,25 +94,25 @@ class FisherState:
         op = ops.woodbury_update if config.fisher_method == "woodbury" else ops.fisher_accumulate
         op(self.blocks[blocks], chunk, config.num_grads, backend=config.backend)
 
-    def fit_damping(self, heldout: torch.Tensor | None, config: PrunerConfig, layout: BlockLayout) -> None:
-        """Direct build, before ``invert``: the damping sees the held-out last chunk (num_blocks, h, B)."""
-        if heldout is None and fits_on_heldout(config.damping):
-            raise ValueError(f"damp={config.damp!r} chooses λ on the held-out last chunk of gradients, which an "
-                             "earlier failed prune() freed: call reset() and collect the gradients again")
-        config.damping.fit(self.blocks, heldout, config.num_grads, layout)
+    def start_inversion(self, heldout: torch.Tensor | None, config: PrunerConfig, layout: BlockLayout) -> None:
+        """Direct build, before ``invert``: check F and fit the damping on the held-out last chunk
+        (num_blocks, h, B); changes no block (see ``inversion``). Done once per step."""
+        if self.inversion is None:
+            if heldout is None and fits_on_heldout(config.damping):
+                raise ValueError(f"damp={config.damp!r} chooses λ on the held-out last chunk of gradients, which "
+                                 "is no longer kept: call reset() and collect the gradients again")
+            self.inversion = start_inversion(self.blocks, config.damping, heldout, config.num_grads, layout)
 
     def invert(self, config: PrunerConfig, layout: BlockLayout) -> None:
-        """FISHER_SUM -> INVERSE: blocks ← (Σ g gᵀ / m + λI)⁻¹, computed on a copy; F stays
-        in ``kept_sum`` until the step commits (the pruner then drops this state) or
-        ``rollback_inversion`` puts it back."""
-        work = self.blocks.clone()
-        config.damping.invert(work, layout, backend=config.backend)
-        self.kept_sum, self.blocks, self.kind = self.blocks, work, FisherKind.INVERSE
+        """FISHER_SUM -> INVERSE in place: blocks ← (Σ g gᵀ / m + λI)⁻¹, from where a failed call
+        stopped (see ``inversion``)."""
+        run_inversion(self.blocks, config.damping, layout, self.inversion, config.backend)
+        self.kind = FisherKind.INVERSE
 
-    def rollback_inversion(self) -> None:
-        """Undo ``invert`` (F⁻¹ dropped, F back); nothing to do if it did not run."""
-        if self.kept_sum is not None:
-            self.blocks, self.kind, self.kept_sum = self.kept_sum, FisherKind.FISHER_SUM, None
+    @property
+    def inversion_started(self) -> bool:
+        """Whether a block already holds F⁻¹ on the direct build (λ is then fixed)."""
+        return self.inversion is not None and (self.inversion.done > 0 or self.kind is FisherKind.INVERSE)
 
     def dense_copy(self, blocks: slice, block_size: int) -> torch.Tensor:
         """A dense copy of ``blocks``: (n, B, B) float32, whatever the storage."""
@@ -172,46 +171,51 @@ class FisherBuild:
             raise
 
     def finalize(self, layout: LayoutFn) -> torch.Tensor:
-        """Flush, then make the state F⁻¹ (the direct build inverts a copy here, see
-        ``FisherState.invert``); frees the buffer, unless the damping fits on its held-out
-        chunk (AutoDamp: kept until the prune commits, so that a failed prune can be retried).
-        Returns the blocks, holding F⁻¹."""
+        """Flush, then make the state F⁻¹ (the direct build inverts in place here, see
+        ``inversion``); frees the buffer as soon as nothing needs it (AutoDamp's fit reads the
+        held-out last chunk). A retry after a failure resumes. Returns the blocks, holding F⁻¹."""
         self.flush(layout)
         self.scratch = None
-        if not fits_on_heldout(self.config.damping):
-            self.grads.free()  # not needed past here: give its memory back before inverting
-        if self.fisher.kind is not FisherKind.INVERSE:
+        fisher = self.fisher
+        if fisher.kind is not FisherKind.INVERSE:
             blocks_layout = layout()  # every rank reaches this: the damping may sum per-tensor statistics over ranks
+            if not fits_on_heldout(self.config.damping):
+                self.grads.free()  # not needed: give its memory back before fitting and inverting
             heldout = None if self.grads.buffer is None else self.grads.last_applied()
-            self.fisher.fit_damping(heldout, self.config, blocks_layout)
-            self.fisher.invert(self.config, blocks_layout)
-        return self.fisher.blocks
-
-    def rollback(self) -> None:
-        """After a failed prune: the state as it was before ``finalize`` (F, not F⁻¹, on the
-        direct build; the held-out buffer only if it was still needed and kept)."""
-        self.fisher.rollback_inversion()
+            fisher.start_inversion(heldout, self.config, blocks_layout)
+            self.grads.free()
+            fisher.invert(self.config, blocks_layout)
+        elif fisher.inversion is not None:  # a retry after a failure past the inversion: λ as fitted
+            vars(self.config.damping).update(fisher.inversion.fitted)
+        self.grads.free()
+        return fisher.blocks
 
 
 def config_with_damp(config: PrunerConfig, damp, state: FisherBuild | None, device) -> PrunerConfig:
     """``config`` with another damp for the next inversion (``FisherPruner.damp = ...``).
 
     Allowed between steps, and while the step's Fisher is still a sum (the direct build: while
-    collecting, or after a failed prune). Refused (ValueError, nothing changed) on the Woodbury
-    build once its first chunk fixed λ in F₀⁻¹, and for a damping that fits on the held-out
-    chunk (auto) once a failed prune freed it. k stays as it is while gradients are buffered.
+    collecting, or after a prune that failed before inverting a block). Refused (ValueError,
+    nothing changed) on the Woodbury build once its first chunk fixed λ in F₀⁻¹, on the direct
+    build once a failed prune() had started inverting (it resumes with its λ), and for a damping
+    that fits on the held-out chunk (auto) once a failed prune freed it. k stays as it is while gradients are buffered.
     The step's ``state`` gets the new config too.
     """
     damping = parse_damp(damp)
     chunk_size = damping.chunk_size_for(config.num_grads, config.chunk_size)  # also checks what the policy needs
     if state is not None:
         chunk_size = config.chunk_size
+        if state.fisher.inversion_started:
+            raise ValueError("a failed prune() had already started inverting the Fisher blocks with its λ: call "
+                             "prune() again (it resumes with that λ), or reset() (dropping the gradients) before "
+                             "changing damp")
         if state.fisher.kind is FisherKind.INVERSE:
             raise ValueError("the Woodbury build fixed λ at its first chunk of gradients: call reset() (dropping "
                              "them) before changing damp")
         if fits_on_heldout(damping) and state.grads.buffer is None:
             raise ValueError(f"damp={damp!r} chooses λ on the held-out last chunk, which the failed prune() freed: "
                              "call reset() and collect the gradients again")
+        state.fisher.inversion = None  # fitted for the old damp; no block was inverted with it
     new = dataclasses.replace(config, damping=damping, chunk_size=chunk_size).resolved_for(device)
     if state is not None:
         state.config = new

@@ -43,6 +43,7 @@ from ..ops.blocks import factor_shape, score_shape
 from ..ops.packed import UNPACK_TILE_BYTES
 from ..ops.patterns import Pattern, parse_pattern
 from .damping import FIT_SLICE, INVERT_SLICE, AbsoluteDamp, AutoDamp, Damping, RelativeDamp
+from .fisher_state import FLUSH_SLICE
 
 __all__ = ["MemoryEstimate", "FisherMemoryError", "estimate_memory", "available_memory", "format_bytes",
            "refuse_if_too_big", "DAMPING_KINDS"]
@@ -282,10 +283,18 @@ def _phases(s: _Sizes, *, kind: str, method: str, update: str, packed: bool, fus
             grad_itemsize: int, buffer: int) -> dict[str, int]:
     """name -> peak bytes of each phase of a step, persistent parts included."""
     base = MASK_BYTES * s.total + s.fisher_bytes
-    weights_copy = 4 * s.total  # TrackedTensors.float32_weights, whatever the weights' dtype
+    # TrackedTensors.float32_weights, whatever the weights' dtype, and prune()'s rollback copy
+    # of the weights (transaction.Checkpoint; counted at 4 bytes a weight)
+    weights_copy = 4 * s.total + 4 * s.total
+    per_block = s.fisher_bytes // max(1, s.num_blocks)
+    flush_scratch = per_block * min(FLUSH_SLICE, s.num_blocks)  # FisherBuild.flush's backup slice
+    invert_scratch = per_block * min(INVERT_SLICE, s.num_blocks) if method != "woodbury" else 0  # inversion.run_inversion's
+    collect = base + buffer + flush_scratch + _collect_bytes(s, method, grad_itemsize, fused, packed)
     return {
-        "collect": base + buffer + _collect_bytes(s, method, grad_itemsize, fused, packed),
-        "invert": base + _invert_bytes(s, kind, method, buffer, packed),
+        "collect": collect,
+        # prune() applies the last chunk first (add_grads leaves a full chunk to the next call),
+        # then inverts: the collect phase's peak happens inside prune() too
+        "invert": max(collect, base + 4 * s.total + invert_scratch + _invert_bytes(s, kind, method, buffer, packed)),
         "score": base + weights_copy + _score_bytes(s, update, fused, packed),
         "update": base + weights_copy + _update_bytes(s, update, fused, packed),
     }

@@ -242,6 +242,9 @@ class FisherPruner:
         slot = self._slot(name)
         if self._state is None:
             return self.damping.initial_finv(slot.num_blocks, self.block_size, self.device)
+        if self._state.fisher.inversion_started and self._state.fisher.kind is not FisherKind.INVERSE:
+            raise RuntimeError("a failed prune() left the Fisher blocks partly inverted: call prune() again (it "
+                               "resumes) or reset()")
         self._state.flush(self._layout)
         layout = self._layout()
         own = torch.zeros(slot.num_blocks, self.block_size, self.block_size, device=self.device)
@@ -269,7 +272,7 @@ class FisherPruner:
         pruned). Frees the Fisher state. Returns a PruneReport (also kept in ``history``).
         When sharded, a collective: if any rank fails, every rank raises. If it raises, nothing
         changed and the collected Fisher is kept: retry (after setting ``damp``) or ``reset()``.
-        Costs: a copy of the weights and (direct build) of F while it runs (README, "When something fails").
+        Costs: a copy of the weights while it runs (README, "When something fails").
         """
         target = self.check_sparsity(sparsity)
         if self.num_collected < self.num_grads:

@@ -12,12 +12,13 @@ A ``Checkpoint`` records, before a call changes anything, everything the call ma
 ``restore`` puts them back. The Fisher state cannot be copied cheaply (d·B floats), so it
 is never copied here; instead each stage that changes it in place can be undone or resumed
 on its own (``fisher_state``): a flush slice is put back from its scratch copy, and the
-direct build's inversion works on a copy of F until the prune commits. What ``restore``
-does with it:
+direct build's inversion resumes where it stopped (``inversion``). What ``restore`` does
+with it:
 
 - none before the call: the state is dropped (gradients collected during the call go);
 - the same gradients as before (a failed prune, or a flush that stopped half-way and will
-  resume): kept, an uncommitted inversion undone, so prune() can be retried;
+  resume): kept, with an inversion that started resuming at the next try, so prune() can
+  be retried;
 - more gradients than before, all still in the buffer (not yet applied): the counts are
   put back (the rows past them are scratch);
 - more gradients than before, some already applied to F (only a call that both adds a
@@ -74,7 +75,6 @@ class Checkpoint:
         state = self.state
         if state is None:
             return None
-        state.rollback()  # F back in place of an uncommitted F⁻¹ (no-op if none)
         now, before = state.grads.counts, self.counts
         if now.collected == before.collected:
             return state  # the same gradients (a flush may have advanced: it resumes)
