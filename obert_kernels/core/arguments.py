@@ -5,10 +5,10 @@ FisherPruner (through ``config.PrunerConfig``), ``one_shot_prune``, ``magnitude_
 before any work starts, so a bad argument is refused with its name and the accepted
 range, and nothing has been allocated or changed.
 
-Numbers follow ``specs.real_scalar`` (also ``ops.checks.real_scalar``): ints, floats, NumPy scalars and 0-d tensors
-are numbers; bools are not (``damp=True`` is refused, not read as λ = 1). A wrong type
-raises ``ArgumentTypeError`` (both a TypeError and a ValueError); a number out of its
-range (NaN included) raises ValueError.
+Numbers follow ``specs.real_scalar`` (also ``ops.checks.real_scalar``): ints, floats, NumPy
+scalars and 0-d tensors are numbers; bools are not (``damp=True`` is refused, not read as
+λ = 1). A wrong type raises ``ArgumentTypeError`` (both a TypeError and a ValueError); a
+number out of its range (NaN included) raises ValueError.
 
 Importing this module does not import torch (only ``check_device`` does, when called): the
 command line checks its flags with these before torch's start-up.
@@ -98,7 +98,7 @@ def check_callable(name: str, value, signature: str = "") -> None:
                                 f"got {type(value).__name__}")
 
 
-def check_device(name: str, device) -> "torch.device":
+def check_device(name: str, device) -> torch.device:
     """``device`` parsed and present here: a CUDA device needs torch.cuda and that index."""
     import torch  # here, not at the top: the command line's other checks run before torch's start-up
 
