@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .options import BenchOptions, CheckOptions, DemoOptions, InfoOptions, PruneOptions
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_demo_arguments"]
 
 
 def _add_pruner_options(ap: argparse.ArgumentParser) -> None:
@@ -52,9 +52,24 @@ def _add_check_options(ap: argparse.ArgumentParser) -> None:
                     help="run again with TRITON_INTERPRET=1: the Triton kernels through Triton's CPU interpreter (slow)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import demo
+def add_demo_arguments(ap: argparse.ArgumentParser) -> None:
+    """``demo``'s flags (also ``python -m obert_kernels.app.demo``'s): here, not in demo.py, which imports torch."""
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95])
+    ap.add_argument("--update", choices=["obs", "joint", "sequential", "none"], default="obs")
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--num-grads", type=int, default=128)
+    ap.add_argument("--damp", default="1e-6",
+                    help="'auto' (chosen on held-out gradients), 'rel:α[:block]' (α × mean Fisher diagonal) "
+                         "or an absolute λ, as for prune (default: %(default)s)")
+    ap.add_argument("--num-recomputations", type=int, default=4)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot", type=Path, default=Path("obert-demo.png"), help="PNG of accuracy vs sparsity (default: %(default)s)")
+    ap.add_argument("--no-plot", action="store_true", help="print the table only")
+    ap.add_argument("--no-progress", action="store_true")
 
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="obert-kernels", description="Second-order (Optimal BERT Surgeon) pruning")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -67,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check_options(p)
 
     p = sub.add_parser("demo", help="one-shot prune an MLP on scikit-learn's digits: table + PNG plot")
-    demo.add_arguments(p)
+    add_demo_arguments(p)
 
     p = sub.add_parser("prune", help="one-shot prune a model directory or a built-in; write safetensors",
                        description="One-shot prune the encoder Linear weights of a Hugging Face BERT-family model "
@@ -139,19 +154,23 @@ def busy_machine_hint() -> str | None:
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
     """Build the subcommand's options once (checked) and run it; the namespace goes no further."""
+    # each command's options are checked before its module (which imports torch) is imported
     if args.command == "check":
+        options = CheckOptions.from_args(args)
         from .check import run_check_command
 
-        return run_check_command(CheckOptions.from_args(args))
+        return run_check_command(options)
     if args.command == "demo":
+        options = DemoOptions.from_args(args)
         from .demo import run_demo_command
 
-        run_demo_command(DemoOptions.from_args(args))
+        run_demo_command(options)
         return 0
     if args.command == "prune":
+        options = PruneOptions.from_args(args)
         from .prune_command import run_prune
 
-        run_prune(PruneOptions.from_args(args))
+        run_prune(options)
         return 0
     if args.command == "bench":
         return _bench(BenchOptions.from_args(args, extra))

@@ -163,19 +163,10 @@ def plot_accuracy(rows: list[dict], path, title: str, dense_accuracy: float | No
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95])
-    ap.add_argument("--update", choices=["obs", "joint", "sequential", "none"], default="obs")
-    ap.add_argument("--block-size", type=int, default=32)
-    ap.add_argument("--num-grads", type=int, default=128)
-    ap.add_argument("--damp", default="1e-6",
-                    help="'auto' (chosen on held-out gradients), 'rel:α[:block]' (α × mean Fisher diagonal) "
-                         "or an absolute λ, as for prune (default: %(default)s)")
-    ap.add_argument("--num-recomputations", type=int, default=4)
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--plot", type=Path, default=Path("obert-demo.png"), help="PNG of accuracy vs sparsity (default: %(default)s)")
-    ap.add_argument("--no-plot", action="store_true", help="print the table only")
-    ap.add_argument("--no-progress", action="store_true")
+    """The demo's flags: defined in app/cli.py with the other subcommands' (cli.py imports no torch)."""
+    from .cli import add_demo_arguments
+
+    add_demo_arguments(ap)
 
 
 def run_demo_command(options: DemoOptions) -> list[dict]:

@@ -4,22 +4,23 @@ Each subcommand gets one object (``PruneOptions``, ``DemoOptions``, ``CheckOptio
 built by ``from_args`` from the argparse namespace, which goes no further: the app modules
 take these objects and call the library (recipes/, integrations/, core/, ops/) with plain
 keyword arguments.
+
+Checked in two steps, both before a model loads: ``from_args`` checks the flags on their
+own without importing torch (this module imports none, nor does anything it imports), so a
+bad flag is refused before torch's start-up (issue 14); then the checks that need torch
+(``PruneOptions.on_device``: the device present here, the pruner's config against it).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..core import arguments
-from ..core.config import PrunerConfig
-from ..core.damping import parse_damp
-from ..ops import BACKENDS, BackendNotSupported
-from ..ops.patterns import parse_pattern
+from ..specs import BACKENDS, parse_damp_spec, parse_pattern
 
-__all__ = ["PrunerOptions", "PruneOptions", "DemoOptions", "BenchOptions", "InfoOptions", "CheckOptions"]
+__all__ = ["PrunerOptions", "PruneOptions", "DemoOptions", "BenchOptions", "InfoOptions", "CheckOptions", "read_texts"]
 
 PRUNE_METHODS = ("obs", "joint", "sequential", "magnitude")  # recipes.prune_model.METHODS
 FISHER_METHODS = ("auto", "direct", "woodbury")
@@ -61,7 +62,7 @@ class PrunerOptions:
         if args.fisher_method not in FISHER_METHODS:
             raise ValueError(f"--fisher-method must be one of {', '.join(FISHER_METHODS)}, got {args.fisher_method!r}")
         parse_pattern(args.pattern)  # raises ValueError naming the accepted patterns
-        parse_damp(args.damp)
+        parse_damp_spec(args.damp)
         return cls(args.method, args.damp, _positive("block_size", args.block_size), _positive("num_grads", args.num_grads),
                    _positive("chunk_size", args.chunk_size), _positive("num_recomputations", args.num_recomputations),
                    args.pattern, bool(args.per_tensor), args.fisher_method, _backend(args.backend))
@@ -72,6 +73,9 @@ class PrunerOptions:
         dispatch's reasons). Builds the pruner's config only (no tensor but one B×B sample)."""
         if self.method == "magnitude":
             return
+        from ..core.config import PrunerConfig  # imports torch: the torch-free checks ran first
+        from ..ops import BackendNotSupported
+
         try:
             PrunerConfig.from_args(block_size=self.block_size, num_grads=self.num_grads, damp=self.damp,
                                    pattern=self.pattern, global_sparsity=not self.per_tensor, update=self.method,
@@ -115,11 +119,33 @@ class PruneOptions:
         if args.eval_sentences < 0 or args.eval_sentences == 1:
             raise ValueError(f"--eval-sentences must be 0 (no agreement check) or ≥ 2 (each held-out sentence's "
                              f"nearest neighbour is among the others), got {args.eval_sentences}")
+        if args.model.lower() == "digits-mlp" and args.texts is not None:
+            raise ValueError("--texts is for Hugging Face encoders; digits-mlp's Fisher comes from its own training images")
         options = cls(args.model, Path(args.out), args.sparsity, PrunerOptions.from_args(args), bool(args.overwrite),
                       _positive("batch_size", args.batch_size), args.texts, args.eval_sentences,
-                      _positive("max_length", args.max_length), _prune_device(args), args.seed, not args.no_progress)
-        options.pruner.check_for_device(options.device)
-        return options
+                      _positive("max_length", args.max_length), args.device, args.seed, not args.no_progress)
+        if options.texts is not None:  # a file too short is refused before torch and the model load
+            options.check_texts()
+        return options.on_device()
+
+    def on_device(self) -> "PruneOptions":
+        """The checks that need torch, after the others: --device present here (digits-mlp: the
+        CPU only) and the pruner's config against it. Returns the options with the device as torch names it."""
+        device = str(arguments.check_device("--device", self.device))
+        if self.model.lower() == "digits-mlp" and device != "cpu":
+            raise ValueError(f"--device {self.device}: digits-mlp trains and prunes on the CPU only")
+        self.pruner.check_for_device(device)
+        return dataclasses.replace(self, device=device)
+
+    def check_texts(self) -> None:
+        """--texts exists and holds enough sentences for this run (``min_text_sentences``)."""
+        found, needed = len(read_texts(self.texts)), self.min_text_sentences()
+        if found < needed:
+            held = "" if self.eval_sentences == 0 else (
+                " and 2 held out for the agreement check (a quarter of the sentences, at most --eval-sentences, are held "
+                "out; --eval-sentences 0 skips it)")
+            raise ValueError(f"--texts {self.texts} holds {found} sentence(s) (non-empty lines); this run needs at least "
+                             f"{needed}: one batch of --batch-size {self.batch_size} distinct sentences for the Fisher{held}")
 
     def min_text_sentences(self) -> int:
         """The fewest ``--texts`` sentences this run can use: a quarter of them, at most
@@ -145,14 +171,12 @@ class PruneOptions:
         return {k: str(v) for k, v in values.items()}
 
 
-def _prune_device(args: argparse.Namespace) -> str:
-    """--device, present here; digits-mlp trains and prunes on the CPU only (it would ignore another)."""
-    device = str(arguments.check_device("--device", args.device))
-    if args.model.lower() == "digits-mlp" and device != "cpu":
-        raise ValueError(f"--device {args.device}: digits-mlp trains and prunes on the CPU only")
-    if args.model.lower() == "digits-mlp" and args.texts is not None:
-        raise ValueError("--texts is for Hugging Face encoders; digits-mlp's Fisher comes from its own training images")
-    return device
+def read_texts(path: Path) -> list[str]:
+    """The non-empty lines of a --texts file, stripped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--texts {path}: no such file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line]
 
 
 @dataclass(frozen=True)
@@ -175,7 +199,7 @@ class DemoOptions:
         for s in args.sparsities:
             if not 0.0 <= s < 1.0:
                 raise ValueError(f"--sparsities must be in [0, 1), got {s}")
-        parse_damp(args.damp)  # raises ValueError naming the accepted forms
+        parse_damp_spec(args.damp)  # raises ValueError naming the accepted forms
         return cls(tuple(args.sparsities), args.update, _positive("block_size", args.block_size),
                    _positive("num_grads", args.num_grads), args.damp, _positive("num_recomputations", args.num_recomputations),
                    _backend(args.backend), args.seed, None if args.no_plot else Path(args.plot), not args.no_progress)
@@ -260,6 +284,8 @@ class CheckOptions:
 
 
 def _check_device(name: str) -> str:
+    import torch  # only once the torch-free checks passed
+
     try:
         device = torch.device(name)
     except RuntimeError as exc:  # a malformed name

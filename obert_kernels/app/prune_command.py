@@ -27,7 +27,7 @@ from ..integrations.export import MASKS_FILE, atomic_output_dir, check_output_di
 from .info import versions
 from ..recipes.prune_model import memory_line, prune_model
 from ..core.profiling import StepMeter
-from .options import PruneOptions
+from .options import PruneOptions, read_texts
 
 __all__ = ["run_prune", "BUILTIN_DIGITS"]
 
@@ -35,23 +35,6 @@ BUILTIN_DIGITS = "digits-mlp"
 REPORT_FILE = "obert_report.json"
 # sentence-transformers files copied as they are, so OUT/ also loads as a SentenceTransformer
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
-
-
-def _read_texts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"--texts {path}: no such file")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    return [line for line in lines if line]
-
-
-def _check_texts(options: PruneOptions) -> None:
-    found, needed = len(_read_texts(options.texts)), options.min_text_sentences()
-    if found < needed:
-        held = "" if options.eval_sentences == 0 else (
-            " and 2 held out for the agreement check (a quarter of the sentences, at most --eval-sentences, are held "
-            "out; --eval-sentences 0 skips it)")
-        raise ValueError(f"--texts {options.texts} holds {found} sentence(s) (non-empty lines); this run needs at least "
-                         f"{needed}: one batch of --batch-size {options.batch_size} distinct sentences for the Fisher{held}")
 
 
 def _steps(meter: StepMeter) -> list[dict]:
@@ -68,7 +51,7 @@ def run_prune(options: PruneOptions) -> dict:
     out = check_output_dir(options.out, options.overwrite)
     require_safetensors()  # fail before the long part, not at the end
     if options.texts is not None:  # a file too short is refused before the model loads (10–25 s)
-        _check_texts(options)
+        options.check_texts()
     if options.model.lower() == BUILTIN_DIGITS:
         report, write = _prune_digits(options)
     else:
@@ -89,7 +72,7 @@ def _prune_encoder(options: PruneOptions):
     from .text import split_sentences, stdlib_sentences
 
     encoder = load_sentence_encoder(options.model, device=options.device, max_length=options.max_length)
-    sentences = _read_texts(options.texts) if options.texts else stdlib_sentences()
+    sentences = read_texts(options.texts) if options.texts else stdlib_sentences()
     n_eval = min(options.eval_sentences, len(sentences) // 4)
     held_out, fisher_text = split_sentences(sentences, [n_eval, len(sentences) - n_eval], seed=options.seed)
     dense = encoder.encode(held_out) if n_eval >= 2 else None

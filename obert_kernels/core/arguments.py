@@ -5,19 +5,20 @@ FisherPruner (through ``config.PrunerConfig``), ``one_shot_prune``, ``magnitude_
 before any work starts, so a bad argument is refused with its name and the accepted
 range, and nothing has been allocated or changed.
 
-Numbers follow ``ops.checks.real_scalar``: ints, floats, NumPy scalars and 0-d tensors
-are numbers; bools are not (``damp=True`` is refused, not read as λ = 1). A wrong type
-raises ``ArgumentTypeError`` (both a TypeError and a ValueError); a number out of its
-range (NaN included) raises ValueError.
+Numbers follow ``specs.real_scalar`` (also ``ops.checks.real_scalar``): ints, floats, NumPy
+scalars and 0-d tensors are numbers; bools are not (``damp=True`` is refused, not read as
+λ = 1). A wrong type raises ``ArgumentTypeError`` (both a TypeError and a ValueError); a
+number out of its range (NaN included) raises ValueError.
+
+Importing this module does not import torch (only ``check_device`` does, when called): the
+command line checks its flags with these before torch's start-up.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
-import torch
-
-from ..ops.checks import ArgumentTypeError, real_scalar
-from ..ops.patterns import Pattern, parse_pattern
+from ..specs import ArgumentTypeError, Pattern, parse_pattern, real_scalar
 
 __all__ = ["ArgumentTypeError", "as_number", "as_int", "check_positive_int", "check_nonnegative_int", "check_fraction",
            "check_sparsity", "check_choice", "check_flag", "check_callable", "check_device", "check_cubic_schedule",
@@ -83,7 +84,8 @@ def check_choice(name: str, value, choices: tuple) -> str:
 
 def check_flag(name: str, value) -> bool:
     """A bool (Python, NumPy or 0-d bool tensor); 0, 1, "no", None are refused: they read as a choice made by accident."""
-    if isinstance(value, torch.Tensor) and value.shape == () and value.dtype == torch.bool:
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
+    if torch is not None and isinstance(value, torch.Tensor) and value.shape == () and value.dtype == torch.bool:
         return bool(value)
     if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
         return bool(value)  # NumPy's bool (np.bool_; np.bool in NumPy 2), without importing NumPy
@@ -98,6 +100,8 @@ def check_callable(name: str, value, signature: str = "") -> None:
 
 def check_device(name: str, device) -> torch.device:
     """``device`` parsed and present here: a CUDA device needs torch.cuda and that index."""
+    import torch  # here, not at the top: the command line's other checks run before torch's start-up
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:  # a malformed name or a wrong type
@@ -113,6 +117,8 @@ def check_device(name: str, device) -> torch.device:
 
 
 def _backend_available(device_type: str) -> bool:
+    import torch
+
     module = getattr(torch, device_type, None)
     available = getattr(module, "is_available", None)
     return bool(available()) if callable(available) else False

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
+from ..specs import DAMP_PER_CHOICES, check_damp_per, check_relative_damp, parse_damp_spec
 
 __all__ = ["AbsoluteDamp", "RelativeDamp", "AutoDamp", "BlockLayout", "block_layout", "parse_damp", "Damping",
            "INVERT_SLICE"]
@@ -56,7 +57,7 @@ INVERT_SLICE = 4096
 # (B = 50: 20 MB each at 1024 blocks) are what a prune step adds on top of F⁻¹ and the
 # held-out chunk; at 4096 they added ~0.6 GB to MiniLM's peak (measured, 2026-11-21).
 FIT_SLICE = 1024
-PER_CHOICES = ("tensor", "block")
+PER_CHOICES = DAMP_PER_CHOICES
 # α grid for AutoDamp: half decades from 1e-6 to 1 of the mean Fisher diagonal.
 AUTO_CANDIDATES = tuple(10.0 ** (e / 2) for e in range(-12, 1))
 # the relative damp a failed absolute one falls back to (then raised 10x per retry by fisher_invert)
@@ -184,11 +185,7 @@ class RelativeDamp(Damping):
     """λ = fraction · mean Fisher diagonal over the live weights of each tensor (or block)."""
 
     def __init__(self, fraction: float, per: str = "tensor"):
-        if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < math.inf):
-            raise ValueError(f"a relative damp must be a finite number > 0, got {fraction!r}")
-        if per not in PER_CHOICES:
-            raise ValueError(f"per must be one of {PER_CHOICES}, got {per!r}")
-        self.fraction, self.per = float(fraction), per
+        self.fraction, self.per = check_relative_damp(fraction), check_damp_per(per)
 
     @property
     def spec(self) -> str:
@@ -277,26 +274,16 @@ class AutoDamp(RelativeDamp):
 
 
 def parse_damp(damp) -> Damping:
-    """FisherPruner's ``damp=``: a number (absolute λ), "rel:α[:block]", "auto[:block]", or a Damping."""
+    """FisherPruner's ``damp=``: a number (absolute λ), "rel:α[:block]", "auto[:block]", or a Damping
+    (text and numbers checked by ``specs.parse_damp_spec``, the rules the command line uses)."""
     if isinstance(damp, Damping):
         return damp
-    if isinstance(damp, str):
-        text = damp.strip().lower()
-        parts = text.split(":")
-        if parts[0] == "auto" and len(parts) <= 2:
-            return AutoDamp(per=parts[1] if len(parts) == 2 else "tensor")
-        if parts[0] == "rel" and len(parts) in (2, 3):
-            try:
-                fraction = float(parts[1])
-            except ValueError:
-                fraction = None
-            if fraction is not None:
-                return RelativeDamp(fraction, per=parts[2] if len(parts) == 3 else "tensor")
-        try:
-            return AbsoluteDamp(float(text))
-        except ValueError:
-            raise ValueError(f"damp must be a number > 0, 'rel:α', 'rel:α:block', 'auto' or 'auto:block'; got {damp!r}") from None
-    return AbsoluteDamp(damp)
+    spec = parse_damp_spec(damp)
+    if spec.kind == "auto":
+        return AutoDamp(per=spec.per)
+    if spec.kind == "relative":
+        return RelativeDamp(spec.value, per=spec.per)
+    return AbsoluteDamp(spec.value)
 
 
 # ---- helpers ----------------------------------------------------------------------

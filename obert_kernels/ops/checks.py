@@ -2,14 +2,15 @@
 
 ``real_scalar`` is the one definition of "a number" in this package (core/arguments.py
 builds its range checks on it): Python ints and floats, NumPy scalars and 0-d arrays,
-0-d tensors of a real dtype; never a bool (``damp=True`` is not λ = 1).
+0-d tensors of a real dtype; never a bool (``damp=True`` is not λ = 1). It and ``check_damp``
+live in ``obert_kernels.specs`` (no torch there: the command line uses them before it
+imports torch) and are re-exported here.
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
+from ..specs import ArgumentTypeError, check_damp, real_scalar  # torch-free, shared with the CLI
 from .blocks import factor_shape
 from .packed import packed_block_size
 
@@ -73,40 +74,12 @@ def check_grads(grads: torch.Tensor, finv: torch.Tensor) -> torch.Tensor:
     return grads
 
 
-class ArgumentTypeError(TypeError, ValueError):
-    """An argument of the wrong type (a bool or a string where a number goes, ...).
-
-    Both a TypeError and a ValueError: code that caught the ValueError these checks raised
-    before they told the two apart keeps working."""
-
-
-def real_scalar(name: str, value, what: str = "a number"):
-    """``value`` as a Python int (integer types) or float; ArgumentTypeError unless it is a
-    real number: an int, a float, a NumPy scalar or 0-d array, a 0-d tensor. Bools of every
-    kind are refused (True is not 1 here); NaN and ±inf are returned for the caller's range check."""
-    if isinstance(value, torch.Tensor) or (getattr(value, "shape", None) == () and hasattr(value, "item")):
-        if value.shape != () or getattr(value, "dtype", None) in (torch.bool, torch.complex64, torch.complex128):
-            raise ArgumentTypeError(f"{name} must be {what}, got a tensor of shape {tuple(value.shape)} and {value.dtype}")
-        value = value.item()  # a 0-d tensor or array, or a NumPy scalar (np.bool_ becomes a bool: refused below)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ArgumentTypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
-    return int(value) if isinstance(value, numbers.Integral) else float(value)
-
-
 def check_num_grads(num_grads: int) -> int:
     """m as a Python int ≥ 1 (NumPy / 0-d tensor integers accepted); ValueError otherwise."""
     value = real_scalar("num_grads", num_grads, "a positive int")
     if not isinstance(value, int) or value <= 0:
         raise ValueError(f"num_grads must be a positive int, got {num_grads!r}")
     return value
-
-
-def check_damp(damp: float) -> float:
-    """λ as a finite float > 0 (NumPy / 0-d tensor numbers accepted; bools refused)."""
-    value = real_scalar("damp", damp, "a finite number > 0")
-    if not (0 < value < float("inf")):
-        raise ValueError(f"damp must be a finite number > 0, got {damp!r}")
-    return float(value)
 
 
 def check_weight(weight: torch.Tensor, finv: torch.Tensor, name: str = "weight") -> int:

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..specs import BACKENDS  # the names, torch-free: the CLI checks --backend before importing torch
 from .packed import packed_block_size
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "kernel",
 ]
 
-BACKENDS = ("torch", "triton", "cuda")
 # auto tries these in order; the torch backend serves every call, so it is last. Triton
 # comes before CUDA (issue 10, item 7): the Triton kernels' programs run in CI under the
 # interpreter, while the CUDA kernels' __global__ code has never run anywhere (no GPU when

@@ -1,0 +1,169 @@
+"""The public arguments' rules that need no torch: what counts as a number, the pattern
+and damp specs, the backend names. One definition each, shared by ops/ (which re-exports
+them), core/ and the command line, which checks its arguments with these before it imports
+torch (issue 14: a refused ``prune`` took 1.1 s instead of 13.6 s on a loaded machine; the
+measurement is in obert_kernels/__init__.py).
+
+Nothing here imports torch: a tensor argument can only exist once torch is imported, so
+``real_scalar`` looks torch up in ``sys.modules`` instead.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import sys
+from dataclasses import dataclass
+
+__all__ = ["ArgumentTypeError", "real_scalar", "check_damp", "BACKENDS", "Pattern", "parse_pattern", "DampSpec",
+           "DAMP_PER_CHOICES", "check_relative_damp", "check_damp_per", "parse_damp_spec"]
+
+BACKENDS = ("torch", "triton", "cuda")
+DAMP_PER_CHOICES = ("tensor", "block")
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a bool or a string where a number goes, ...).
+
+    Both a TypeError and a ValueError: code that caught the ValueError these checks raised
+    before they told the two apart keeps working."""
+
+
+def real_scalar(name: str, value, what: str = "a number"):
+    """``value`` as a Python int (integer types) or float; ArgumentTypeError unless it is a
+    real number: an int, a float, a NumPy scalar or 0-d array, a 0-d tensor. Bools of every
+    kind are refused (True is not 1 here); NaN and ±inf are returned for the caller's range check."""
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
+    is_tensor = torch is not None and isinstance(value, torch.Tensor)
+    if is_tensor or (getattr(value, "shape", None) == () and hasattr(value, "item")):
+        refused = () if torch is None else (torch.bool, torch.complex64, torch.complex128)
+        if value.shape != () or getattr(value, "dtype", None) in refused:
+            raise ArgumentTypeError(f"{name} must be {what}, got a tensor of shape {tuple(value.shape)} and {value.dtype}")
+        value = value.item()  # a 0-d tensor or array, or a NumPy scalar (np.bool_ becomes a bool: refused below)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def check_damp(damp: float) -> float:
+    """λ as a finite float > 0 (NumPy / 0-d tensor numbers accepted; bools refused)."""
+    value = real_scalar("damp", damp, "a finite number > 0")
+    if not (0 < value < float("inf")):
+        raise ValueError(f"damp must be a finite number > 0, got {damp!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A parsed sparsity pattern.
+
+    kind: "unstructured" | "block" | "nm"
+    group_size: weights per aligned group (1, 4, or M)
+    n_prune: for "nm", how many weights of each group are pruned (N); else 0
+    """
+
+    kind: str
+    group_size: int
+    n_prune: int = 0
+
+    @property
+    def name(self) -> str:
+        if self.kind == "unstructured":
+            return "unstructured"
+        if self.kind == "block":
+            return f"block{self.group_size}"
+        return f"{self.n_prune}:{self.group_size}"
+
+    @property
+    def is_nm(self) -> bool:
+        return self.kind == "nm"
+
+    def __post_init__(self):
+        # computed once here rather than by functools.cached_property, whose lock (Python < 3.12)
+        # torch.compile cannot trace: a compiled step may read pattern.subsets
+        subsets = tuple(itertools.combinations(range(self.group_size), self.n_prune)) if self.kind == "nm" else None
+        object.__setattr__(self, "_subsets", subsets)
+
+    @property
+    def subsets(self) -> tuple[tuple[int, ...], ...]:
+        """For N:M, every N-subset of range(M) in itertools.combinations order."""
+        if self._subsets is None:
+            raise AttributeError(f"pattern {self.name} has no subsets")
+        return self._subsets
+
+    def check_block_size(self, block_size: int) -> None:
+        """Raise ValueError unless Fisher blocks hold whole groups (SPEC §2b)."""
+        if block_size % self.group_size:
+            raise ValueError(
+                f"block_size={block_size} does not fit pattern {self.name!r}: "
+                f"it must be divisible by the group size {self.group_size}"
+            )
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.name
+
+
+def parse_pattern(pattern: "str | Pattern") -> Pattern:
+    """Parse "unstructured", "block4" or "N:M" (0 < N < M) into a Pattern."""
+    if isinstance(pattern, Pattern):
+        return pattern
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a string, got {type(pattern).__name__}")
+    text = pattern.strip().lower()
+    if text == "unstructured":
+        return Pattern("unstructured", 1)
+    if text == "block4":
+        return Pattern("block", 4)
+    if ":" in text:
+        left, _, right = text.partition(":")
+        if left.isdigit() and right.isdigit():
+            n, m = int(left), int(right)
+            if 0 < n < m:
+                return Pattern("nm", m, n)
+    raise ValueError(
+        f"unknown pattern {pattern!r}: use 'unstructured', 'block4' or 'N:M' with 0 < N < M (e.g. '2:4')"
+    )
+
+
+def check_relative_damp(fraction) -> float:
+    """α of a relative damp as a finite float > 0 (a Python int or float; bools refused)."""
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < math.inf):
+        raise ValueError(f"a relative damp must be a finite number > 0, got {fraction!r}")
+    return float(fraction)
+
+
+def check_damp_per(per) -> str:
+    if per not in DAMP_PER_CHOICES:
+        raise ValueError(f"per must be one of {DAMP_PER_CHOICES}, got {per!r}")
+    return per
+
+
+@dataclass(frozen=True)
+class DampSpec:
+    """A damp as parsed and checked: kind "absolute" (value = λ), "relative" (value = α) or
+    "auto" (value None); per "tensor" | "block" (absolute: "tensor", unused)."""
+
+    kind: str
+    value: float | None = None
+    per: str = "tensor"
+
+
+def parse_damp_spec(damp) -> DampSpec:
+    """FisherPruner's ``damp=`` as text or number: a number (absolute λ), "rel:α[:block]",
+    "auto[:block]". A string that is none of these is refused with one message naming them."""
+    if not isinstance(damp, str):
+        return DampSpec("absolute", check_damp(damp))
+    parts = damp.strip().lower().split(":")
+    if parts[0] == "auto" and len(parts) <= 2:
+        return DampSpec("auto", None, check_damp_per(parts[1] if len(parts) == 2 else "tensor"))
+    if parts[0] == "rel" and len(parts) in (2, 3):
+        try:
+            fraction = float(parts[1])
+        except ValueError:
+            fraction = None
+        if fraction is not None:
+            return DampSpec("relative", check_relative_damp(fraction), check_damp_per(parts[2] if len(parts) == 3 else "tensor"))
+    try:
+        return DampSpec("absolute", check_damp(float(damp.strip().lower())))
+    except ValueError:
+        raise ValueError(f"damp must be a number > 0, 'rel:α', 'rel:α:block', 'auto' or 'auto:block'; got {damp!r}") from None
