@@ -124,9 +124,6 @@ def main(argv=None) -> int:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
-    hint = busy_machine_hint() if args.command in ("demo", "prune", "bench", "check") else None
-    if hint:
-        print(hint, file=sys.stderr)
     try:
         return _run(args, extra)
     except (FileExistsError, FileNotFoundError, ImportError, ValueError) as exc:
@@ -152,28 +149,40 @@ def busy_machine_hint() -> str | None:
             f"{threads} threads; if this is slow, run it with OMP_NUM_THREADS=1 (README: Troubleshooting)")
 
 
+def _print_hint() -> None:
+    """busy_machine_hint() on stderr, if any: after the options are checked (it imports torch)."""
+    hint = busy_machine_hint()
+    if hint:
+        print(hint, file=sys.stderr)
+
+
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
     """Build the subcommand's options once (checked) and run it; the namespace goes no further."""
     # each command's options are checked before its module (which imports torch) is imported
     if args.command == "check":
         options = CheckOptions.from_args(args)
+        _print_hint()
         from .check import run_check_command
 
         return run_check_command(options)
     if args.command == "demo":
         options = DemoOptions.from_args(args)
+        _print_hint()
         from .demo import run_demo_command
 
         run_demo_command(options)
         return 0
     if args.command == "prune":
         options = PruneOptions.from_args(args)
+        _print_hint()
         from .prune_command import run_prune
 
         run_prune(options)
         return 0
     if args.command == "bench":
-        return _bench(BenchOptions.from_args(args, extra))
+        options = BenchOptions.from_args(args, extra)
+        _print_hint()
+        return _bench(options)
     if args.command == "info":
         return _info(InfoOptions.from_args(args))
     raise AssertionError(args.command)  # pragma: no cover
