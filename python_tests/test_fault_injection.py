@@ -549,6 +549,20 @@ def test_one_shot_prune_fault_restores_the_model(seed, monkeypatch, fault):
     assert [r.num_pruned for r in again.history] == [r.num_pruned for r in expected.history]
 
 
+def test_prune_model_fault_restores_the_model(seed):
+    """The CLI's metered one-shot (recipes.prune_model) is all or nothing too: batches running
+    out in step 3 of 3 leave the model's weights as before."""
+    from obert_kernels.recipes.prune_model import prune_model
+
+    model = tiny_model()
+    before = weights_of(model)
+    kw = {k: v for k, v in ONE_SHOT_KW.items() if k not in ("num_recomputations",)}
+    with pytest.raises(ValueError, match="ran out"):
+        prune_model(model, list(model.named_parameters())[::2], "obs", 0.6, loss_fn=loss_fn, batches=batch_list(14),
+                    num_recomputations=3, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(weights_of(model).values(), before.values()))
+
+
 def schedule_for(model, fresh: bool):
     p = FisherPruner(model, block_size=4, num_grads=4, chunk_size=3, damp=1e-2, backend="torch", verbose=False)
     # fresh gradients from one repeated batch: a retry draws what the uninterrupted run drew

@@ -91,7 +91,9 @@ def prune_model(
     batch_iter = iter(batches)
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(targets), desc="prune steps", unit="step", disable=not progress or len(targets) == 1) as bar:
+    # all or nothing, as one_shot_prune: a failed step puts the tracked weights back (a copy of them)
+    with pruner.transaction(), \
+            tqdm(total=len(targets), desc="prune steps", unit="step", disable=not progress or len(targets) == 1) as bar:
         for r, target in enumerate(targets, 1):
             tag = f"{r}/{len(targets)}"
             with meter.step(f"gradients {tag}"), grads_only_for(model, [t for _, t in params]):
