@@ -73,7 +73,7 @@ class PrunerConfig:
         check_positive_int("block_size", block_size)
         check_positive_int("num_grads", num_grads)
         check_positive_int("chunk_size", chunk_size)
-        damping = parse_damp(damp)
+        damping = parse_damp(damp, global_sparsity=bool(global_sparsity))
         parsed_pattern.check_block_size(block_size)
         _check_choice("update", update, UPDATES)
         _check_choice("fisher_method", fisher_method, FISHER_METHODS)

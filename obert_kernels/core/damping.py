@@ -47,7 +47,7 @@ import torch
 from .. import ops
 
 __all__ = ["AbsoluteDamp", "RelativeDamp", "AutoDamp", "BlockLayout", "block_layout", "parse_damp", "Damping",
-           "INVERT_SLICE"]
+           "INVERT_SLICE", "AUTO_CRITERIA"]
 
 # Blocks inverted per fisher_invert call: 4096 blocks of B = 50 are 41 MB of float32, so the
 # Cholesky factor and inverse it allocates stay small next to F⁻¹ (212k blocks for MiniLM).
@@ -56,7 +56,10 @@ INVERT_SLICE = 4096
 # (B = 50: 20 MB each at 1024 blocks) are what a prune step adds on top of F⁻¹ and the
 # held-out chunk; at 4096 they added ~0.6 GB to MiniLM's peak (measured, 2026-11-21).
 FIT_SLICE = 1024
-PER_CHOICES = ("tensor", "block")
+# "global": one λ for every tensor, α × the mean diagonal over all live weights (what the
+# string forms resolve to under global selection: see ``parse_damp``)
+PER_CHOICES = ("tensor", "block", "global")
+AUTO_CRITERIA = ("full", "block", "likelihood")
 # α grid for AutoDamp: half decades from 1e-6 to 1 of the mean Fisher diagonal.
 AUTO_CANDIDATES = tuple(10.0 ** (e / 2) for e in range(-12, 1))
 # the relative damp a failed absolute one falls back to (then raised 10x per retry by fisher_invert)
@@ -126,8 +129,11 @@ class Damping:
         """Set F₀⁻¹ = diag(1/λ) in place before the first Woodbury update; first_chunk: (nb, k, B)."""
         raise NotImplementedError
 
-    def fit(self, fisher: torch.Tensor, heldout: torch.Tensor, num_grads: int, layout: BlockLayout) -> None:
-        """Direct path, before ``invert``: see the last chunk (already inside ``fisher``). No-op by default."""
+    def fit(self, fisher: torch.Tensor, heldout: torch.Tensor, num_grads: int, layout: BlockLayout,
+            step: "Callable[[], PruneStep] | None" = None) -> None:
+        """Direct path, before ``invert``: see the last chunk (already inside ``fisher``) and, when
+        a prune step follows, what it will do (``step()`` builds its ``damping_cv.PruneStep``).
+        No-op by default."""
 
     def invert(self, fisher: torch.Tensor, layout: BlockLayout, *, backend: str = "auto") -> None:
         """fisher (nb, B, B), holding Σ g gᵀ / m, ← (fisher + λI)⁻¹ in place."""
@@ -186,7 +192,7 @@ class RelativeDamp(Damping):
 
     @property
     def spec(self) -> str:
-        return f"rel:{self.fraction:g}" + (":block" if self.per == "block" else "")
+        return f"rel:{self.fraction:g}:{self.per}"
 
     def describe(self) -> str:
         return f"λ={self.fraction:g}×mean diag per {self.per}"
@@ -204,22 +210,38 @@ class RelativeDamp(Damping):
 
 
 class AutoDamp(RelativeDamp):
-    """A relative damp whose fraction is chosen on the held-out last chunk (see the module doc)."""
+    """A relative damp whose fraction is chosen on the held-out last chunk (see the module doc).
+
+    criterion: "full" (default) / "block": the predicted loss increase of the prune step
+    itself under the held-out gradients (``damping_cv``); "likelihood": their Gaussian
+    log-likelihood (the policy before issue 12, kept for comparison). Without a prune step
+    to score (``fit`` called with no ``step``), "likelihood" is used.
+    scores: candidate -> its criterion value (lower is better for the prune-step criteria;
+    the log-likelihood is stored negated, so lower is better throughout).
+    """
 
     needs_direct = True
 
-    def __init__(self, per: str = "tensor", candidates=AUTO_CANDIDATES, max_blocks: int = 8192, seed: int = 0):
+    def __init__(self, per: str = "tensor", candidates=AUTO_CANDIDATES, max_blocks: int = 4096, seed: int = 0,
+                 criterion: str = "full"):
         cands = sorted(float(c) for c in candidates)
         if not cands or cands[0] <= 0:
             raise ValueError(f"candidates must be positive fractions, got {candidates!r}")
+        if criterion not in AUTO_CRITERIA:
+            raise ValueError(f"criterion must be one of {AUTO_CRITERIA}, got {criterion!r}")
         super().__init__(cands[len(cands) // 2], per)
-        self.candidates, self.max_blocks, self.seed = tuple(cands), int(max_blocks), seed
+        self.candidates, self.max_blocks, self.seed, self.criterion = tuple(cands), int(max_blocks), seed, criterion
         self.chosen: float | None = None
-        self.log_likelihood: dict[float, float] = {}
+        self.scores: dict[float, float] = {}
+
+    @property
+    def log_likelihood(self) -> dict[float, float]:
+        """Candidate -> held-out log-likelihood (criterion "likelihood" only; else empty)."""
+        return {a: -v for a, v in self.scores.items()} if self.criterion == "likelihood" else {}
 
     @property
     def spec(self) -> str:
-        return "auto" + (":block" if self.per == "block" else "")
+        return f"auto:{self.per}" + ("" if self.criterion == "full" else f":{self.criterion}")
 
     def describe(self) -> str:
         if self.chosen is None:
@@ -232,30 +254,20 @@ class AutoDamp(RelativeDamp):
             raise ValueError("damp='auto' holds out some gradients to choose λ: needs num_grads >= 2")
         return min(chunk_size, max(1, num_grads // 4))
 
-    def fit(self, fisher, heldout, num_grads, layout):
+    def fit(self, fisher, heldout, num_grads, layout, step=None):
         h = heldout.shape[1]
         if h < 1 or num_grads - h < 1:
             raise ValueError(f"damp='auto' holds out the last chunk ({h} gradients) and builds F from the rest "
                              f"({num_grads - h}): needs num_grads > chunk_size")
         scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
         idx = _sample_blocks(layout, self.max_blocks, self.seed)
-        totals = {a: 0.0 for a in self.candidates}
-        for start in range(0, idx.numel(), FIT_SLICE):
-            sel = idx[start : start + FIT_SLICE]
-            g = heldout[sel].double()  # (s, h, B)
-            f_rest = (fisher[sel].double() * num_grads - g.transpose(1, 2) @ g) / (num_grads - h)
-            d = scale[sel].double()
-            c = f_rest / d[:, None, None]
-            gn = g / d.sqrt()[:, None, None]
-            n_dead = (~layout.live[sel]).sum().item()
-            for a in self.candidates:
-                totals[a] += _gaussian_log_likelihood(c, gn, a, n_dead)
-        if layout.reduce is not None:  # sharded: every rank scores its own blocks; all must choose alike
-            summed = layout.reduce(torch.tensor([totals[a] for a in self.candidates], dtype=torch.float64,
-                                                device=layout.live.device))
-            totals = dict(zip(self.candidates, summed.tolist()))
-        self.log_likelihood = totals
-        best = max(totals, key=totals.get)
+        if self.criterion == "likelihood" or step is None:
+            totals = _likelihood_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates)
+        else:
+            totals = _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates,
+                                        step().sample(idx), self.criterion)
+        self.scores = totals
+        best = min(totals, key=lambda a: (totals[a], -a))  # exact ties: the larger, safer α
         # best is right for F_rest's m − h gradients; the inverted F has m, and the right ridge
         # shrinks about as 1/(number of samples): scale it to m (first-order correction).
         self.chosen = best * (num_grads - h) / num_grads
@@ -267,26 +279,89 @@ class AutoDamp(RelativeDamp):
         super().invert(fisher, layout, backend=backend)
 
 
-def parse_damp(damp) -> Damping:
-    """FisherPruner's ``damp=``: a number (absolute λ), "rel:α[:block]", "auto[:block]", or a Damping."""
+def _rest_of(fisher, heldout, num_grads, sel):
+    """F_rest of blocks ``sel`` in float64 (the Fisher without the held-out chunk) and that chunk."""
+    g = heldout[sel].double()  # (s, h, B)
+    h = g.shape[1]
+    return (fisher[sel].double() * num_grads - g.transpose(1, 2) @ g) / (num_grads - h), g
+
+
+def _reduced(totals: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Sharded: every rank scores its own blocks; all must choose alike."""
+    return layout.reduce(totals) if layout.reduce is not None else totals
+
+
+def _likelihood_totals(fisher, heldout, num_grads, layout, scale, idx, candidates) -> dict[float, float]:
+    """Candidate -> −(held-out Gaussian log-likelihood), summed over the sampled blocks."""
+    totals = torch.zeros(len(candidates), dtype=torch.float64, device=layout.live.device)
+    for start in range(0, idx.numel(), FIT_SLICE):
+        sel = idx[start : start + FIT_SLICE]
+        f_rest, g = _rest_of(fisher, heldout, num_grads, sel)
+        d = scale[sel].double()
+        c, gn = f_rest / d[:, None, None], g / d.sqrt()[:, None, None]
+        n_dead = (~layout.live[sel]).sum().item()
+        for i, a in enumerate(candidates):
+            totals[i] -= _gaussian_log_likelihood(c, gn, a, n_dead)
+    return dict(zip(candidates, _reduced(totals, layout).tolist()))
+
+
+def _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, candidates, step, criterion) -> dict[float, float]:
+    """Candidate -> the prune step's predicted loss increase under the held-out gradients (damping_cv)."""
+    from .damping_cv import predicted_increase
+
+    f_rest, g = _rest_of(fisher, heldout, num_grads, idx)
+    k = g.shape[1]
+    # per candidate: k per-gradient sums of g_jᵀΔw over blocks, then Σ_j Σ_b (g_jᵀΔw_b)²; +inf if not PD
+    stats = torch.zeros(len(candidates), k + 2, dtype=torch.float64, device=layout.live.device)
+    for i, a in enumerate(candidates):
+        out = predicted_increase(step, f_rest, g, scale[idx].double(), layout.live[idx], layout.tensor_index[idx], a,
+                                 FIT_SLICE)
+        if out is None:
+            stats[i, -1] = 1.0
+        else:
+            stats[i, :k], stats[i, k] = out
+    stats = _reduced(stats, layout)
+    full = (stats[:, :k] ** 2).sum(1) / (2 * k)
+    block = stats[:, k] / (2 * k)
+    value = torch.where(stats[:, -1] > 0, torch.full_like(full, math.inf), full if criterion == "full" else block)
+    return dict(zip(candidates, value.tolist()))
+
+
+def parse_damp_spec(text: str):
+    """(kind, fraction, per, criterion) of a damp string, or None if it is not 'rel:…' / 'auto…'."""
+    parts = text.strip().lower().split(":")
+    if parts[0] == "auto" and len(parts) <= 3:
+        return "auto", None, (parts[1] if len(parts) >= 2 else None), (parts[2] if len(parts) == 3 else "full")
+    if parts[0] == "rel" and len(parts) in (2, 3):
+        try:
+            return "rel", float(parts[1]), (parts[2] if len(parts) == 3 else None), None
+        except ValueError:
+            return None
+    return None
+
+
+def parse_damp(damp, global_sparsity: bool = False) -> Damping:
+    """FisherPruner's ``damp=``: a number (absolute λ), "rel:α[:per]", "auto[:per[:criterion]]", or a Damping.
+
+    per: "tensor" | "block" | "global". Left out, it follows the selection: "global" when one
+    threshold ranks every tensor (``global_sparsity``: scores that compete must be on one
+    scale), "tensor" otherwise. A Damping object is used as it is.
+    """
     if isinstance(damp, Damping):
         return damp
     if isinstance(damp, str):
-        text = damp.strip().lower()
-        parts = text.split(":")
-        if parts[0] == "auto" and len(parts) <= 2:
-            return AutoDamp(per=parts[1] if len(parts) == 2 else "tensor")
-        if parts[0] == "rel" and len(parts) in (2, 3):
-            try:
-                fraction = float(parts[1])
-            except ValueError:
-                fraction = None
-            if fraction is not None:
-                return RelativeDamp(fraction, per=parts[2] if len(parts) == 3 else "tensor")
+        parsed = parse_damp_spec(damp)
+        if parsed is not None:
+            kind, fraction, per, criterion = parsed
+            per = per or ("global" if global_sparsity else "tensor")
+            if kind == "auto":
+                return AutoDamp(per=per, criterion=criterion)
+            return RelativeDamp(fraction, per=per)
         try:
-            return AbsoluteDamp(float(text))
+            return AbsoluteDamp(float(damp.strip()))
         except ValueError:
-            raise ValueError(f"damp must be a number > 0, 'rel:α', 'rel:α:block', 'auto' or 'auto:block'; got {damp!r}") from None
+            raise ValueError(f"damp must be a number > 0, 'rel:α[:tensor|block|global]' or "
+                             f"'auto[:tensor|block|global]'; got {damp!r}") from None
     return AbsoluteDamp(damp)
 
 
@@ -308,6 +383,8 @@ def _mean_diag(diag: torch.Tensor, layout: BlockLayout, per: str) -> torch.Tenso
     global_mean = (t_sum.sum() / t_live.sum()).item() if t_live.sum() > 0 else 0.0
     global_mean = global_mean if global_mean > 0 else 1.0
     t_mean = torch.where((t_live > 0) & (t_sum > 0), t_sum / t_live.clamp_min(1), torch.full_like(t_sum, global_mean))
+    if per == "global":
+        return torch.full((layout.tensor_index.numel(),), global_mean, dtype=torch.float32, device=diag.device)
     per_block_of_tensor = t_mean[layout.tensor_index]
     if per == "tensor":
         return per_block_of_tensor.float()

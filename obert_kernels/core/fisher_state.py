@@ -70,9 +70,10 @@ class FisherState:
                 ops.fisher_accumulate(self.blocks, chunk, config.num_grads, backend=config.backend)
             self.kind = FisherKind.FISHER_SUM
 
-    def fit_damping(self, heldout: torch.Tensor, config: PrunerConfig, layout: BlockLayout) -> None:
-        """Direct build, before ``invert``: the damping sees the held-out last chunk (num_blocks, h, B)."""
-        config.damping.fit(self.blocks, heldout, config.num_grads, layout)
+    def fit_damping(self, heldout: torch.Tensor, config: PrunerConfig, layout: BlockLayout, step=None) -> None:
+        """Direct build, before ``invert``: the damping sees the held-out last chunk (num_blocks, h, B)
+        and, if given, ``step()``: the prune step to come (``damping_cv.PruneStep``)."""
+        config.damping.fit(self.blocks, heldout, config.num_grads, layout, step)
 
     def invert(self, config: PrunerConfig, layout: BlockLayout) -> None:
         """FISHER_SUM -> INVERSE in place: blocks ← (Σ g gᵀ / m + λI)⁻¹."""
@@ -114,13 +115,14 @@ class FisherBuild:
         self.fisher.apply_chunk(self.grads.chunk(), self.config, layout)
         self.grads.mark_applied()
 
-    def finalize(self, layout: LayoutFn) -> torch.Tensor:
+    def finalize(self, layout: LayoutFn, step=None) -> torch.Tensor:
         """Flush, then make the state F⁻¹ (the direct build inverts here); frees the buffer.
-        Returns the blocks, holding F⁻¹."""
+        step: None, or a callable giving the prune step to come, for the damping to score
+        (``damping_cv.PruneStep``; "auto" chooses λ by it). Returns the blocks, holding F⁻¹."""
         self.flush(layout)
         if self.fisher.kind is not FisherKind.INVERSE:
             blocks_layout = layout()  # every rank reaches this: the damping may sum per-tensor statistics over ranks
-            self.fisher.fit_damping(self.grads.last_applied(), self.config, blocks_layout)
+            self.fisher.fit_damping(self.grads.last_applied(), self.config, blocks_layout, step)
             self.grads.free()  # not needed past here: give its memory back before inverting
             self.fisher.invert(self.config, blocks_layout)
         self.grads.free()  # the buffer is not needed for scoring; give its memory back now

@@ -18,6 +18,7 @@ import torch
 
 from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method
 from .damping import BlockLayout
+from .damping_cv import prune_step
 from .fisher_state import FisherBuild, FisherKind
 from .grad_buffer import check_finite
 from .masks import PrunedMasks
@@ -239,7 +240,9 @@ class FisherPruner:
         # two agreements: a rank that fails applying its last chunk is known before the
         # damping's own per-tensor collectives (relative/auto damp) start
         agree(self._shard, "applying gradients", lambda: state.flush(self._layout))
-        finv = agree(self._shard, "building F⁻¹", lambda: state.finalize(self._layout))
+        step = lambda: prune_step(tracked.pieces, tracked.float32_weights(), target, self.config,  # noqa: E731
+                                  self.local_num_blocks, self.device)  # for damp="auto" to score the step
+        finv = agree(self._shard, "building F⁻¹", lambda: state.finalize(self._layout, step))
         weights = tracked.float32_weights()
         new, factors = select_new(target, weights, finv, tracked, self._masks.pruned, self.config, self._shard)
         updated = updated_weights(tracked.pieces, tracked.slots, weights, finv, new, self._masks.pruned, factors,
