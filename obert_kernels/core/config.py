@@ -65,10 +65,12 @@ class PrunerConfig:
     global_sparsity: bool
     verbose: bool
     max_memory_fraction: float
+    max_tensor_sparsity: float | None = None  # global selection: no tensor pruned above it (None: no cap)
 
     @classmethod
     def from_args(cls, *, block_size, num_grads, damp, pattern, global_sparsity, update, backend, chunk_size,
-                  fisher_method, fisher_storage, verbose, max_memory_fraction) -> "PrunerConfig":
+                  fisher_method, fisher_storage, verbose, max_memory_fraction,
+                  max_tensor_sparsity=None) -> "PrunerConfig":
         parsed_pattern = parse_pattern(pattern)
         check_positive_int("block_size", block_size)
         check_positive_int("num_grads", num_grads)
@@ -80,9 +82,10 @@ class PrunerConfig:
         _check_choice("fisher_storage", fisher_storage, FISHER_STORAGES)
         if backend != "auto" and backend not in ops.BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {ops.BACKENDS}, got {backend!r}")
+        _check_cap(max_tensor_sparsity, update, parsed_pattern)
         return cls(parsed_pattern, block_size, num_grads, damping.chunk_size_for(num_grads, min(chunk_size, num_grads)),
                    damping, update, fisher_method, fisher_storage, backend, bool(global_sparsity), verbose,
-                   max_memory_fraction)
+                   max_memory_fraction, None if max_tensor_sparsity is None else float(max_tensor_sparsity))
 
     def resolved_for(self, device: torch.device) -> "PrunerConfig":
         """This config with fisher_method settled for tensors on ``device``; refuses damping
@@ -116,6 +119,18 @@ class PrunerConfig:
     @property
     def packed(self) -> bool:
         return self.fisher_storage == "packed"
+
+
+def _check_cap(cap, update: str, pattern: Pattern) -> None:
+    """max_tensor_sparsity: None or a number in (0, 1]; a cap of the global selection by scores
+    (update "sequential" selects by each block's greedy order, N:M by groups: neither takes one)."""
+    if cap is None:
+        return
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0.0 < cap <= 1.0:
+        raise ValueError(f"max_tensor_sparsity must be None or a number in (0, 1], got {cap!r}")
+    if update == "sequential" or pattern.is_nm:
+        raise ValueError(f"max_tensor_sparsity caps the selection by scores: not with update='sequential' or an N:M "
+                         f"pattern (got update={update!r}, pattern={pattern.name!r})")
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:

@@ -23,7 +23,7 @@ from .fisher_state import FisherBuild, FisherKind
 from .grad_buffer import check_finite
 from .masks import PrunedMasks
 from .memory import MemoryEstimate, estimate_memory, refuse_if_too_big
-from .report import PruneReport
+from .report import PruneReport, warn_collapsed
 from .scoring import select_new
 from .sharding import Shard, agree, all_reduce_sum, resolve_group
 from .tracked import PRUNABLE_MODULES, TrackedTensors, make_slots, named_tensors, prunable_weights
@@ -67,6 +67,9 @@ class FisherPruner:
         None (default) uses the initialized default group if there is one, False never
         shards. Every rank must pass the same (all-reduced) gradients; prune() and, when
         sharded, fisher_inverse() are collective calls (see obert_kernels.core.sharding).
+    max_tensor_sparsity: None, or (global selection) no tensor is pruned above this fraction;
+        the slots a capped tensor cannot take go to the next-best weights of the others.
+        Without a cap, a tensor taken above 99% is warned about (``report.warn_collapsed``).
 
     The Fisher state is float32 whatever the weights' dtype; fp16/bf16 weights are
     updated in float32 and cast back.
@@ -95,11 +98,13 @@ class FisherPruner:
         verbose: bool = True,
         max_memory_fraction: float = 0.9,
         process_group=None,
+        max_tensor_sparsity: float | None = None,
     ):
         config = PrunerConfig.from_args(
             block_size=block_size, num_grads=num_grads, damp=damp, pattern=pattern, global_sparsity=global_sparsity,
             update=update, backend=backend, chunk_size=chunk_size, fisher_method=fisher_method,
-            fisher_storage=fisher_storage, verbose=verbose, max_memory_fraction=max_memory_fraction)
+            fisher_storage=fisher_storage, verbose=verbose, max_memory_fraction=max_memory_fraction,
+            max_tensor_sparsity=max_tensor_sparsity)
         slots = make_slots(params, block_size, config.pattern)
         self.config = config.resolved_for(slots[0].tensor.device)
         self._shard: Shard = resolve_group(process_group)
@@ -123,6 +128,7 @@ class FisherPruner:
     fisher_storage = _setting("fisher_storage")
     verbose = _setting("verbose")
     max_memory_fraction = _setting("max_memory_fraction")
+    max_tensor_sparsity = _setting("max_tensor_sparsity")
 
     @property
     def device(self) -> torch.device:
@@ -250,6 +256,7 @@ class FisherPruner:
         report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0,
                              damping=self.damping.describe())
         write_back(tracked.slots, self._masks, new, updated, report)
+        warn_collapsed(report)
         self._state = None
         report.seconds = time.perf_counter() - start
         self.history.append(report)
