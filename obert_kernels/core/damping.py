@@ -314,12 +314,9 @@ def _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, candidate
     # per candidate: k per-gradient sums of g_jᵀΔw over blocks, then Σ_j Σ_b (g_jᵀΔw_b)²; +inf if not PD
     stats = torch.zeros(len(candidates), k + 2, dtype=torch.float64, device=layout.live.device)
     for i, a in enumerate(candidates):
-        out = predicted_increase(step, f_rest, g, scale[idx].double(), layout.live[idx], layout.tensor_index[idx], a,
-                                 FIT_SLICE)
-        if out is None:
-            stats[i, -1] = 1.0
-        else:
-            stats[i, :k], stats[i, k] = out
+        per_grad, block_sum, failed = predicted_increase(step, f_rest, g, scale[idx].double(), layout.live[idx],
+                                                         layout.tensor_index[idx], a, FIT_SLICE)
+        stats[i, :k], stats[i, k], stats[i, -1] = per_grad, block_sum, float(failed)
     stats = _reduced(stats, layout)
     full = (stats[:, :k] ** 2).sum(1) / (2 * k)
     block = stats[:, k] / (2 * k)

@@ -22,6 +22,7 @@ per-gradient sums) are all-reduced, so every rank chooses the same α.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ import torch
 from .. import ops
 from ..ops.patterns import Pattern
 from .selection import count_for
+from .sharding import Shard, all_gather_flat
 
 __all__ = ["PruneStep", "prune_step", "CRITERIA", "predicted_increase"]
 
@@ -49,13 +51,29 @@ class PruneStep:
     pattern: Pattern
     update: str
     global_sparsity: bool
+    gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None = None  # sharded: see ``gatherer``
 
     def sample(self, idx: torch.Tensor) -> "PruneStep":
         """This step restricted to the blocks ``idx`` (selection then runs within them)."""
-        return PruneStep(self.target, self.weights[idx], self.real[idx], self.pattern, self.update, self.global_sparsity)
+        return PruneStep(self.target, self.weights[idx], self.real[idx], self.pattern, self.update, self.global_sparsity,
+                         self.gather)
 
 
-def prune_step(pieces, weights, target: float, config, num_blocks: int, device) -> PruneStep:
+def gatherer(shard: Shard):
+    """None on one process; when sharded, gather(local 1-D) -> (every rank's, concatenated in rank
+    order; this rank's offset in it): the selection within the sample then sees every rank's
+    sampled scores, as the pruner's own selection sees every rank's scores. Collective."""
+    if not shard.distributed:
+        return None
+
+    def gather(local: torch.Tensor) -> tuple[torch.Tensor, int]:
+        sizes = all_gather_flat(shard, torch.tensor([local.numel()], dtype=torch.float64, device=local.device))
+        return all_gather_flat(shard, local).to(local.device), int(sizes[: shard.rank].sum())
+
+    return gather
+
+
+def prune_step(pieces, weights, target: float, config, num_blocks: int, device, shard: Shard) -> PruneStep:
     """The PruneStep of this rank: pieces (``sharding.Piece``), weights: name -> flat (d,) float32."""
     B = config.block_size
     w = torch.zeros(num_blocks * B, device=device)
@@ -65,7 +83,7 @@ def prune_step(pieces, weights, target: float, config, num_blocks: int, device) 
         w[first : first + p.stop - p.start] = weights[p.slot.name][p.weights]
         real[first : first + p.stop - p.start] = True
     return PruneStep(target, w.view(num_blocks, B), real.view(num_blocks, B), config.pattern, config.update,
-                     config.global_sparsity)
+                     config.global_sparsity, gatherer(shard))
 
 
 def _inverse(f_rest: torch.Tensor, lam: torch.Tensor) -> torch.Tensor | None:
@@ -85,59 +103,77 @@ def _scores(step: PruneStep, sel: torch.Tensor, finv: torch.Tensor, pruned: torc
     return ops.obs_scores(w, finv, step.pattern, dead, backend="torch")
 
 
+def _select_units(step: PruneStep, scores: torch.Tensor, real_units: torch.Tensor, unit_tensor: torch.Tensor) -> torch.Tensor:
+    """Bool unit mask of what the selection takes among these units: the lowest scores at the
+    target, globally or per tensor; −∞ scores (pruned before, padding) go first, padding not counted."""
+    from . import selection  # the same function the pruner selects with
+
+    tensors = [None] if step.global_sparsity else unit_tensor.unique().tolist()
+    chosen = torch.zeros_like(real_units)
+    for t in tensors:
+        mine = torch.arange(real_units.numel(), device=real_units.device) if t is None else torch.nonzero(unit_tensor == t).flatten()
+        n_real = int(real_units[mine].sum())
+        chosen[mine] = selection.select_lowest(scores[mine], count_for(step.target, n_real) + mine.numel() - n_real)
+    return chosen & real_units
+
+
 def _select(step: PruneStep, scores: torch.Tensor, tensor_index: torch.Tensor) -> torch.Tensor:
-    """(s·B,) bool: what the step's selection takes within the sample (pruned before included)."""
-    from . import selection  # the same functions the pruner selects with
+    """(s·B,) bool: what the step's selection takes within the sample (pruned before included);
+    sharded, within every rank's sample together (``PruneStep.gather``). Collective when sharded
+    (except N:M, whose groups are selected on their own)."""
+    from . import selection
 
     pattern = step.pattern
     if pattern.is_nm:
         return selection.select_nm(scores, pattern)
     g = pattern.group_size
-    padding_units = (~step.real).reshape(-1, g).all(1)
-    real_units = ~padding_units
-    if step.global_sparsity:
-        chosen = selection.select_lowest(scores, count_for(step.target, int(real_units.sum())) + int(padding_units.sum()))
-    else:
-        unit_tensor = tensor_index.repeat_interleave(step.weights.shape[1] // g)
-        chosen = torch.zeros_like(real_units)
-        for t in unit_tensor.unique().tolist():
-            mine = torch.nonzero(unit_tensor == t).flatten()
-            n = count_for(step.target, int(real_units[mine].sum())) + int(padding_units[mine].sum())
-            chosen[mine] = selection.select_lowest(scores[mine], n)
-    return selection.expand_groups(chosen & real_units, g)
+    real_units = ~(~step.real).reshape(-1, g).all(1)
+    unit_tensor = tensor_index.repeat_interleave(step.weights.shape[1] // g)
+    if step.gather is None:
+        chosen = _select_units(step, scores, real_units, unit_tensor)
+    else:  # one ranking over every rank's sampled units, as the pruner's own selection
+        all_scores, offset = step.gather(scores.double())
+        all_real, _ = step.gather(real_units.double())
+        all_tensor, _ = step.gather(unit_tensor.double())
+        chosen = _select_units(step, all_scores, all_real > 0.5, all_tensor.long())[offset : offset + scores.numel()]
+    return selection.expand_groups(chosen, g)
 
 
 def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torch.Tensor, scale: torch.Tensor,
                        live: torch.Tensor, tensor_index: torch.Tensor, fraction: float, slice_size: int):
-    """For one candidate α = ``fraction``: ((k,) Σ_blocks g_jᵀΔw, Σ_blocks Σ_j (g_jᵀΔw)²), float64,
-    over the sampled blocks, or None if F_rest + λI is not positive definite.
+    """For one candidate α = ``fraction``, over the sampled blocks: ((k,) Σ_blocks g_jᵀΔw,
+    Σ_blocks Σ_j (g_jᵀΔw)², failed), float64; failed: F_rest + λI was not positive definite
+    somewhere (the candidate loses; every rank still takes part in the collectives).
 
-    step: the PruneStep restricted to the sample (``PruneStep.sample``); fisher_rest: (s, B, B) float64 F_rest of the sampled blocks; heldout: (s, k, B) float64;
-    scale: (s,) float64 D; live: (s, B) bool; tensor_index: (s,) int64.
-    Two passes over slices: the scores of the whole sample first (the selection needs them
-    all), then each slice's update, so no more than one slice's F⁻¹ is held.
+    step: the PruneStep restricted to the sample (``PruneStep.sample``); fisher_rest: (s, B, B)
+    float64 F_rest of the sampled blocks; heldout: (s, k, B) float64; scale: (s,) float64 D;
+    live: (s, B) bool; tensor_index: (s,) int64. Two passes over slices: the scores of the
+    whole sample first (the selection needs them all), then each slice's update, so no more
+    than one slice's F⁻¹ is held. Collective when sharded (``_select``).
     """
-    s, k = heldout.shape[0], heldout.shape[1]
+    s, k, B = heldout.shape
     idx = torch.arange(s, device=heldout.device)
     pruned = ~live & step.real
-    scores = []
+    failed, scores = False, []
     for start in range(0, s, slice_size):
         sl = idx[start : start + slice_size]
         finv = _inverse(fisher_rest[sl], fraction * scale[sl])
-        if finv is None:
-            return None
-        scores.append(_scores(step, sl, finv, pruned[sl]))
-    chosen = _select(step, torch.cat(scores), tensor_index).view(s, -1) & ~pruned & step.real
+        failed |= finv is None
+        scores.append(_scores(step, sl, finv if finv is not None else torch.eye(B).expand(len(sl), B, B).contiguous(),
+                              pruned[sl]))
+    shape = (0, len(step.pattern.subsets)) if step.pattern.is_nm else (0,)
+    all_scores = torch.cat(scores) if scores else torch.zeros(shape, dtype=torch.float32, device=heldout.device)
+    chosen = _select(step, all_scores, tensor_index).view(s, B) & ~pruned & step.real
     per_grad = torch.zeros(k, dtype=torch.float64, device=heldout.device)
     block_sum = 0.0
     mode = "joint" if step.update == "sequential" else step.update
-    for start in range(0, s, slice_size):
+    for start in range(0, s if not failed else 0, slice_size):
         sl = idx[start : start + slice_size]
         finv = _inverse(fisher_rest[sl], fraction * scale[sl])
         w = step.weights[sl].reshape(-1)
         new_w = ops.obs_update(w.clone(), finv, chosen[sl].reshape(-1), step.pattern, mode, backend="torch")
-        dw = (new_w - w).view(len(sl), -1).double()  # (slice, B)
+        dw = (new_w - w).view(len(sl), B).double()
         dots = torch.einsum("skb,sb->sk", heldout[sl], dw)  # g_jᵀΔw per block
         per_grad += dots.sum(0)
         block_sum += float((dots ** 2).sum())
-    return per_grad, block_sum
+    return per_grad, block_sum, failed

@@ -247,7 +247,7 @@ class FisherPruner:
         # damping's own per-tensor collectives (relative/auto damp) start
         agree(self._shard, "applying gradients", lambda: state.flush(self._layout))
         step = lambda: prune_step(tracked.pieces, tracked.float32_weights(), target, self.config,  # noqa: E731
-                                  self.local_num_blocks, self.device)  # for damp="auto" to score the step
+                                  self.local_num_blocks, self.device, self._shard)  # damp="auto" scores the step
         finv = agree(self._shard, "building F⁻¹", lambda: state.finalize(self._layout, step))
         weights = tracked.float32_weights()
         new, factors = select_new(target, weights, finv, tracked, self._masks.pruned, self.config, self._shard)
