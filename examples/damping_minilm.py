@@ -30,6 +30,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.7, 0.8])
     ap.add_argument("--damps", nargs="+", default=["auto:tensor:likelihood", "auto", "rel:1e-2:global"])
     ap.add_argument("--baseline", default="auto:tensor:likelihood")
+    ap.add_argument("--baseline-json", type=Path, help="take the baseline rows (obs, R=1, damp 'auto') from this results "
+                    "file of examples/minilm_prune_table.py (the same protocol) instead of running them")
     ap.add_argument("--num-grads", type=int, default=256)
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--chunk-size", type=int, default=32)
@@ -44,8 +46,17 @@ def main(argv=None) -> list[dict]:
     encoder = load_sentence_encoder("all-MiniLM-L6-v2", max_length=args.max_length)
     held_out, fisher_text = split_sentences(stdlib_sentences(), [args.eval, len(stdlib_sentences()) - args.eval], seed=args.seed)
     dense_emb = encoder.encode(held_out)
-    rows = [run_one(encoder, encoder.model, dense_emb, held_out, fisher_text, args, "obs", s, 1, damp)
-            for s in args.sparsities for damp in args.damps]
+    rows = []
+    if args.baseline_json:
+        stored = json.loads(args.baseline_json.read_text())["rows"]
+        rows += [{**r, "damp": args.baseline, "stored": str(args.baseline_json)} for r in stored
+                 if r["method"] == "obs" and r["recomputations"] == 1 and r["damp"] == "auto" and r["sparsity"] in args.sparsities]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for s in args.sparsities:
+        for damp in args.damps:
+            rows.append(run_one(encoder, encoder.model, dense_emb, held_out, fisher_text, args, "obs", s, 1, damp))
+            with args.out.with_suffix(".partial.jsonl").open("a") as f:  # a row survives a stopped run
+                f.write(json.dumps(rows[-1]) + "\n")
     lines = [f"all-MiniLM-L6-v2, oBERT obs R=1, B={args.block_size}, m={args.num_grads}, k={args.chunk_size}, "
              f"{args.eval} held-out sentences; load average at start {load_start[0]:.1f}, at end {os.getloadavg()[0]:.1f} "
              "(times measured on a loaded machine)",

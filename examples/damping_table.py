@@ -41,7 +41,7 @@ from sequential_digits_cnn import make_cnn, train as train_cnn  # noqa: E402
 SPARSITIES = (0.7, 0.8, 0.9, 0.95)
 POLICIES = ("magnitude", "rel:1e-3:tensor", "rel:1e-2:tensor", "rel:1e-1:tensor",
             "rel:1e-4:global", "rel:1e-3:global", "rel:1e-2:global", "rel:1e-1:global", "rel:1:global",
-            "auto:tensor:likelihood", "auto:global:likelihood", "auto:global", "auto:global:block")
+            "auto:tensor:likelihood", "auto:global:full:min", "auto:global:full:1se", "auto:global:block")
 NETS = {"mlp": {"block_size": 50, "num_grads": 256}, "cnn": {"block_size": 32, "num_grads": 256}}
 
 
@@ -82,7 +82,7 @@ def prune_once(dense: nn.Module, grads, policy: str, sparsity: float, settings: 
     return model, json.dumps({"chosen": chosen, "tensors": tensors})
 
 
-def run(args) -> list[dict]:
+def run(args, partial: Path | None = None) -> list[dict]:
     rows = []
     for seed in args.seeds:
         data = load_digits_data(seed)
@@ -102,6 +102,9 @@ def run(args) -> list[dict]:
                         rows.append({"net": net, "seed": seed, "labels": labels, "sparsity": s, "policy": policy,
                                      "accuracy": acc, "dense": dense_acc, "chosen": info.get("chosen", ""),
                                      "tensor_sparsity": info.get("tensors", {}), "seconds": time.perf_counter() - start})
+                        if partial is not None:  # rows survive a stopped run
+                            with partial.open("a") as f:
+                                f.write(json.dumps(rows[-1]) + "\n")
                         print(f"{net} seed {seed} {labels:>7} {s:.0%} {policy:<24} {acc:.2%} {info.get('chosen', '')}",
                               file=sys.stderr, flush=True)
     return rows
@@ -138,7 +141,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--chunk-size", type=int, default=32)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    rows = run(args)
+    rows = run(args, args.out.with_suffix(".partial.jsonl") if args.out else None)
     text = table(rows)
     print(text)
     if args.out:

@@ -60,6 +60,9 @@ FIT_SLICE = 1024
 # string forms resolve to under global selection: see ``parse_damp``)
 PER_CHOICES = ("tensor", "block", "global")
 AUTO_CRITERIA = ("full", "block", "likelihood")
+# "min": the candidate with the least criterion; "1se": the largest α within one standard error
+# (over the held-out gradients) of the least, the usual cross-validation rule for a noisy score
+AUTO_RULES = ("min", "1se")
 # α grid for AutoDamp: half decades from 1e-6 to 1 of the mean Fisher diagonal.
 AUTO_CANDIDATES = tuple(10.0 ** (e / 2) for e in range(-12, 1))
 # the relative damp a failed absolute one falls back to (then raised 10x per retry by fisher_invert)
@@ -135,8 +138,14 @@ class Damping:
         a prune step follows, what it will do (``step()`` builds its ``damping_cv.PruneStep``).
         No-op by default."""
 
-    def invert(self, fisher: torch.Tensor, layout: BlockLayout, *, backend: str = "auto") -> None:
-        """fisher (nb, B, B), holding Σ g gᵀ / m, ← (fisher + λI)⁻¹ in place."""
+    def block_scale(self, fisher: torch.Tensor, layout: BlockLayout) -> torch.Tensor | None:
+        """(nb,) what λ is relative to for each block of ``fisher`` (None: an absolute λ); for
+        ``invert(part, ..., scale=...)`` of a part of the blocks with the statistics of all."""
+        return None
+
+    def invert(self, fisher: torch.Tensor, layout: BlockLayout, *, backend: str = "auto",
+               scale: torch.Tensor | None = None) -> None:
+        """fisher (nb, B, B), holding Σ g gᵀ / m, ← (fisher + λI)⁻¹ in place; scale: see ``block_scale``."""
         raise NotImplementedError
 
 
@@ -163,7 +172,7 @@ class AbsoluteDamp(Damping):
         else:
             finv.zero_().diagonal(dim1=1, dim2=2).fill_(1.0 / self.value)
 
-    def invert(self, fisher, layout, *, backend="auto"):
+    def invert(self, fisher, layout, *, backend="auto", scale=None):
         for start in range(0, fisher.shape[0], INVERT_SLICE):
             part = fisher[start : start + INVERT_SLICE]
             ops.checks.check_finite_blocks(part)
@@ -202,8 +211,11 @@ class RelativeDamp(Damping):
         lam = self.fraction * _mean_diag(diag, layout, self.per)
         finv.zero_().diagonal(dim1=1, dim2=2).copy_((1.0 / lam)[:, None].expand(-1, finv.shape[1]))
 
-    def invert(self, fisher, layout, *, backend="auto"):
-        scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
+    def block_scale(self, fisher, layout):
+        return _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
+
+    def invert(self, fisher, layout, *, backend="auto", scale=None):
+        scale = self.block_scale(fisher, layout) if scale is None else scale
         for start in range(0, fisher.shape[0], INVERT_SLICE):
             stop = start + INVERT_SLICE
             _invert_scaled(fisher[start:stop], scale[start:stop], self.fraction, backend)
@@ -223,16 +235,20 @@ class AutoDamp(RelativeDamp):
     needs_direct = True
 
     def __init__(self, per: str = "tensor", candidates=AUTO_CANDIDATES, max_blocks: int = 4096, seed: int = 0,
-                 criterion: str = "full"):
+                 criterion: str = "full", rule: str = "min"):
         cands = sorted(float(c) for c in candidates)
         if not cands or cands[0] <= 0:
             raise ValueError(f"candidates must be positive fractions, got {candidates!r}")
         if criterion not in AUTO_CRITERIA:
             raise ValueError(f"criterion must be one of {AUTO_CRITERIA}, got {criterion!r}")
         super().__init__(cands[len(cands) // 2], per)
+        if rule not in AUTO_RULES:
+            raise ValueError(f"rule must be one of {AUTO_RULES}, got {rule!r}")
         self.candidates, self.max_blocks, self.seed, self.criterion = tuple(cands), int(max_blocks), seed, criterion
+        self.rule = rule
         self.chosen: float | None = None
         self.scores: dict[float, float] = {}
+        self.score_terms: torch.Tensor | None = None  # (candidates, k): the criterion per held-out gradient
 
     @property
     def log_likelihood(self) -> dict[float, float]:
@@ -241,7 +257,8 @@ class AutoDamp(RelativeDamp):
 
     @property
     def spec(self) -> str:
-        return f"auto:{self.per}" + ("" if self.criterion == "full" else f":{self.criterion}")
+        tail = "" if (self.criterion, self.rule) == ("full", "min") else f":{self.criterion}"
+        return f"auto:{self.per}{tail}" + ("" if self.rule == "min" else f":{self.rule}")
 
     def describe(self) -> str:
         if self.chosen is None:
@@ -262,21 +279,34 @@ class AutoDamp(RelativeDamp):
         scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
         idx = _sample_blocks(layout, self.max_blocks, self.seed)
         if self.criterion == "likelihood" or step is None:
-            totals = _likelihood_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates)
+            totals, terms = _likelihood_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates), None
         else:
-            totals = _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates,
-                                        step().sample(idx), self.criterion)
-        self.scores = totals
-        best = min(totals, key=lambda a: (totals[a], -a))  # exact ties: the larger, safer α
+            totals, terms = _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates,
+                                               step().sample(idx), self.criterion)
+        self.scores, self.score_terms = totals, terms
+        best = _pick(totals, terms, self.rule)
         # best is right for F_rest's m − h gradients; the inverted F has m, and the right ridge
         # shrinks about as 1/(number of samples): scale it to m (first-order correction).
         self.chosen = best * (num_grads - h) / num_grads
         self.fraction = self.chosen
 
-    def invert(self, fisher, layout, *, backend="auto"):
+    def invert(self, fisher, layout, *, backend="auto", scale=None):
         if self.chosen is None:  # fisher_inverse() before prune(): no held-out chunk seen yet
             warnings.warn(f"damp='auto' has not chosen yet; using {self.fraction:g}×mean diag", RuntimeWarning, stacklevel=3)
-        super().invert(fisher, layout, backend=backend)
+        super().invert(fisher, layout, backend=backend, scale=scale)
+
+
+def _pick(values: dict[float, float], terms: torch.Tensor | None, rule: str) -> float:
+    """The chosen candidate: the least value (exact ties: the larger α), or with rule "1se" the
+    largest α whose excess over the least is within one standard error of that excess, paired
+    over the held-out gradients (terms: (candidates, k), one row per candidate in order)."""
+    best = min(values, key=lambda a: (values[a], -a))
+    if rule == "min" or terms is None or terms.shape[1] < 2:
+        return best
+    cands = list(values)
+    diff = terms - terms[cands.index(best)]
+    excess, se = diff.mean(1), diff.std(1) / math.sqrt(terms.shape[1])
+    return max(a for i, a in enumerate(cands) if a >= best and bool(excess[i] <= se[i]))
 
 
 def _rest_of(fisher, heldout, num_grads, sel):
@@ -305,33 +335,35 @@ def _likelihood_totals(fisher, heldout, num_grads, layout, scale, idx, candidate
     return dict(zip(candidates, _reduced(totals, layout).tolist()))
 
 
-def _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, candidates, step, criterion) -> dict[float, float]:
-    """Candidate -> the prune step's predicted loss increase under the held-out gradients (damping_cv)."""
+def _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, candidates, step, criterion):
+    """Candidate -> the prune step's predicted loss increase under the held-out gradients
+    (damping_cv), and its terms: (candidates, k) float64, ½(g_jᵀΔw)² per held-out gradient j."""
     from .damping_cv import predicted_increase
 
     f_rest, g = _rest_of(fisher, heldout, num_grads, idx)
     k = g.shape[1]
-    # per candidate: k per-gradient sums of g_jᵀΔw over blocks, then Σ_j Σ_b (g_jᵀΔw_b)²; +inf if not PD
-    stats = torch.zeros(len(candidates), k + 2, dtype=torch.float64, device=layout.live.device)
+    # per candidate: k sums over blocks of g_jᵀΔw_b, k sums of (g_jᵀΔw_b)², failed (F_rest + λI not PD)
+    stats = torch.zeros(len(candidates), 2 * k + 1, dtype=torch.float64, device=layout.live.device)
     for i, a in enumerate(candidates):
-        per_grad, block_sum, failed = predicted_increase(step, f_rest, g, scale[idx].double(), layout.live[idx],
-                                                         layout.tensor_index[idx], a, FIT_SLICE)
-        stats[i, :k], stats[i, k], stats[i, -1] = per_grad, block_sum, float(failed)
+        per_grad, per_grad_blocks, failed = predicted_increase(step, f_rest, g, scale[idx].double(), layout.live[idx],
+                                                               layout.tensor_index[idx], a, FIT_SLICE)
+        stats[i, :k], stats[i, k : 2 * k], stats[i, -1] = per_grad, per_grad_blocks, float(failed)
     stats = _reduced(stats, layout)
-    full = (stats[:, :k] ** 2).sum(1) / (2 * k)
-    block = stats[:, k] / (2 * k)
-    value = torch.where(stats[:, -1] > 0, torch.full_like(full, math.inf), full if criterion == "full" else block)
-    return dict(zip(candidates, value.tolist()))
+    terms = (stats[:, :k] ** 2 if criterion == "full" else stats[:, k : 2 * k]) / 2  # ½ (g_jᵀΔw)² per gradient j
+    value = torch.where(stats[:, -1] > 0, torch.full((len(candidates),), math.inf, dtype=torch.float64), terms.mean(1))
+    terms[stats[:, -1] > 0] = math.inf
+    return dict(zip(candidates, value.tolist())), terms
 
 
 def parse_damp_spec(text: str):
-    """(kind, fraction, per, criterion) of a damp string, or None if it is not 'rel:…' / 'auto…'."""
+    """(kind, fraction, per, criterion, rule) of a damp string, or None if it is not 'rel:…' / 'auto…'."""
     parts = text.strip().lower().split(":")
-    if parts[0] == "auto" and len(parts) <= 3:
-        return "auto", None, (parts[1] if len(parts) >= 2 else None), (parts[2] if len(parts) == 3 else "full")
+    if parts[0] == "auto" and len(parts) <= 4:
+        return ("auto", None, (parts[1] if len(parts) >= 2 else None), (parts[2] if len(parts) >= 3 else "full"),
+                (parts[3] if len(parts) == 4 else "min"))
     if parts[0] == "rel" and len(parts) in (2, 3):
         try:
-            return "rel", float(parts[1]), (parts[2] if len(parts) == 3 else None), None
+            return "rel", float(parts[1]), (parts[2] if len(parts) == 3 else None), None, None
         except ValueError:
             return None
     return None
@@ -349,10 +381,10 @@ def parse_damp(damp, global_sparsity: bool = False) -> Damping:
     if isinstance(damp, str):
         parsed = parse_damp_spec(damp)
         if parsed is not None:
-            kind, fraction, per, criterion = parsed
+            kind, fraction, per, criterion, rule = parsed
             per = per or ("global" if global_sparsity else "tensor")
             if kind == "auto":
-                return AutoDamp(per=per, criterion=criterion)
+                return AutoDamp(per=per, criterion=criterion, rule=rule)
             return RelativeDamp(fraction, per=per)
         try:
             return AbsoluteDamp(float(damp.strip()))

@@ -142,7 +142,7 @@ def _select(step: PruneStep, scores: torch.Tensor, tensor_index: torch.Tensor) -
 def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torch.Tensor, scale: torch.Tensor,
                        live: torch.Tensor, tensor_index: torch.Tensor, fraction: float, slice_size: int):
     """For one candidate α = ``fraction``, over the sampled blocks: ((k,) Σ_blocks g_jᵀΔw,
-    Σ_blocks Σ_j (g_jᵀΔw)², failed), float64; failed: F_rest + λI was not positive definite
+    (k,) Σ_blocks (g_jᵀΔw)², failed), float64; failed: F_rest + λI was not positive definite
     somewhere (the candidate loses; every rank still takes part in the collectives).
 
     step: the PruneStep restricted to the sample (``PruneStep.sample``); fisher_rest: (s, B, B)
@@ -165,7 +165,7 @@ def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torc
     all_scores = torch.cat(scores) if scores else torch.zeros(shape, dtype=torch.float32, device=heldout.device)
     chosen = _select(step, all_scores, tensor_index).view(s, B) & ~pruned & step.real
     per_grad = torch.zeros(k, dtype=torch.float64, device=heldout.device)
-    block_sum = 0.0
+    per_grad_blocks = torch.zeros(k, dtype=torch.float64, device=heldout.device)
     mode = "joint" if step.update == "sequential" else step.update
     for start in range(0, s if not failed else 0, slice_size):
         sl = idx[start : start + slice_size]
@@ -175,5 +175,5 @@ def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torc
         dw = (new_w - w).view(len(sl), B).double()
         dots = torch.einsum("skb,sb->sk", heldout[sl], dw)  # g_jᵀΔw per block
         per_grad += dots.sum(0)
-        block_sum += float((dots ** 2).sum())
-    return per_grad, block_sum, failed
+        per_grad_blocks += (dots ** 2).sum(0)
+    return per_grad, per_grad_blocks, failed

@@ -206,7 +206,7 @@ class FisherPruner:
 
         Uses the gradients collected so far (still divided by m); with none, (1/λ)·I.
         When sharded this is a collective: every rank must call it, and each gets all blocks
-        (with a per-tensor relative damp, λ then comes from this rank's share of the tensor).
+        (a relative λ from the statistics of every rank's blocks, as in ``prune``).
         """
         slot = self._slot(name)
         if self._state is None:
@@ -215,11 +215,14 @@ class FisherPruner:
         layout = self._layout()
         own = torch.zeros(slot.num_blocks, self.block_size, self.block_size, device=self.device)
         fisher = self._state.fisher
+        # a relative λ is relative to statistics of all blocks (one tensor's, or all tensors')
+        scale = self.damping.block_scale(fisher.blocks, layout) if fisher.kind is not FisherKind.INVERSE else None
         for piece in self._tracked.pieces:
             if piece.slot is slot:
                 blocks = fisher.dense_copy(piece.blocks, self.block_size)
                 if fisher.kind is not FisherKind.INVERSE:  # invert the copy (here, so a warning names the caller)
-                    self.damping.invert(blocks, layout[piece.blocks], backend=self.backend)
+                    self.damping.invert(blocks, layout[piece.blocks], backend=self.backend,
+                                        scale=None if scale is None else scale[piece.blocks])
                 first = piece.start // self.block_size
                 own[first : first + piece.num_blocks] = blocks
         if not self._shard.distributed:
