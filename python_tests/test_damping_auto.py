@@ -37,9 +37,11 @@ def test_string_damps_follow_the_selection():
     assert parse_damp("rel:0.01").per == "tensor" and parse_damp("rel:0.01:tensor", True).per == "tensor"
     assert parse_damp("auto", True).per == "global" and parse_damp("auto", False).per == "tensor"
     assert parse_damp("rel:1e-2:global").spec == "rel:0.01:global"
-    auto = parse_damp("auto:global:block:1se")
-    assert (auto.criterion, auto.rule, auto.spec) == ("block", "1se", "auto:global:block:1se")
+    auto = parse_damp("auto:global:block:min")
+    assert (auto.criterion, auto.rule, auto.spec) == ("block", "min", "auto:global:block:min")
     assert parse_damp(auto.spec).spec == auto.spec
+    default = parse_damp("auto", True)
+    assert (default.criterion, default.rule, default.spec) == ("full", "1se", "auto:global")
     for bad in ("auto:global:loud", "auto:global:full:max", "rel:0.1:everywhere"):
         with pytest.raises(ValueError):
             parse_damp(bad)
@@ -104,8 +106,8 @@ def test_auto_scores_the_prune_step_and_picks_the_least(seed):
     step's target, obs update, held-out (1/2k)Σ(gᵀΔw)²), and the least one is chosen, ×(m−k)/m."""
     params, grads = _case(seed, sizes=(29, 40), m=40, scales=(1.0, 0.3))
     candidates = (1e-3, 1e-2, 1e-1, 1.0)
-    p = _fed({n: t.clone() for n, t in params.items()}, grads, damp=AutoDamp(per="global", candidates=candidates),
-             chunk_size=8)
+    p = _fed({n: t.clone() for n, t in params.items()}, grads,
+             damp=AutoDamp(per="global", candidates=candidates, rule="min"), chunk_size=8)
     p.prune(0.6)
     k = p.chunk_size
     ref = {a: _reference_criterion(params, grads, 8, a, 0.6, k) for a in candidates}
@@ -114,6 +116,14 @@ def test_auto_scores_the_prune_step_and_picks_the_least(seed):
     best = min(ref, key=ref.get)
     assert p.damping.chosen == pytest.approx(best * (len(grads) - k) / len(grads))
     assert len(set(round(v, 12) for v in ref.values())) > 1  # the candidates are told apart
+    # the default rule "1se" on the same scores: _pick over the per-gradient terms (tested below)
+    q = _fed({n: t.clone() for n, t in params.items()}, grads, damp=AutoDamp(per="global", candidates=candidates),
+             chunk_size=8)
+    q.prune(0.6)
+    assert q.damping.scores == p.damping.scores and q.damping.score_terms.shape == (len(candidates), k)
+    assert q.damping.chosen == pytest.approx(dmp._pick(q.damping.scores, q.damping.score_terms, "1se")
+                                             * (len(grads) - k) / len(grads))
+    assert q.damping.chosen >= p.damping.chosen
 
 
 def test_auto_is_deterministic_and_its_sample_seeded(seed):
