@@ -8,11 +8,11 @@ import torch
 
 from obert_kernels import FisherPruner, ops
 from obert_kernels.core import damping as dmp
-from obert_kernels.core.damping import AutoDamp, RelativeDamp, parse_damp
+from obert_kernels.core.damping import AutoDamp, parse_damp
 from obert_kernels.core.report import PruneReport, TensorReport
 from obert_kernels.core.selection import count_for, select_global, select_lowest_capped
 
-from conftest import random_grads, rel_err
+from conftest import rel_err
 
 
 def _fed(params, grads, **kw):

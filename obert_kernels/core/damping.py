@@ -53,10 +53,14 @@ import math
 from collections.abc import Callable
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import ops
+
+if TYPE_CHECKING:  # damping_cv imports this module's neighbours; AutoDamp imports it lazily
+    from . import damping_cv
 
 __all__ = ["AbsoluteDamp", "RelativeDamp", "AutoDamp", "BlockLayout", "block_layout", "parse_damp", "Damping",
            "INVERT_SLICE", "AUTO_CRITERIA"]
@@ -145,7 +149,7 @@ class Damping:
         raise NotImplementedError
 
     def fit(self, fisher: torch.Tensor, heldout: torch.Tensor, num_grads: int, layout: BlockLayout,
-            step: "Callable[[], PruneStep] | None" = None) -> None:
+            step: "Callable[[], damping_cv.PruneStep] | None" = None) -> None:
         """Direct path, before ``invert``: see the last chunk (already inside ``fisher``) and, when
         a prune step follows, what it will do (``step()`` builds its ``damping_cv.PruneStep``).
         No-op by default."""
