@@ -7,7 +7,7 @@ from .recipes.baselines import magnitude_prune
 from .core.damping import AbsoluteDamp, AutoDamp, RelativeDamp
 from .core.memory import FisherMemoryError, MemoryEstimate, estimate_memory
 from .recipes.one_shot import one_shot_prune
-from .recipes.probes import GaussNewtonProbe, gauss_newton_loss
+from .recipes.probes import GaussNewtonProbe, SampledFisherProbe, gauss_newton_loss, sampled_label_loss
 from .core.pruner import FisherPruner, prunable_weights
 from .core.report import PruneReport
 from .recipes.gradual import GradualSchedule, cubic_sparsity
@@ -28,6 +28,8 @@ __all__ = [
     "ops",
     "GaussNewtonProbe",
     "gauss_newton_loss",
+    "SampledFisherProbe",
+    "sampled_label_loss",
     "AbsoluteDamp",
     "RelativeDamp",
     "AutoDamp",
