@@ -10,10 +10,11 @@ the empirical Fisher, as the CLI) or "sampled" (labels drawn from the model's ow
 
 Policies: magnitude; ``rel:α:tensor`` (per-tensor λ, the string default before issue 12);
 ``rel:α:global`` (one λ for all tensors); ``auto:tensor:likelihood`` (the old auto),
-``auto:global:likelihood``, ``auto:global`` (new: the prune step's held-out loss increase,
-criterion "full") and ``auto:global:block``.
+``auto:global:full:1se`` (the new default ``auto``: the prune step's held-out loss increase,
+one-standard-error rule), ``auto:global:full:min`` (the least increase) and
+``auto:global:block`` (block-diagonal held-out Fisher, least increase).
 
-    OMP_NUM_THREADS=1 python examples/damping_table.py --out bench/results/damping-digits-2026-11-30.json
+    OMP_NUM_THREADS=1 python examples/damping_table.py --seeds 0 1 2 --out bench/results/damping-digits-2026-11-30.json
 """
 from __future__ import annotations
 
