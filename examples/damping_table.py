@@ -12,7 +12,7 @@ Policies: magnitude; ``rel:α:tensor`` (per-tensor λ, the string default before
 ``rel:α:global`` (one λ for all tensors); ``auto:tensor:likelihood`` (the old auto),
 ``auto:global:full:1se`` (the new default ``auto``: the prune step's held-out loss increase,
 one-standard-error rule), ``auto:global:full:min`` (the least increase) and
-``auto:global:block`` (block-diagonal held-out Fisher, least increase).
+``auto:global:block:min`` (block-diagonal held-out Fisher, least increase).
 
     OMP_NUM_THREADS=1 python examples/damping_table.py --seeds 0 1 2 --out bench/results/damping-digits-2026-11-30.json
 """
@@ -42,7 +42,7 @@ from sequential_digits_cnn import make_cnn, train as train_cnn  # noqa: E402
 SPARSITIES = (0.7, 0.8, 0.9, 0.95)
 POLICIES = ("magnitude", "rel:1e-3:tensor", "rel:1e-2:tensor", "rel:1e-1:tensor",
             "rel:1e-4:global", "rel:1e-3:global", "rel:1e-2:global", "rel:1e-1:global", "rel:1:global",
-            "auto:tensor:likelihood", "auto:global:full:min", "auto:global:full:1se", "auto:global:block")
+            "auto:tensor:likelihood", "auto:global:full:min", "auto:global:full:1se", "auto:global:block:min")
 NETS = {"mlp": {"block_size": 50, "num_grads": 256}, "cnn": {"block_size": 32, "num_grads": 256}}
 
 
