@@ -32,6 +32,8 @@ _SOURCES = {
     "ops": None,  # the subpackage itself
     "GaussNewtonProbe": ".recipes.probes",
     "gauss_newton_loss": ".recipes.probes",
+    "SampledFisherProbe": ".recipes.probes",
+    "sampled_label_loss": ".recipes.probes",
     "AbsoluteDamp": ".core.damping",
     "RelativeDamp": ".core.damping",
     "AutoDamp": ".core.damping",
@@ -53,6 +55,8 @@ __all__ = [
     "ops",
     "GaussNewtonProbe",
     "gauss_newton_loss",
+    "SampledFisherProbe",
+    "sampled_label_loss",
     "AbsoluteDamp",
     "RelativeDamp",
     "AutoDamp",

@@ -16,10 +16,16 @@ import sys
 from dataclasses import dataclass
 
 __all__ = ["ArgumentTypeError", "real_scalar", "check_damp", "BACKENDS", "Pattern", "parse_pattern", "DampSpec",
-           "DAMP_PER_CHOICES", "check_relative_damp", "check_damp_per", "parse_damp_spec"]
+           "DAMP_PER_CHOICES", "AUTO_CRITERIA", "AUTO_RULES", "check_relative_damp", "check_damp_per", "parse_damp_spec"]
 
 BACKENDS = ("torch", "triton", "cuda")
-DAMP_PER_CHOICES = ("tensor", "block")
+# what a relative λ is relative to: the mean Fisher diagonal of each tensor, each block, or of
+# all tracked weights ("global": one λ for every tensor, what "rel:α"/"auto" mean under one
+# global threshold, issue 12)
+DAMP_PER_CHOICES = ("tensor", "block", "global")
+# damp="auto"'s criterion and rule (core/damping.AutoDamp)
+AUTO_CRITERIA = ("full", "block", "likelihood")
+AUTO_RULES = ("min", "1se")
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -141,29 +147,40 @@ def check_damp_per(per) -> str:
 @dataclass(frozen=True)
 class DampSpec:
     """A damp as parsed and checked: kind "absolute" (value = λ), "relative" (value = α) or
-    "auto" (value None); per "tensor" | "block" (absolute: "tensor", unused)."""
+    "auto" (value None); per "tensor" | "block" | "global", or None where the text left it out
+    (it then follows the selection: ``core.damping.parse_damp``); auto's criterion and rule."""
 
     kind: str
     value: float | None = None
-    per: str = "tensor"
+    per: str | None = None
+    criterion: str = "full"
+    rule: str = "1se"
+
+
+DAMP_FORMS = "a number > 0, 'rel:α[:tensor|block|global]' or 'auto[:tensor|block|global[:full|block|likelihood[:min|1se]]]'"
 
 
 def parse_damp_spec(damp) -> DampSpec:
-    """FisherPruner's ``damp=`` as text or number: a number (absolute λ), "rel:α[:block]",
-    "auto[:block]". A string that is none of these is refused with one message naming them."""
+    """FisherPruner's ``damp=`` as text or number: a number (absolute λ), "rel:α[:per]",
+    "auto[:per[:criterion[:rule]]]". A string that is none of these is refused with one
+    message naming them."""
     if not isinstance(damp, str):
         return DampSpec("absolute", check_damp(damp))
     parts = damp.strip().lower().split(":")
-    if parts[0] == "auto" and len(parts) <= 2:
-        return DampSpec("auto", None, check_damp_per(parts[1] if len(parts) == 2 else "tensor"))
+    per = parts[2] if parts[0] == "rel" and len(parts) == 3 else parts[1] if parts[0] == "auto" and len(parts) >= 2 else None
+    if parts[0] == "auto" and len(parts) <= 4:
+        criterion, rule = (parts[2] if len(parts) >= 3 else "full"), (parts[3] if len(parts) == 4 else "1se")
+        if criterion not in AUTO_CRITERIA or rule not in AUTO_RULES:
+            raise ValueError(f"damp must be {DAMP_FORMS}; got {damp!r}")
+        return DampSpec("auto", None, None if per is None else check_damp_per(per), criterion, rule)
     if parts[0] == "rel" and len(parts) in (2, 3):
         try:
             fraction = float(parts[1])
         except ValueError:
             fraction = None
         if fraction is not None:
-            return DampSpec("relative", check_relative_damp(fraction), check_damp_per(parts[2] if len(parts) == 3 else "tensor"))
+            return DampSpec("relative", check_relative_damp(fraction), None if per is None else check_damp_per(per))
     try:
         return DampSpec("absolute", check_damp(float(damp.strip().lower())))
     except ValueError:
-        raise ValueError(f"damp must be a number > 0, 'rel:α', 'rel:α:block', 'auto' or 'auto:block'; got {damp!r}") from None
+        raise ValueError(f"damp must be {DAMP_FORMS}; got {damp!r}") from None

@@ -109,6 +109,22 @@ def test_prune_digits_writes_safetensors_only_when_complete(digits_ok, tmp_path,
     assert not out2.exists() and sorted(os.listdir(tmp_path)) == ["mlp"]
 
 
+def test_prune_digits_sampled_fisher_cap_and_tensor_summary(digits_ok, tmp_path, capsys):
+    """--fisher-labels sampled and --max-tensor-sparsity reach the pruner; the summary shows per-tensor sparsity."""
+    out = tmp_path / "mlp"
+    args = ["prune", "digits-mlp", "--sparsity", "0.8", "--out", str(out), "--num-grads", "16", "--block-size", "16",
+            "--fisher-labels", "sampled", "--max-tensor-sparsity", "0.85", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "per-tensor sparsity min" in printed
+    report = json.loads((out / "obert_report.json").read_text())
+    assert report["args"]["fisher_labels"] == "sampled" and report["args"]["max_tensor_sparsity"] == "0.85"
+    tensors = report["prune_reports"][0]["tensors"]
+    assert max(t["pruned"] / t["numel"] for t in tensors.values()) <= 0.85
+    assert sum(t["pruned"] for t in tensors.values()) == round(0.8 * sum(t["numel"] for t in tensors.values()))
+    assert main(args[:-3] + ["--max-tensor-sparsity", "1.5", "--no-progress"]) == 2  # refused with the reason
+
+
 def test_demo_writes_the_plot(digits_ok, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="the plot needs matplotlib ([plot] extra)")
     png = tmp_path / "plot.png"

@@ -110,7 +110,8 @@ def test_inversion_in_slices_equals_whole(seed, monkeypatch):
 
 
 def test_auto_damp_chooses_less_damping_with_more_gradients(seed):
-    """Cross-validated shrinkage: few gradients (m < B) need much damping, many need little.
+    """Cross-validated shrinkage (criterion "likelihood", the auto before issue 12): few
+    gradients (m < B) need much damping, many need little.
 
     Gradients ~ N(0, Σ) with Σ's spectrum decaying 0.6× per direction in each block; over 20
     seeds the choice was 0.1-0.32 for m = 12 and 1e-6-3e-4 for m = 3000 (bounds below: 3×)."""
@@ -119,7 +120,7 @@ def test_auto_damp_chooses_less_damping_with_more_gradients(seed):
 
     def chosen(m, k):
         g = torch.randn(m, d) * spectrum.sqrt()
-        p = _pruner([d], [g], AutoDamp(), B=B, chunk_size=k)
+        p = _pruner([d], [g], AutoDamp(criterion="likelihood"), B=B, chunk_size=k)
         p.prune(0.25)
         assert set(p.damping.log_likelihood) == set(dmp.AUTO_CANDIDATES)
         best = max(p.damping.log_likelihood, key=p.damping.log_likelihood.get)

@@ -58,3 +58,39 @@ def test_probe_is_label_free_and_reproducible(seed):
 def test_probe_rejects_non_float_outputs():
     with pytest.raises(TypeError, match="floating-point"):
         gauss_newton_loss(torch.ones(3, dtype=torch.long))
+
+
+def test_sampled_labels_follow_the_models_softmax(seed):
+    """Labels drawn by SampledFisherProbe on fixed logits: frequencies match softmax (a chi-square
+    bound), and the loss's gradient wrt the logits is softmax − onehot(drawn label), summed."""
+    from obert_kernels.recipes.probes import SampledFisherProbe, sampled_label_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]])
+    probs = torch.softmax(logits, -1)[0].double()
+    n = 20000
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.zeros(4, dtype=torch.float64)
+    batch = logits.expand(n, 4).clone().requires_grad_(True)
+    loss = sampled_label_loss(batch, gen)
+    loss.backward()
+    onehot = (torch.softmax(batch.detach(), -1) - batch.grad).round()  # the drawn labels, one-hot
+    assert torch.allclose(onehot.sum(1), torch.ones(n))
+    counts = onehot.sum(0).double()
+    chi2 = float(((counts - n * probs) ** 2 / (n * probs)).sum())
+    assert chi2 < 20.0, chi2  # 3 degrees of freedom: P(chi2 > 20) ≈ 2e-4
+    uniform = torch.full((4,), n / 4.0, dtype=torch.float64)
+    assert float(((counts - uniform) ** 2 / uniform).sum()) > 1000  # uniform labels would be far off
+    # the probe: reproducible with its seed, different from the data's labels' gradient
+    model = nn.Linear(3, 4)
+    x = torch.randn(16, 3)
+
+    def grad(loss_fn):
+        model.zero_grad()
+        loss_fn(model, (x, torch.zeros(16, dtype=torch.long))).backward()
+        return model.weight.grad.clone()
+
+    fwd = lambda m, b: m(b[0])  # noqa: E731
+    assert torch.equal(grad(SampledFisherProbe(fwd, seed=1)), grad(SampledFisherProbe(fwd, seed=1)))
+    assert not torch.equal(grad(SampledFisherProbe(fwd, seed=1)), grad(SampledFisherProbe(fwd, seed=2)))
+    with pytest.raises(TypeError):
+        sampled_label_loss(torch.zeros(3, dtype=torch.long))

@@ -28,14 +28,17 @@ def _add_pruner_options(ap: argparse.ArgumentParser) -> None:
                    help="oBERT with the summed ('obs') or exact joint update, sequential OBS (greedy removal "
                         "order per block, SPEC §2d), or magnitude pruning")
     g.add_argument("--damp", default="auto",
-                   help="'auto' (chosen on held-out gradients), 'rel:α[:block]' (α × mean Fisher diagonal) "
-                        "or an absolute λ (default: %(default)s)")
+                   help="'auto' (λ chosen by the prune step's loss increase on held-out gradients), "
+                        "'rel:α[:tensor|block|global]' (α × mean Fisher diagonal; one λ for all tensors under a "
+                        "global threshold) or an absolute λ (default: %(default)s)")
     g.add_argument("--block-size", type=int, default=50, help="B, weights per Fisher block (default: %(default)s)")
     g.add_argument("--num-grads", type=int, default=256, help="m, gradients per Fisher (default: %(default)s)")
     g.add_argument("--chunk-size", type=int, default=32, help="k, gradients buffered per update (default: %(default)s)")
     g.add_argument("--num-recomputations", type=int, default=1, help="R, prune steps each with a fresh Fisher")
     g.add_argument("--pattern", default="unstructured", help="'unstructured', 'block4' or 'N:M' such as '2:4'")
     g.add_argument("--per-tensor", action="store_true", help="sparsity per tensor instead of one global threshold")
+    g.add_argument("--max-tensor-sparsity", type=float, default=None,
+                   help="global threshold: prune no tensor above this fraction (its slots go to the others)")
     g.add_argument("--fisher-method", choices=["auto", "direct", "woodbury"], default="auto")
     g.add_argument("--backend", default="auto", help="auto, torch, triton or cuda")
 
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--texts", type=Path, help="a text file, one sentence per line, for the Fisher (default: stdlib docstrings)")
     d.add_argument("--eval-sentences", type=int, default=500, help="held-out sentences for the agreement check")
     d.add_argument("--max-length", type=int, default=128, help="tokens per sentence")
+    d.add_argument("--fisher-labels", choices=["true", "sampled"], default="true",
+                   help="digits-mlp: the Fisher's labels, the data's ('true': empirical Fisher) or drawn from "
+                        "the model's softmax ('sampled')")
     d.add_argument("--device", default="cpu")
     d.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -54,6 +54,7 @@ class PrunerOptions:
     per_tensor: bool = False
     fisher_method: str = "auto"
     backend: str = "auto"
+    max_tensor_sparsity: float | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PrunerOptions":
@@ -63,9 +64,12 @@ class PrunerOptions:
             raise ValueError(f"--fisher-method must be one of {', '.join(FISHER_METHODS)}, got {args.fisher_method!r}")
         parse_pattern(args.pattern)  # raises ValueError naming the accepted patterns
         parse_damp_spec(args.damp)
+        cap = getattr(args, "max_tensor_sparsity", None)
+        if cap is not None and not 0.0 < cap <= 1.0:
+            raise ValueError(f"--max-tensor-sparsity must be in (0, 1], got {cap}")
         return cls(args.method, args.damp, _positive("block_size", args.block_size), _positive("num_grads", args.num_grads),
                    _positive("chunk_size", args.chunk_size), _positive("num_recomputations", args.num_recomputations),
-                   args.pattern, bool(args.per_tensor), args.fisher_method, _backend(args.backend))
+                   args.pattern, bool(args.per_tensor), args.fisher_method, _backend(args.backend), cap)
 
     def check_for_device(self, device: str) -> None:
         """Everything FisherPruner would refuse, refused now, before a model is loaded: the
@@ -91,7 +95,8 @@ class PrunerOptions:
             return {"pattern": self.pattern, "global_sparsity": not self.per_tensor}
         return {"block_size": self.block_size, "num_grads": self.num_grads, "chunk_size": self.chunk_size,
                 "damp": self.damp, "pattern": self.pattern, "global_sparsity": not self.per_tensor,
-                "fisher_method": self.fisher_method, "backend": self.backend, "verbose": verbose}
+                "fisher_method": self.fisher_method, "backend": self.backend, "verbose": verbose,
+                "max_tensor_sparsity": self.max_tensor_sparsity}
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class PruneOptions:
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
+    fisher_labels: str = "true"  # digits-mlp: "true" (empirical Fisher) | "sampled" (labels from the model's softmax)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PruneOptions":
@@ -123,7 +129,8 @@ class PruneOptions:
             raise ValueError("--texts is for Hugging Face encoders; digits-mlp's Fisher comes from its own training images")
         options = cls(args.model, Path(args.out), args.sparsity, PrunerOptions.from_args(args), bool(args.overwrite),
                       _positive("batch_size", args.batch_size), args.texts, args.eval_sentences,
-                      _positive("max_length", args.max_length), args.device, args.seed, not args.no_progress)
+                      _positive("max_length", args.max_length), args.device, args.seed, not args.no_progress,
+                      getattr(args, "fisher_labels", "true"))
         if options.texts is not None:  # a file too short is refused before torch and the model load
             options.check_texts()
         return options.on_device()
@@ -167,7 +174,8 @@ class PruneOptions:
                   "pattern": p.pattern, "per_tensor": p.per_tensor, "fisher_method": p.fisher_method,
                   "backend": p.backend, "batch_size": self.batch_size, "texts": self.texts,
                   "eval_sentences": self.eval_sentences, "max_length": self.max_length, "device": self.device,
-                  "seed": self.seed, "no_progress": not self.progress}
+                  "seed": self.seed, "no_progress": not self.progress, "fisher_labels": self.fisher_labels,
+                  "max_tensor_sparsity": p.max_tensor_sparsity}
         return {k: str(v) for k, v in values.items()}
 
 

@@ -71,6 +71,8 @@ def _prune_encoder(options: PruneOptions):
     from ..recipes.probes import GaussNewtonProbe
     from .text import split_sentences, stdlib_sentences
 
+    if options.fisher_labels != "true":
+        raise ValueError("--fisher-labels applies to digits-mlp only (an encoder's Fisher is the label-free Gauss-Newton probe)")
     encoder = load_sentence_encoder(options.model, device=options.device, max_length=options.max_length)
     sentences = read_texts(options.texts) if options.texts else stdlib_sentences()
     n_eval = min(options.eval_sentences, len(sentences) // 4)
@@ -87,6 +89,7 @@ def _prune_encoder(options: PruneOptions):
     metrics = embedding_agreement(dense, encoder.encode(held_out)) if dense is not None else {}
     sparsity = _sparsity(run.masks)
     print(f"{options.pruner.method} to {sparsity:.2%}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    _print_tensor_summary(run)
     _print_steps(run.meter)
     if run.pruner is not None:
         print(memory_line(run.pruner, encoder.model, run.meter))
@@ -111,16 +114,19 @@ def _prune_encoder(options: PruneOptions):
 def _prune_digits(options: PruneOptions):
     from .demo import accuracy, cross_entropy_loss, endless_batches, load_digits_data, make_mlp, train
     from ..core.pruner import prunable_weights
+    from ..recipes.probes import SampledFisherProbe
 
     data = load_digits_data(options.seed)
     model = train(make_mlp(options.seed), data, seed=options.seed)
     dense_acc = accuracy(model, data.x_test, data.y_test)
-    run = prune_model(model, prunable_weights(model), options.pruner.method, options.sparsity, loss_fn=cross_entropy_loss,
+    loss_fn = cross_entropy_loss if options.fisher_labels == "true" else SampledFisherProbe(_logits, seed=options.seed)
+    run = prune_model(model, prunable_weights(model), options.pruner.method, options.sparsity, loss_fn=loss_fn,
                       batches=endless_batches(data, 8, options.seed + 1), num_recomputations=options.pruner.num_recomputations,
                       progress=options.progress, **options.pruner.method_kwargs(verbose=options.progress))
     acc = accuracy(model, data.x_test, data.y_test)
     sparsity = _sparsity(run.masks)
     print(f"digits MLP 64-128-128-10: dense test accuracy {dense_acc:.2%}, {options.pruner.method} at {sparsity:.2%}: {acc:.2%}")
+    _print_tensor_summary(run)
     _print_steps(run.meter)
     report = {"model": BUILTIN_DIGITS, "method": options.pruner.method, "sparsity": sparsity,
               "metrics": {"dense_accuracy": dense_acc, "accuracy": acc}, "steps": _steps(run.meter),
@@ -132,6 +138,22 @@ def _prune_digits(options: PruneOptions):
         save_masks(run.masks, tmp / MASKS_FILE)
 
     return report, write
+
+
+def _logits(model, batch) -> torch.Tensor:
+    """The digits MLP's logits of a (x, y) batch, for the sampled-label Fisher."""
+    return model(batch[0])
+
+
+def _print_tensor_summary(run) -> None:
+    """The last prune step's per-tensor sparsity, compact (magnitude: from the masks)."""
+    if run.pruner is not None and run.pruner.history:
+        print(f"  {run.pruner.history[-1].tensor_summary()}")
+        return
+    from ..core.report import PruneReport, TensorReport
+
+    report = PruneReport(0.0, "", "", True, "", 0.0, {n: TensorReport(m.numel(), int((~m).sum()), 0) for n, m in run.masks.items()})
+    print(f"  {report.tensor_summary()}")
 
 
 def _sparsity(masks: dict[str, torch.Tensor]) -> float:

@@ -63,25 +63,33 @@ class PrunerConfig:
     global_sparsity: bool
     verbose: bool
     max_memory_fraction: float
+    max_tensor_sparsity: float | None = None  # global selection: no tensor pruned above it (None: no cap)
 
     @classmethod
     def from_args(cls, *, block_size, num_grads, damp, pattern, global_sparsity, update, backend, chunk_size,
-                  fisher_method, fisher_storage, verbose, max_memory_fraction) -> "PrunerConfig":
+                  fisher_method, fisher_storage, verbose, max_memory_fraction,
+                  max_tensor_sparsity=None) -> "PrunerConfig":
         parsed_pattern = parse_pattern(pattern)
         block_size = check_positive_int("block_size", block_size)
         num_grads = check_positive_int("num_grads", num_grads)
         chunk_size = check_positive_int("chunk_size", chunk_size)
-        damping = parse_damp(damp)  # numbers through ops.checks.check_damp: bools refused, NumPy / 0-d tensors taken
+        global_sparsity = arguments.check_flag("global_sparsity", global_sparsity)
+        # numbers through ops.checks.check_damp: bools refused, NumPy / 0-d tensors taken; "rel"/"auto"
+        # follow the selection (one global λ under one global threshold, issue 12)
+        damping = parse_damp(damp, global_sparsity=global_sparsity)
         parsed_pattern.check_block_size(block_size)
         arguments.check_choice("update", update, UPDATES)
         arguments.check_choice("fisher_method", fisher_method, FISHER_METHODS)
         arguments.check_choice("fisher_storage", fisher_storage, FISHER_STORAGES)
         if backend != "auto" and backend not in ops.BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {ops.BACKENDS}, got {backend!r}")
-        flags = arguments.check_flag("global_sparsity", global_sparsity), arguments.check_flag("verbose", verbose)
+        verbose = arguments.check_flag("verbose", verbose)
         fraction = arguments.check_fraction("max_memory_fraction", max_memory_fraction, low_open=True, high_closed=True)
+        cap = None if max_tensor_sparsity is None else arguments.check_fraction(
+            "max_tensor_sparsity", max_tensor_sparsity, low_open=True, high_closed=True)
+        _check_cap(cap, update, parsed_pattern)
         return cls(parsed_pattern, block_size, num_grads, damping.chunk_size_for(num_grads, min(chunk_size, num_grads)),
-                   damping, update, fisher_method, fisher_storage, backend, flags[0], flags[1], fraction)
+                   damping, update, fisher_method, fisher_storage, backend, global_sparsity, verbose, fraction, cap)
 
     def resolved_for(self, device: torch.device) -> "PrunerConfig":
         """This config with fisher_method settled for tensors on ``device``; refuses damping
@@ -134,3 +142,10 @@ class PrunerConfig:
     def packed(self) -> bool:
         return self.fisher_storage == "packed"
 
+
+def _check_cap(cap: float | None, update: str, pattern: Pattern) -> None:
+    """max_tensor_sparsity (None or checked in (0, 1]) caps the global selection by scores: update
+    "sequential" selects by each block's greedy order, N:M by groups: neither takes one."""
+    if cap is not None and (update == "sequential" or pattern.is_nm):
+        raise ValueError(f"max_tensor_sparsity caps the selection by scores: not with update='sequential' or an N:M "
+                         f"pattern (got update={update!r}, pattern={pattern.name!r})")

@@ -4,19 +4,31 @@ The right absolute λ scales with the gradients: on the same MiniLM it ranged fr
 to 1e-12 between two losses. Three policies, all accepted as FisherPruner's ``damp=``:
 
 - ``AbsoluteDamp(λ)`` (a plain number, or "1e-7"): the paper's fixed λ.
-- ``RelativeDamp(α, per="tensor"|"block")`` ("rel:0.01", "rel:0.01:block"):
+- ``RelativeDamp(α, per="tensor"|"block"|"global")`` ("rel:0.01", "rel:0.01:block", ...):
   λ = α · the mean diagonal of the Fisher over the live (unpruned, non-padding) weights
-  of each tensor or each block, so the same α means the same thing whatever the
-  gradients' scale. Blocks whose diagonal is all zero (fully pruned, dead weights) borrow
-  their tensor's mean, then the global mean.
-- ``AutoDamp(per=...)`` ("auto"): a relative damp whose α is chosen on held-out
-  gradients: the last chunk of k collected gradients is held out, and α maximises their
-  Gaussian log-likelihood under N(0, F_rest + λ(α)I), F_rest built from the other m − k
-  (cross-validated shrinkage of a covariance estimate; the gradients are zero-mean by
-  construction for the Gauss-Newton probe). The held-out chunk then joins F, which is
-  inverted with α·(m − k)/m: the best ridge shrinks about as 1/samples, and F has m, not
-  m − k (the pruner caps k at m/4 for this). Scored on a seeded sample of up to ``max_blocks`` blocks
-  (α is one number; a sample estimates the total log-likelihood well), in float64.
+  of each tensor, each block, or all tensors together, so the same α means the same thing
+  whatever the gradients' scale. Blocks whose diagonal is all zero (fully pruned, dead
+  weights) borrow their tensor's mean, then the global mean. The strings without ``per``
+  take "global" under a global threshold and "tensor" under per-tensor sparsity
+  (``parse_damp``): scores that compete in one threshold must be on one scale. A weight
+  with ~0 gradient scores ≈ λ w²/2; with λ per tensor, a tensor of small mean diagonal
+  looked free to prune, and the digits MLP's hidden layer lost 16,291 of its 16,384
+  weights at 90% (issue 12).
+- ``AutoDamp(per=..., criterion="full", rule="1se")`` ("auto", "auto:global:full:min", ...):
+  a relative damp whose α is chosen by the prune step itself, cross-validated on held-out
+  gradients: the last chunk of k collected gradients is held out, and for each candidate α
+  (13 half-decades from 1e-6 to 1) the step's own selection and update run on a seeded
+  sample of up to ``max_blocks`` blocks with F_rest from the other m − k; the α whose step
+  has the least predicted loss increase under the held-out gradients, ½ΔwᵀF_hoΔw, is the
+  reference (``damping_cv``), and rule "1se" (the default) takes the largest α whose
+  increase is within one standard error of it, paired over the k held-out gradients (rule
+  "min": the least itself). With k = 32 the criterion is noisy and often flat over a decade
+  or two; erring toward more damping won on the digits MLP and CNN (README, "Damping").
+  The held-out chunk then joins F, which is inverted with α·(m − k)/m: the best ridge
+  shrinks about as 1/samples, and F has m, not m − k (the pruner caps k at m/4 for this).
+  criterion "likelihood" is the policy before issue 12 (α maximising the held-out
+  gradients' Gaussian log-likelihood under F_rest + λI), kept for comparison: it optimised
+  the wrong thing (α at the bottom of its grid on the digits MLP, far below magnitude pruning).
 
 Where λ is needed:
 
@@ -41,14 +53,18 @@ import math
 from collections.abc import Callable
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import ops
-from ..specs import DAMP_PER_CHOICES, check_damp_per, check_relative_damp, parse_damp_spec
+from ..specs import AUTO_CRITERIA, AUTO_RULES, DAMP_PER_CHOICES, check_damp_per, check_relative_damp, parse_damp_spec
+
+if TYPE_CHECKING:  # damping_cv imports this module's neighbours; AutoDamp imports it lazily
+    from . import damping_cv
 
 __all__ = ["AbsoluteDamp", "RelativeDamp", "AutoDamp", "BlockLayout", "block_layout", "parse_damp", "Damping",
-           "INVERT_SLICE"]
+           "INVERT_SLICE", "AUTO_CRITERIA"]
 
 # Blocks inverted per fisher_invert call: 4096 blocks of B = 50 are 41 MB of float32, so the
 # Cholesky factor and inverse it allocates stay small next to F⁻¹ (212k blocks for MiniLM).
@@ -57,7 +73,11 @@ INVERT_SLICE = 4096
 # (B = 50: 20 MB each at 1024 blocks) are what a prune step adds on top of F⁻¹ and the
 # held-out chunk; at 4096 they added ~0.6 GB to MiniLM's peak (measured, 2026-11-21).
 FIT_SLICE = 1024
+# "global": one λ for every tensor, α × the mean diagonal over all live weights (what the
+# string forms resolve to under global selection: see ``parse_damp``)
 PER_CHOICES = DAMP_PER_CHOICES
+# AUTO_RULES: "min": the candidate with the least criterion; "1se": the largest α within one
+# standard error (over the held-out gradients) of the least, the usual cross-validation rule for a noisy score
 # α grid for AutoDamp: half decades from 1e-6 to 1 of the mean Fisher diagonal.
 AUTO_CANDIDATES = tuple(10.0 ** (e / 2) for e in range(-12, 1))
 # the relative damp a failed absolute one falls back to (then raised 10x per retry by fisher_invert)
@@ -127,8 +147,11 @@ class Damping:
         """Set F₀⁻¹ = diag(1/λ) in place before the first Woodbury update; first_chunk: (nb, k, B)."""
         raise NotImplementedError
 
-    def fit(self, fisher: torch.Tensor, heldout: torch.Tensor, num_grads: int, layout: BlockLayout) -> None:
-        """Direct path, before ``invert``: see the last chunk (already inside ``fisher``). No-op by default."""
+    def fit(self, fisher: torch.Tensor, heldout: torch.Tensor, num_grads: int, layout: BlockLayout,
+            step: "Callable[[], damping_cv.PruneStep] | None" = None) -> None:
+        """Direct path, before ``invert``: see the last chunk (already inside ``fisher``) and, when
+        a prune step follows, what it will do (``step()`` builds its ``damping_cv.PruneStep``).
+        No-op by default."""
 
     def block_scale(self, fisher: torch.Tensor, layout: BlockLayout) -> torch.Tensor | None:
         """(nb,) what λ is relative to for each block of ``fisher`` (None: an absolute λ); for
@@ -189,7 +212,7 @@ class RelativeDamp(Damping):
 
     @property
     def spec(self) -> str:
-        return f"rel:{self.fraction:g}" + (":block" if self.per == "block" else "")
+        return f"rel:{self.fraction:g}:{self.per}"
 
     def describe(self) -> str:
         return f"λ={self.fraction:g}×mean diag per {self.per}"
@@ -210,22 +233,43 @@ class RelativeDamp(Damping):
 
 
 class AutoDamp(RelativeDamp):
-    """A relative damp whose fraction is chosen on the held-out last chunk (see the module doc)."""
+    """A relative damp whose fraction is chosen on the held-out last chunk (see the module doc).
+
+    criterion: "full" (default) / "block": the predicted loss increase of the prune step
+    itself under the held-out gradients (``damping_cv``); "likelihood": their Gaussian
+    log-likelihood (the policy before issue 12, kept for comparison). Without a prune step
+    to score (``fit`` called with no ``step``), "likelihood" is used.
+    scores: candidate -> its criterion value (lower is better for the prune-step criteria;
+    the log-likelihood is stored negated, so lower is better throughout).
+    """
 
     needs_direct = True
 
-    def __init__(self, per: str = "tensor", candidates=AUTO_CANDIDATES, max_blocks: int = 8192, seed: int = 0):
+    def __init__(self, per: str = "tensor", candidates=AUTO_CANDIDATES, max_blocks: int = 4096, seed: int = 0,
+                 criterion: str = "full", rule: str = "1se"):
         cands = sorted(float(c) for c in candidates)
         if not cands or cands[0] <= 0:
             raise ValueError(f"candidates must be positive fractions, got {candidates!r}")
+        if criterion not in AUTO_CRITERIA:
+            raise ValueError(f"criterion must be one of {AUTO_CRITERIA}, got {criterion!r}")
         super().__init__(cands[len(cands) // 2], per)
-        self.candidates, self.max_blocks, self.seed = tuple(cands), int(max_blocks), seed
+        if rule not in AUTO_RULES:
+            raise ValueError(f"rule must be one of {AUTO_RULES}, got {rule!r}")
+        self.candidates, self.max_blocks, self.seed, self.criterion = tuple(cands), int(max_blocks), seed, criterion
+        self.rule = rule
         self.chosen: float | None = None
-        self.log_likelihood: dict[float, float] = {}
+        self.scores: dict[float, float] = {}
+        self.score_terms: torch.Tensor | None = None  # (candidates, k): the criterion per held-out gradient
+
+    @property
+    def log_likelihood(self) -> dict[float, float]:
+        """Candidate -> held-out log-likelihood (criterion "likelihood" only; else empty)."""
+        return {a: -v for a, v in self.scores.items()} if self.criterion == "likelihood" else {}
 
     @property
     def spec(self) -> str:
-        return "auto" + (":block" if self.per == "block" else "")
+        tail = "" if (self.criterion, self.rule) == ("full", "1se") else f":{self.criterion}"
+        return f"auto:{self.per}{tail}" + ("" if self.rule == "1se" else f":{self.rule}")
 
     def describe(self) -> str:
         if self.chosen is None:
@@ -238,30 +282,20 @@ class AutoDamp(RelativeDamp):
             raise ValueError("damp='auto' holds out some gradients to choose λ: needs num_grads >= 2")
         return min(chunk_size, max(1, num_grads // 4))
 
-    def fit(self, fisher, heldout, num_grads, layout):
+    def fit(self, fisher, heldout, num_grads, layout, step=None):
         h = heldout.shape[1]
         if h < 1 or num_grads - h < 1:
             raise ValueError(f"damp='auto' holds out the last chunk ({h} gradients) and builds F from the rest "
                              f"({num_grads - h}): needs num_grads > chunk_size")
         scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
         idx = _sample_blocks(layout, self.max_blocks, self.seed)
-        totals = {a: 0.0 for a in self.candidates}
-        for start in range(0, idx.numel(), FIT_SLICE):
-            sel = idx[start : start + FIT_SLICE]
-            g = heldout[sel].double()  # (s, h, B)
-            f_rest = (fisher[sel].double() * num_grads - g.transpose(1, 2) @ g) / (num_grads - h)
-            d = scale[sel].double()
-            c = f_rest / d[:, None, None]
-            gn = g / d.sqrt()[:, None, None]
-            n_dead = (~layout.live[sel]).sum().item()
-            for a in self.candidates:
-                totals[a] += _gaussian_log_likelihood(c, gn, a, n_dead)
-        if layout.reduce is not None:  # sharded: every rank scores its own blocks; all must choose alike
-            summed = layout.reduce(torch.tensor([totals[a] for a in self.candidates], dtype=torch.float64,
-                                                device=layout.live.device))
-            totals = dict(zip(self.candidates, summed.tolist()))
-        self.log_likelihood = totals
-        best = max(totals, key=totals.get)
+        if self.criterion == "likelihood" or step is None:
+            totals, terms = _likelihood_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates), None
+        else:
+            totals, terms = _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates,
+                                               step().sample(idx), self.criterion)
+        self.scores, self.score_terms = totals, terms
+        best = _pick(totals, terms, self.rule)
         # best is right for F_rest's m − h gradients; the inverted F has m, and the right ridge
         # shrinks about as 1/(number of samples): scale it to m (first-order correction).
         self.chosen = best * (num_grads - h) / num_grads
@@ -273,16 +307,82 @@ class AutoDamp(RelativeDamp):
         super().invert(fisher, layout, backend=backend, scale=scale)
 
 
-def parse_damp(damp) -> Damping:
-    """FisherPruner's ``damp=``: a number (absolute λ), "rel:α[:block]", "auto[:block]", or a Damping
-    (text and numbers checked by ``specs.parse_damp_spec``, the rules the command line uses)."""
+def _pick(values: dict[float, float], terms: torch.Tensor | None, rule: str) -> float:
+    """The chosen candidate: the least value (exact ties: the larger α), or with rule "1se" the
+    largest α whose excess over the least is within one standard error of that excess, paired
+    over the held-out gradients (terms: (candidates, k), one row per candidate in order)."""
+    best = min(values, key=lambda a: (values[a], -a))
+    if rule == "min" or terms is None or terms.shape[1] < 2:
+        return best
+    cands = list(values)
+    diff = terms - terms[cands.index(best)]
+    excess, se = diff.mean(1), diff.std(1) / math.sqrt(terms.shape[1])
+    return max(a for i, a in enumerate(cands) if a >= best and bool(excess[i] <= se[i]))
+
+
+def _rest_of(fisher, heldout, num_grads, sel):
+    """F_rest of blocks ``sel`` in float64 (the Fisher without the held-out chunk) and that chunk."""
+    g = heldout[sel].double()  # (s, h, B)
+    h = g.shape[1]
+    return (fisher[sel].double() * num_grads - g.transpose(1, 2) @ g) / (num_grads - h), g
+
+
+def _reduced(totals: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Sharded: every rank scores its own blocks; all must choose alike."""
+    return layout.reduce(totals) if layout.reduce is not None else totals
+
+
+def _likelihood_totals(fisher, heldout, num_grads, layout, scale, idx, candidates) -> dict[float, float]:
+    """Candidate -> −(held-out Gaussian log-likelihood), summed over the sampled blocks."""
+    totals = torch.zeros(len(candidates), dtype=torch.float64, device=layout.live.device)
+    for start in range(0, idx.numel(), FIT_SLICE):
+        sel = idx[start : start + FIT_SLICE]
+        f_rest, g = _rest_of(fisher, heldout, num_grads, sel)
+        d = scale[sel].double()
+        c, gn = f_rest / d[:, None, None], g / d.sqrt()[:, None, None]
+        n_dead = (~layout.live[sel]).sum().item()
+        for i, a in enumerate(candidates):
+            totals[i] -= _gaussian_log_likelihood(c, gn, a, n_dead)
+    return dict(zip(candidates, _reduced(totals, layout).tolist()))
+
+
+def _prune_step_totals(fisher, heldout, num_grads, layout, scale, idx, candidates, step, criterion):
+    """Candidate -> the prune step's predicted loss increase under the held-out gradients
+    (damping_cv), and its terms: (candidates, k) float64, ½(g_jᵀΔw)² per held-out gradient j."""
+    from .damping_cv import predicted_increase
+
+    f_rest, g = _rest_of(fisher, heldout, num_grads, idx)
+    k = g.shape[1]
+    # per candidate: k sums over blocks of g_jᵀΔw_b, k sums of (g_jᵀΔw_b)², failed (F_rest + λI not PD)
+    stats = torch.zeros(len(candidates), 2 * k + 1, dtype=torch.float64, device=layout.live.device)
+    for i, a in enumerate(candidates):
+        per_grad, per_grad_blocks, failed = predicted_increase(step, f_rest, g, scale[idx].double(), layout.live[idx],
+                                                               layout.tensor_index[idx], a, FIT_SLICE)
+        stats[i, :k], stats[i, k : 2 * k], stats[i, -1] = per_grad, per_grad_blocks, float(failed)
+    stats = _reduced(stats, layout)
+    terms = (stats[:, :k] ** 2 if criterion == "full" else stats[:, k : 2 * k]) / 2  # ½ (g_jᵀΔw)² per gradient j
+    value = torch.where(stats[:, -1] > 0, torch.full((len(candidates),), math.inf, dtype=torch.float64), terms.mean(1))
+    terms[stats[:, -1] > 0] = math.inf
+    return dict(zip(candidates, value.tolist())), terms
+
+
+def parse_damp(damp, global_sparsity: bool = False) -> Damping:
+    """FisherPruner's ``damp=``: a number (absolute λ), "rel:α[:per]", "auto[:per[:criterion[:rule]]]",
+    or a Damping (text and numbers checked by ``specs.parse_damp_spec``, the rules the command
+    line uses).
+
+    per: "tensor" | "block" | "global". Left out, it follows the selection: "global" when one
+    threshold ranks every tensor (``global_sparsity``: scores that compete must be on one
+    scale), "tensor" otherwise. A Damping object is used as it is.
+    """
     if isinstance(damp, Damping):
         return damp
     spec = parse_damp_spec(damp)
+    per = spec.per or ("global" if global_sparsity else "tensor")
     if spec.kind == "auto":
-        return AutoDamp(per=spec.per)
+        return AutoDamp(per=per, criterion=spec.criterion, rule=spec.rule)
     if spec.kind == "relative":
-        return RelativeDamp(spec.value, per=spec.per)
+        return RelativeDamp(spec.value, per=per)
     return AbsoluteDamp(spec.value)
 
 
@@ -304,6 +404,8 @@ def _mean_diag(diag: torch.Tensor, layout: BlockLayout, per: str) -> torch.Tenso
     global_mean = (t_sum.sum() / t_live.sum()).item() if t_live.sum() > 0 else 0.0
     global_mean = global_mean if global_mean > 0 else 1.0
     t_mean = torch.where((t_live > 0) & (t_sum > 0), t_sum / t_live.clamp_min(1), torch.full_like(t_sum, global_mean))
+    if per == "global":
+        return torch.full((layout.tensor_index.numel(),), global_mean, dtype=torch.float32, device=diag.device)
     per_block_of_tensor = t_mean[layout.tensor_index]
     if per == "tensor":
         return per_block_of_tensor.float()

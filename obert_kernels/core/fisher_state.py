@@ -94,14 +94,16 @@ class FisherState:
         op = ops.woodbury_update if config.fisher_method == "woodbury" else ops.fisher_accumulate
         op(self.blocks[blocks], chunk, config.num_grads, backend=config.backend)
 
-    def start_inversion(self, heldout: torch.Tensor | None, config: PrunerConfig, layout: BlockLayout) -> None:
+    def start_inversion(self, heldout: torch.Tensor | None, config: PrunerConfig, layout: BlockLayout,
+                        step=None) -> None:
         """Direct build, before ``invert``: check F and fit the damping on the held-out last chunk
-        (num_blocks, h, B); changes no block (see ``inversion``). Done once per step."""
+        (num_blocks, h, B) and, if given, ``step()``: the prune step to come
+        (``damping_cv.PruneStep``); changes no block (see ``inversion``). Done once per step."""
         if self.inversion is None:
             if heldout is None and fits_on_heldout(config.damping):
                 raise ValueError(f"damp={config.damp!r} chooses λ on the held-out last chunk of gradients, which "
                                  "is no longer kept: call reset() and collect the gradients again")
-            self.inversion = start_inversion(self.blocks, config.damping, heldout, config.num_grads, layout)
+            self.inversion = start_inversion(self.blocks, config.damping, heldout, config.num_grads, layout, step)
 
     def invert(self, config: PrunerConfig, layout: BlockLayout) -> None:
         """FISHER_SUM -> INVERSE in place: blocks ← (Σ g gᵀ / m + λI)⁻¹, from where a failed call
@@ -170,10 +172,12 @@ class FisherBuild:
                 part.copy_(backup)
             raise
 
-    def finalize(self, layout: LayoutFn) -> torch.Tensor:
+    def finalize(self, layout: LayoutFn, step=None) -> torch.Tensor:
         """Flush, then make the state F⁻¹ (the direct build inverts in place here, see
         ``inversion``); frees the buffer as soon as nothing needs it (AutoDamp's fit reads the
-        held-out last chunk). A retry after a failure resumes. Returns the blocks, holding F⁻¹."""
+        held-out last chunk). step: None, or a callable giving the prune step to come, for the
+        damping to score (``damping_cv.PruneStep``; "auto" chooses λ by it). A retry after a
+        failure resumes. Returns the blocks, holding F⁻¹."""
         self.flush(layout)
         self.scratch = None
         fisher = self.fisher
@@ -182,7 +186,7 @@ class FisherBuild:
             if not fits_on_heldout(self.config.damping):
                 self.grads.free()  # not needed: give its memory back before fitting and inverting
             heldout = None if self.grads.buffer is None else self.grads.last_applied()
-            fisher.start_inversion(heldout, self.config, blocks_layout)
+            fisher.start_inversion(heldout, self.config, blocks_layout, step)
             self.grads.free()
             fisher.invert(self.config, blocks_layout)
         elif fisher.inversion is not None:  # a retry after a failure past the inversion: λ as fitted
@@ -201,7 +205,7 @@ def config_with_damp(config: PrunerConfig, damp, state: FisherBuild | None, devi
     that fits on the held-out chunk (auto) once a failed prune freed it. k stays as it is while gradients are buffered.
     The step's ``state`` gets the new config too.
     """
-    damping = parse_damp(damp)
+    damping = parse_damp(damp, global_sparsity=config.global_sparsity)
     chunk_size = damping.chunk_size_for(config.num_grads, config.chunk_size)  # also checks what the policy needs
     if state is not None:
         chunk_size = config.chunk_size

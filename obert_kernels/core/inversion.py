@@ -45,12 +45,13 @@ class Inversion:
 
 
 def start_inversion(fisher: torch.Tensor, damping: Damping, heldout: torch.Tensor | None, num_grads: int,
-                    layout: BlockLayout) -> Inversion:
-    """Check F, fit the damping, fix its scale; nothing in ``fisher`` (nb, B, B) changes.
+                    layout: BlockLayout, step=None) -> Inversion:
+    """Check F, fit the damping (``step``: see ``Damping.fit``), fix its scale; nothing in
+    ``fisher`` (nb, B, B) changes.
 
     Every rank calls it (the damping may sum statistics over ranks)."""
     ops.checks.check_finite_blocks(fisher)
-    damping.fit(fisher, heldout, num_grads, layout)
+    damping.fit(fisher, heldout, num_grads, layout, step)
     return Inversion(damping.block_scale(fisher, layout), dict(vars(damping)))
 
 

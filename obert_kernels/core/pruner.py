@@ -19,11 +19,12 @@ import torch
 
 from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method
 from .damping import BlockLayout
+from .damping_cv import prune_step
 from .fisher_state import FisherBuild, FisherKind, config_with_damp
 from .grad_buffer import check_finite
 from .masks import PrunedMasks
 from .memory import MemoryEstimate, estimate_memory, refuse_if_too_big
-from .report import PruneReport, reports_from_dicts
+from .report import PruneReport, reports_from_dicts, warn_collapsed
 from .scoring import select_new
 from .sharding import Shard, agree, all_reduce_sum, resolve_group
 from .tracked import PRUNABLE_MODULES, TrackedTensors, make_slots, named_tensors, prunable_weights
@@ -68,6 +69,9 @@ class FisherPruner:
         None (default) uses the initialized default group if there is one, False never
         shards. Every rank must pass the same (all-reduced) gradients; prune() and, when
         sharded, fisher_inverse() are collective calls (see obert_kernels.core.sharding).
+    max_tensor_sparsity: None, or (global selection) no tensor is pruned above this fraction;
+        the slots a capped tensor cannot take go to the next-best weights of the others.
+        Without a cap, a tensor taken above 99% is warned about (``report.warn_collapsed``).
 
     The Fisher state is float32 whatever the weights' dtype; fp16/bf16 weights are
     updated in float32 and cast back.
@@ -99,11 +103,13 @@ class FisherPruner:
         verbose: bool = True,
         max_memory_fraction: float = 0.9,
         process_group=None,
+        max_tensor_sparsity: float | None = None,
     ):
         config = PrunerConfig.from_args(
             block_size=block_size, num_grads=num_grads, damp=damp, pattern=pattern, global_sparsity=global_sparsity,
             update=update, backend=backend, chunk_size=chunk_size, fisher_method=fisher_method,
-            fisher_storage=fisher_storage, verbose=verbose, max_memory_fraction=max_memory_fraction)
+            fisher_storage=fisher_storage, verbose=verbose, max_memory_fraction=max_memory_fraction,
+            max_tensor_sparsity=max_tensor_sparsity)
         slots = make_slots(params, block_size, config.pattern)
         self.config = config.resolved_for(slots[0].tensor.device)
         self._shard: Shard = resolve_group(process_group)
@@ -126,6 +132,7 @@ class FisherPruner:
     fisher_storage = _setting("fisher_storage")
     verbose = _setting("verbose")
     max_memory_fraction = _setting("max_memory_fraction")
+    max_tensor_sparsity = _setting("max_tensor_sparsity")
 
     @property
     def damp(self):
@@ -237,7 +244,7 @@ class FisherPruner:
 
         Uses the gradients collected so far (still divided by m); with none, (1/λ)·I.
         When sharded this is a collective: every rank must call it, and each gets all blocks
-        (with a per-tensor relative damp, λ then comes from this rank's share of the tensor).
+        (a relative λ from the statistics of every rank's blocks, as in ``prune``).
         """
         slot = self._slot(name)
         if self._state is None:
@@ -249,11 +256,14 @@ class FisherPruner:
         layout = self._layout()
         own = torch.zeros(slot.num_blocks, self.block_size, self.block_size, device=self.device)
         fisher = self._state.fisher
+        # a relative λ is relative to statistics of all blocks (one tensor's, or all tensors')
+        scale = self.damping.block_scale(fisher.blocks, layout) if fisher.kind is not FisherKind.INVERSE else None
         for piece in self._tracked.pieces:
             if piece.slot is slot:
                 blocks = fisher.dense_copy(piece.blocks, self.block_size)
                 if fisher.kind is not FisherKind.INVERSE:  # invert the copy (here, so a warning names the caller)
-                    self.damping.invert(blocks, layout[piece.blocks], backend=self.backend)
+                    self.damping.invert(blocks, layout[piece.blocks], backend=self.backend,
+                                        scale=None if scale is None else scale[piece.blocks])
                 first = piece.start // self.block_size
                 own[first : first + piece.num_blocks] = blocks
         if not self._shard.distributed:
@@ -291,7 +301,9 @@ class FisherPruner:
         # two agreements: a rank that fails applying its last chunk is known before the
         # damping's own per-tensor collectives (relative/auto damp) start
         agree(self._shard, "applying gradients", lambda: state.flush(self._layout))
-        finv = agree(self._shard, "building F⁻¹", lambda: state.finalize(self._layout))
+        step = lambda: prune_step(tracked.pieces, tracked.float32_weights(), target, self.config,  # noqa: E731
+                                  self.local_num_blocks, self.device, self._shard)  # damp="auto" scores the step
+        finv = agree(self._shard, "building F⁻¹", lambda: state.finalize(self._layout, step))
         weights = tracked.float32_weights()
         new, factors = select_new(target, weights, finv, tracked, self._masks.pruned, self.config, self._shard)
         updated = updated_weights(tracked.pieces, tracked.slots, weights, finv, new, self._masks.pruned, factors,
@@ -302,6 +314,7 @@ class FisherPruner:
         report.seconds = time.perf_counter() - start
         self._state = None
         self.history.append(report)
+        warn_collapsed(report)  # after the commit: a warning turned into an error leaves the step done
         return report
 
     # ---- masks --------------------------------------------------------------------------

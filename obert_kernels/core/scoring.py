@@ -86,8 +86,10 @@ def _choose(scores: dict[str, torch.Tensor], target: float, config: PrunerConfig
     pattern = config.pattern
     if pattern.is_nm:
         return {n: selection.select_nm(s, pattern) for n, s in scores.items()}
-    pick = selection.select_global if config.global_sparsity else selection.select_per_tensor
-    units = pick(scores, target)
+    if config.global_sparsity:
+        units = selection.select_global(scores, target, config.max_tensor_sparsity)
+    else:
+        units = selection.select_per_tensor(scores, target)
     return {n: selection.expand_groups(u, pattern.group_size) for n, u in units.items()}
 
 

@@ -4,6 +4,10 @@ Units are what a pattern prunes as one: single weights (unstructured) or groups
 (block4). Global selection ranks the units of every tensor together and prunes exactly
 round(s · total units); per-tensor selection does the same inside each tensor. N:M takes
 the lowest-scoring subset of every group and ignores s.
+
+Global selection may cap each tensor at a fraction of its units (``max_tensor_sparsity``):
+the units a capped tensor cannot take go to the next-lowest scores of the other tensors,
+so the total stays exactly round(s · total units).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import torch
 from ..ops.blocks import nm_subset_masks
 from ..ops.patterns import Pattern
 
-__all__ = ["count_for", "select_lowest", "select_global", "select_per_tensor", "select_nm", "expand_groups"]
+__all__ = ["count_for", "select_lowest", "select_lowest_capped", "select_global", "select_per_tensor", "select_nm", "expand_groups"]
 
 
 def count_for(sparsity: float, total: int) -> int:
@@ -36,19 +40,47 @@ def _check_scores(name: str, scores: torch.Tensor) -> None:
         raise FloatingPointError(f"scores of {name!r} contain NaN: its weights or Fisher inverse are not finite")
 
 
-def select_global(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    """One ranking over all tensors' 1-D unit scores; returns name -> bool unit mask (True = pruned)."""
+def select_global(scores: dict[str, torch.Tensor], sparsity: float,
+                  max_tensor_sparsity: float | None = None) -> dict[str, torch.Tensor]:
+    """One ranking over all tensors' 1-D unit scores; returns name -> bool unit mask (True = pruned).
+
+    max_tensor_sparsity: None, or each tensor takes at most floor(cap · its units) (ValueError
+    if the caps together hold fewer units than the target)."""
     for name, s in scores.items():
         _check_scores(name, s)
     names = list(scores)
     flat = torch.cat([scores[n].reshape(-1).float().cpu() for n in names]) if names else torch.zeros(0)
-    chosen = select_lowest(flat, count_for(sparsity, flat.numel()))
+    count = count_for(sparsity, flat.numel())
+    if max_tensor_sparsity is None:
+        chosen = select_lowest(flat, count)
+    else:
+        chosen = select_lowest_capped(flat, [scores[n].numel() for n in names], count, max_tensor_sparsity)
     out, start = {}, 0
     for n in names:
         size = scores[n].numel()
         out[n] = chosen[start : start + size].to(scores[n].device)
         start += size
     return out
+
+
+def select_lowest_capped(flat: torch.Tensor, sizes: list[int], count: int, cap: float) -> torch.Tensor:
+    """Bool mask of the ``count`` lowest of ``flat`` (tensors of ``sizes`` one after another),
+    each tensor taking at most floor(cap · size): the global order, skipping a tensor's
+    units past its cap (so a capped tensor's slots go to the next-lowest of the others)."""
+    limits = torch.tensor([int(math.floor(cap * n + 1e-9)) for n in sizes], dtype=torch.long)
+    if count > int(limits.sum()):
+        raise ValueError(f"max_tensor_sparsity={cap} leaves {int(limits.sum())} prunable units, "
+                         f"fewer than the {count} the target sparsity needs")
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
+    order = torch.argsort(flat, stable=True)
+    by_owner = torch.argsort(owner[order], stable=True)  # positions in ``order``, grouped by tensor
+    rank = torch.empty_like(order)
+    starts = torch.cumsum(torch.tensor([0] + sizes[:-1], dtype=torch.long), 0)
+    rank[by_owner] = torch.arange(order.numel()) - starts[owner[order][by_owner]]  # rank within its tensor
+    allowed = order[rank < limits[owner[order]]]
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    mask[allowed[:count]] = True
+    return mask
 
 
 def select_per_tensor(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
