@@ -11,6 +11,8 @@ from .recipes.probes import GaussNewtonProbe, gauss_newton_loss
 from .core.pruner import FisherPruner, prunable_weights
 from .core.report import PruneReport
 from .recipes.gradual import GradualSchedule, cubic_sparsity
+from .recipes.distillation import DistillationLoss, distillation_loss, embedding_loss, frozen_teacher, kd_loss
+from .recipes.gradual_training import GradualRun, MaskKeeper, finetune_with_masks, gradual_prune
 
 __all__ = [
     "FisherPruner",
@@ -31,4 +33,13 @@ __all__ = [
     "AbsoluteDamp",
     "RelativeDamp",
     "AutoDamp",
+    "DistillationLoss",
+    "distillation_loss",
+    "embedding_loss",
+    "kd_loss",
+    "frozen_teacher",
+    "gradual_prune",
+    "finetune_with_masks",
+    "GradualRun",
+    "MaskKeeper",
 ]
