@@ -6,6 +6,7 @@
     obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.7 --out minilm-70
     obert-kernels prune ./my-bert-dir --sparsity 0.5 --method joint --damp rel:0.01 --out pruned
     obert-kernels prune digits-mlp --sparsity 0.9 --out mlp-90
+    obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.8 --gradual --train-steps 600 --out minilm-80   # + distillation
     obert-kernels bench [--list] [--quick] [NAME ...] [-- script args]
     obert-kernels info [--d 10616832 --block-size 50]
 """
@@ -52,7 +53,7 @@ def _add_check_options(ap: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo
+    from . import demo, gradual_command
 
     ap = argparse.ArgumentParser(prog="obert-kernels", description="Second-order (Optimal BERT Surgeon) pruning")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu")
     d.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    gradual_command.add_arguments(p)
 
     p = sub.add_parser("bench", help="run the benchmark scripts (bench/bench_*.py) the backends present can run")
     p.add_argument("names", nargs="*", help="scripts to run (default: all that can run here)")
@@ -125,6 +127,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         from .demo import run_demo_command
 
         run_demo_command(DemoOptions.from_args(args))
+        return 0
+    if args.command == "prune" and args.gradual:
+        from .gradual_command import GradualOptions, run_gradual
+
+        run_gradual(GradualOptions.from_args(args))
         return 0
     if args.command == "prune":
         from .prune_command import run_prune

@@ -41,7 +41,7 @@ from .baselines import magnitude_prune
 from .gradual import GradualSchedule, cubic_sparsity
 from .prune_model import grads_only_for
 
-__all__ = ["gradual_prune", "finetune_with_masks", "GradualRun", "MaskKeeper", "lr_factor", "plan_pruning_steps",
+__all__ = ["gradual_prune", "check_schedule", "finetune_with_masks", "GradualRun", "MaskKeeper", "lr_factor", "plan_pruning_steps",
            "GRADUAL_METHODS"]
 
 GRADUAL_METHODS = ("obs", "joint", "sequential", "magnitude")
@@ -190,19 +190,44 @@ class _ObertPruning(_Pruning):
         return self.pruner.masks
 
 
-def _check_steps(steps: int, plan, prune_end: int, update_every: int, fresh: bool, num_grads: int | None) -> None:
+def check_schedule(steps: int, sparsity: float, *, method: str = "obs", init_sparsity: float = 0.0, prune_start: int = 0,
+                   prune_end: int | None = None, update_every: int | None = None, fresh_grads: bool = True,
+                   num_grads: int | None = None) -> tuple[list[tuple[int, float]], int, int]:
+    """Check a gradual schedule against the steps before any training; returns (plan, prune_end, update_every).
+
+    Defaults: prune_end = 3/4 of the steps (the last quarter recovers with masks fixed),
+    update_every = the pruning span / 9 (10 pruning steps). ValueError, saying what to change,
+    when: the method is unknown, sparsity is outside [init_sparsity, 1), the pruning does not
+    end before the last step, the schedule prunes nothing, or (gradients from the training
+    loop, fresh_grads False) the loop cannot give num_grads gradients before a pruning step.
+    """
+    if method not in GRADUAL_METHODS:
+        raise ValueError(f"method must be one of {GRADUAL_METHODS}, got {method!r}")
+    if not 0.0 <= init_sparsity <= sparsity < 1.0:
+        raise ValueError(f"need 0 ≤ init_sparsity ≤ sparsity < 1, got {init_sparsity}, {sparsity}")
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
-    if prune_end >= steps:
-        raise ValueError(f"the last pruning step ({prune_end}) must come before the last training step ({steps - 1})")
+    prune_end = (3 * steps) // 4 if prune_end is None else prune_end
+    if not 0 <= prune_start <= prune_end:
+        raise ValueError(f"need 0 ≤ prune_start ≤ prune_end, got {prune_start}, {prune_end}")
+    if prune_end >= steps - 1:
+        raise ValueError(f"the last pruning step ({prune_end}) must come before the last training step ({steps - 1}), "
+                         "so the masks get at least one step of recovery: raise the steps")
+    update_every = update_every or max((prune_end - prune_start) // 9, 1)
+    if update_every < 1:
+        raise ValueError(f"update_every must be ≥ 1, got {update_every}")
+    plan = plan_pruning_steps(prune_start, prune_end, update_every, init_sparsity, sparsity)
     if not plan:
         raise ValueError("the schedule prunes nothing: raise the sparsity or the steps")
-    if not fresh and num_grads is not None and len(plan) > 1 and update_every < num_grads:
-        raise ValueError(f"update_every ({update_every}) < num_grads ({num_grads}): the training loop cannot supply enough "
-                         "gradients between pruning steps; give fisher_loss and fisher_batches, raise the steps or lower num_grads")
-    if not fresh and num_grads is not None and plan[0][0] + 1 < num_grads:
-        raise ValueError(f"the first pruning step ({plan[0][0]}) comes before the training loop has given num_grads "
-                         f"({num_grads}) gradients: start pruning later or give fisher_loss and fisher_batches")
+    if method != "magnitude" and not fresh_grads and num_grads is not None:
+        if len(plan) > 1 and update_every < num_grads:
+            raise ValueError(f"update_every ({update_every}) < num_grads ({num_grads}): the training loop cannot supply "
+                             "enough gradients between pruning steps; draw them fresh (fisher_loss and fisher_batches), "
+                             "raise the steps or lower num_grads")
+        if plan[0][0] + 1 < num_grads:
+            raise ValueError(f"the first pruning step ({plan[0][0]}) comes before the training loop has given num_grads "
+                             f"({num_grads}) gradients: start pruning later or draw them fresh")
+    return plan, prune_end, update_every
 
 
 def gradual_prune(
@@ -241,28 +266,18 @@ def gradual_prune(
     methods); pruner_kwargs go to FisherPruner. Raises ValueError before training when the
     schedule does not fit the steps. Returns a GradualRun.
     """
-    if method not in GRADUAL_METHODS:
-        raise ValueError(f"method must be one of {GRADUAL_METHODS}, got {method!r}")
-    if not 0.0 <= init_sparsity <= sparsity < 1.0:
-        raise ValueError(f"need 0 ≤ init_sparsity ≤ sparsity < 1, got {init_sparsity}, {sparsity}")
     if (fisher_loss is None) != (fisher_batches is None):
         raise ValueError("pass both fisher_loss and fisher_batches (fresh Fisher gradients) or neither")
-    prune_end = (3 * steps) // 4 if prune_end is None else prune_end
-    if not 0 <= prune_start <= prune_end:
-        raise ValueError(f"need 0 ≤ prune_start ≤ prune_end, got {prune_start}, {prune_end}")
-    update_every = update_every or max((prune_end - prune_start) // 9, 1)
-    if update_every < 1:
-        raise ValueError(f"update_every must be ≥ 1, got {update_every}")
-    plan = plan_pruning_steps(prune_start, prune_end, update_every, init_sparsity, sparsity)
-    fresh = fisher_loss is not None
-    num_grads = None if method == "magnitude" else pruner_kwargs.get("num_grads", 1024)
-    _check_steps(steps, plan, prune_end, update_every, fresh, num_grads)
+    plan, prune_end, update_every = check_schedule(
+        steps, sparsity, method=method, init_sparsity=init_sparsity, prune_start=prune_start, prune_end=prune_end,
+        update_every=update_every, fresh_grads=fisher_loss is not None,
+        num_grads=pruner_kwargs.get("num_grads", 1024))
     params = named_tensors(params)
     if method == "magnitude":
         pruning: _Pruning = _MagnitudePruning(params, plan, pattern, global_sparsity)
     else:
         schedule_kwargs = dict(init_sparsity=init_sparsity, final_sparsity=sparsity, start_step=prune_start,
-                               end_step=prune_end, update_every=update_every)
+                               end_step=prune_end, update_every=update_every, progress=progress)
         pruning = _ObertPruning(model, params, plan, schedule_kwargs, fisher_loss, fisher_batches,
                                 dict(pruner_kwargs, update=method, pattern=pattern, global_sparsity=global_sparsity))
     return _train(model, params, loss_fn, batches, steps, pruning, progress=progress, optimizer=optimizer,
