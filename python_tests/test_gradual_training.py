@@ -147,3 +147,100 @@ def test_bad_schedules_fail_before_training(seed):
         gradual_prune(model, params, loss_fn, batches(), 0.0, 10, method="magnitude")
     assert not calls
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ---- the command line: prune --gradual ----------------------------------------------------
+@pytest.fixture
+def cli_ok():
+    pytest.importorskip("sklearn", reason="the digits MLP needs scikit-learn ([demo] extra)")
+    pytest.importorskip("safetensors", reason="writing safetensors needs the [models] extra")
+
+
+DIGITS_ARGS = ["--gradual", "--train-steps", "40", "--num-grads", "8", "--block-size", "16", "--damp", "rel:0.01",
+               "--no-progress"]
+
+
+def test_cli_gradual_digits_writes_only_when_complete(cli_ok, tmp_path, capsys, monkeypatch):
+    import json
+    import os
+
+    import safetensors.torch as st
+
+    from obert_kernels.app import gradual_command
+    from obert_kernels.app.cli import main
+    from obert_kernels.integrations.export import load_masks
+
+    out = tmp_path / "mlp"
+    assert main(["prune", "digits-mlp", "--sparsity", "0.9", "--out", str(out), "--method", "joint"] + DIGITS_ARGS) == 0
+    assert sorted(os.listdir(out)) == ["masks.safetensors", "model.safetensors", "obert_report.json"]
+    weights, masks = st.load_file(str(out / "model.safetensors")), load_masks(out / "masks.safetensors")
+    zeros = sum(int((weights[n] == 0).sum()) for n in masks) / sum(m.numel() for m in masks.values())
+    report = json.loads((out / "obert_report.json").read_text())
+    assert report["sparsity"] == pytest.approx(zeros) and zeros == pytest.approx(0.9, abs=2e-3)
+    assert all(torch.all(weights[n][~m] == 0) for n, m in masks.items())
+    assert report["method"] == "joint" and report["args"]["gradual"] == "True" and len(report["prune_steps"]) >= 2
+    assert report["metrics"]["accuracy"] > 0.3
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "sparsity of the saved weights: 90.00%" in printed
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gradual_command, "gradual_prune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["prune", "digits-mlp", "--sparsity", "0.9", "--out", str(tmp_path / "mlp2")] + DIGITS_ARGS)
+    assert sorted(os.listdir(tmp_path)) == ["mlp"]  # no output, no temporary directory
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--sparsity", "1.0"], "sparsity must be in"),
+    (["--sparsity", "0.9", "--train-steps", "2"], "must come before the last training step"),
+    (["--sparsity", "0.9", "--fisher-from", "train"], r"update_every \(3\) < num_grads \(8\)"),
+    (["--sparsity", "0.9", "--method", "random"], "invalid choice"),
+])
+def test_cli_gradual_bad_input_fails_before_training(cli_ok, tmp_path, capsys, monkeypatch, extra, message):
+    from obert_kernels.app import gradual_command
+    from obert_kernels.app.cli import main
+
+    def never(*a, **k):
+        raise AssertionError("loaded a model or trained")
+
+    monkeypatch.setattr(gradual_command, "_digits", never)
+    args = ["prune", "digits-mlp", "--out", str(tmp_path / "o")] + DIGITS_ARGS + extra
+    try:
+        rc = main(args)
+    except SystemExit as exc:  # argparse's own refusal
+        rc = exc.code
+    assert rc == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_gradual_encoder_and_a_mismatched_teacher(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers", reason="needs the [models] extra (transformers)")
+    pytest.importorskip("safetensors", reason="needs the [models] extra (safetensors)")
+    import json
+
+    from test_hf import make_tiny_model_dir
+
+    from obert_kernels.app.cli import main
+
+    tiny = make_tiny_model_dir(tmp_path / "tiny")
+    out = tmp_path / "pruned"
+    args = ["prune", str(tiny), "--sparsity", "0.7", "--gradual", "--train-steps", "16", "--num-grads", "4",
+            "--block-size", "16", "--eval-sentences", "40", "--train-batch-size", "4", "--no-progress"]
+    assert main(args + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mean_cosine" in printed and "nn_agreement" in printed
+    report = json.loads((out / "obert_report.json").read_text())
+    assert report["sparsity"] == pytest.approx(0.7, abs=2e-3) and 0 < report["metrics"]["mean_cosine"] <= 1
+    model = transformers.AutoModel.from_pretrained(out, local_files_only=True)
+    assert model.config.hidden_size == 32
+    other = tmp_path / "other"
+    make_tiny_model_dir(other)
+    config = transformers.BertConfig.from_pretrained(other)
+    config.hidden_size, config.intermediate_size = 16, 32
+    transformers.BertModel(config).save_pretrained(other)
+    assert main(args + ["--out", str(tmp_path / "o2"), "--teacher", str(other)]) == 2
+    assert "teacher outputs (2, 16) do not match the student's (2, 32)" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
