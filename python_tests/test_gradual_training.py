@@ -170,6 +170,10 @@ def test_cli_gradual_digits_writes_only_when_complete(cli_ok, tmp_path, capsys, 
     from obert_kernels.app.cli import main
     from obert_kernels.integrations.export import load_masks
 
+    from obert_kernels.app import demo
+
+    full_train = demo.train
+    monkeypatch.setattr(demo, "train", lambda model, data, **k: full_train(model, data, epochs=8, **k))  # test time
     out = tmp_path / "mlp"
     assert main(["prune", "digits-mlp", "--sparsity", "0.9", "--out", str(out), "--method", "joint"] + DIGITS_ARGS) == 0
     assert sorted(os.listdir(out)) == ["masks.safetensors", "model.safetensors", "obert_report.json"]
@@ -186,6 +190,7 @@ def test_cli_gradual_digits_writes_only_when_complete(cli_ok, tmp_path, capsys, 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(demo, "train", lambda model, data, **k: model)  # the dense training is not what is tested here
     monkeypatch.setattr(gradual_command, "gradual_prune", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(["prune", "digits-mlp", "--sparsity", "0.9", "--out", str(tmp_path / "mlp2")] + DIGITS_ARGS)
@@ -227,8 +232,14 @@ def test_cli_gradual_encoder_and_a_mismatched_teacher(tmp_path, capsys):
 
     tiny = make_tiny_model_dir(tmp_path / "tiny")
     out = tmp_path / "pruned"
-    args = ["prune", str(tiny), "--sparsity", "0.7", "--gradual", "--train-steps", "16", "--num-grads", "4",
-            "--block-size", "16", "--eval-sentences", "40", "--train-batch-size", "4", "--no-progress"]
+    gen = torch.Generator().manual_seed(0)
+    words = "the a list of value name data file string object is in to for and return".split()
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(" ".join(words[i] for i in torch.randint(len(words), (8,), generator=gen).tolist())
+                               for _ in range(60)))
+    args = ["prune", str(tiny), "--sparsity", "0.7", "--gradual", "--train-steps", "10", "--num-grads", "4",
+            "--block-size", "16", "--eval-sentences", "12", "--train-batch-size", "4", "--texts", str(texts),
+            "--damp", "rel:0.01", "--no-progress"]
     assert main(args + ["--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "mean_cosine" in printed and "nn_agreement" in printed
