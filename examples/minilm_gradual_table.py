@@ -62,7 +62,7 @@ def run_one(method, sparsity, encoder, dense_model, dense_emb, held_out, train_t
     if method in (GRADUAL, GMP):
         kwargs = dict(method="obs", fisher_loss=fisher["loss_fn"], fisher_batches=fisher["batches"], num_grads=args.gradual_grads,
                       **obert) if method == GRADUAL else dict(method="magnitude")
-        run = gradual_prune(model, params, loss, batches, sparsity, args.steps, **common, **kwargs)
+        run = gradual_prune(model, params, loss, batches, sparsity, args.steps, update_every=args.update_every, **common, **kwargs)
     elif method == ONESHOT:
         one = prune_model(model, params, "obs", sparsity, num_recomputations=4, progress=args.progress,
                           num_grads=args.num_grads, **fisher, **obert)
@@ -122,7 +122,8 @@ def main(argv=None):
     ap.add_argument("--train-batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--warmup", type=int, default=0)
-    ap.add_argument("--gradual-grads", type=int, default=128, help="m per pruning step of gradual oBERT (10 steps)")
+    ap.add_argument("--gradual-grads", type=int, default=128, help="m per pruning step of gradual oBERT")
+    ap.add_argument("--update-every", type=int, default=None, help="steps between pruning steps (default: 10 pruning steps)")
     ap.add_argument("--num-grads", type=int, default=256, help="m per step of one-shot oBERT (4 steps)")
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--chunk-size", type=int, default=32)
@@ -150,7 +151,7 @@ def main(argv=None):
     head = (f"all-MiniLM-L6-v2, 36 encoder Linear weights, global threshold; {args.steps} AdamW steps (lr {args.lr}, linear decay) "
             f"of 1 − cos embedding distillation from the dense model, {args.train_batch_size} sentences a step, word embeddings "
             f"frozen; Gauss-Newton Fisher, {args.batch_size} sentences a gradient, B={args.block_size}, damp {args.damp}: gradual "
-            f"m={args.gradual_grads} at each of 10 pruning steps over the first 3/4, one-shot m={args.num_grads} × R=4; "
+            f"m={args.gradual_grads} at each pruning step (every {args.update_every or 'span/9'} steps) over the first 3/4, one-shot m={args.num_grads} × R=4; "
             f"{len(train_text)} training / {len(held_out)} held-out stdlib sentences (Python {platform.python_version()}), "
             f"max {args.max_length} tokens, seed {args.seed}")
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {date.today()}"

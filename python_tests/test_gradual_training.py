@@ -61,7 +61,7 @@ def test_plan_is_gradual_schedules_steps_without_zero_targets():
     assert plan[-1] == (30, pytest.approx(0.9))
 
 
-@pytest.mark.parametrize("method,fresh", [("obs", False), ("obs", True), ("joint", True), ("magnitude", False)])
+@pytest.mark.parametrize("method,fresh", [("obs", False), ("obs", True), ("joint", True), ("sequential", True), ("magnitude", False)])
 def test_gradual_prune_reaches_target_with_exact_zeros_through_adamw(seed, method, fresh):
     model, batches = _task(seed)
     params = prunable_weights(model)
