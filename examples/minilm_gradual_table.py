@@ -163,8 +163,8 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".txt").write_text(text + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"header": head, "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+    (args.out.parent / (args.out.name + ".txt")).write_text(text + "\n")
+    (args.out.parent / (args.out.name + ".json")).write_text(json.dumps({"header": head, "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
                                                          "versions": versions(), "rows": rows, "dense": dense_row}, indent=1))
 
 
