@@ -6,7 +6,7 @@
     obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.7 --out minilm-70
     obert-kernels prune ./my-bert-dir --sparsity 0.5 --method joint --damp rel:0.01 --out pruned
     obert-kernels prune digits-mlp --sparsity 0.9 --out mlp-90
-    obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.8 --gradual --train-steps 600 --out minilm-80   # + distillation
+    obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.8 --gradual --train-steps 400 --damp rel:0.01 --out minilm-80   # + distillation
     obert-kernels bench [--list] [--quick] [NAME ...] [-- script args]
     obert-kernels info [--d 10616832 --block-size 50]
 """

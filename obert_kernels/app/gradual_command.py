@@ -59,7 +59,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                    "(default: 1e-3 digits-mlp, 1e-4 encoders)")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup-steps", type=int, default=0)
-    g.add_argument("--train-batch-size", type=int, help="examples per training step (default: 64 digits-mlp, 16 encoders)")
+    g.add_argument("--train-batch-size", type=int, help="examples per training step (default: 64 digits-mlp, 8 encoders)")
     g.add_argument("--hardness", type=float, default=1.0, help="h of (1 − h)·task + h·T²·KL (digits-mlp)")
     g.add_argument("--temperature", type=float, default=2.0, help="T of the KL term (digits-mlp)")
     g.add_argument("--distill-loss", choices=["cosine", "mse"], default="cosine", help="encoders: loss between embeddings")
@@ -252,7 +252,7 @@ def _encoder(options: GradualOptions):
     print(f"{encoder.model_dir}: {sum(w.numel() for _, w in params):,} encoder Linear weights in {len(params)} tensors; "
           f"{len(train_text)} training sentences, {n_eval} held out", file=sys.stderr)
     run = _gradual(options, encoder.model, params, loss,
-                   sentence_batches(encoder, train_text, options.train_batch_size or 16, seed=o.seed + 2),
+                   sentence_batches(encoder, train_text, options.train_batch_size or 8, seed=o.seed + 2),
                    GaussNewtonProbe(encoder.embed, seed=o.seed), sentence_batches(encoder, train_text, o.batch_size, seed=o.seed + 1),
                    options.lr or 1e-4)
     metrics = embedding_agreement(reference, encoder.encode(held_out)) if reference is not None else {}
