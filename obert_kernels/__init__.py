@@ -37,6 +37,15 @@ _SOURCES = {
     "AbsoluteDamp": ".core.damping",
     "RelativeDamp": ".core.damping",
     "AutoDamp": ".core.damping",
+    "DistillationLoss": ".recipes.distillation",
+    "distillation_loss": ".recipes.distillation",
+    "embedding_loss": ".recipes.distillation",
+    "kd_loss": ".recipes.distillation",
+    "frozen_teacher": ".recipes.distillation",
+    "gradual_prune": ".recipes.gradual_training",
+    "finetune_with_masks": ".recipes.gradual_training",
+    "GradualRun": ".recipes.gradual_training",
+    "MaskKeeper": ".recipes.gradual_training",
 }
 
 __all__ = [
@@ -60,6 +69,15 @@ __all__ = [
     "AbsoluteDamp",
     "RelativeDamp",
     "AutoDamp",
+    "DistillationLoss",
+    "distillation_loss",
+    "embedding_loss",
+    "kd_loss",
+    "frozen_teacher",
+    "gradual_prune",
+    "finetune_with_masks",
+    "GradualRun",
+    "MaskKeeper",
 ]
 
 

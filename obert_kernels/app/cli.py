@@ -6,6 +6,7 @@
     obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.7 --out minilm-70
     obert-kernels prune ./my-bert-dir --sparsity 0.5 --method joint --damp rel:0.01 --out pruned
     obert-kernels prune digits-mlp --sparsity 0.9 --out mlp-90
+    obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.8 --gradual --train-steps 400 --damp rel:0.01 --out minilm-80   # + distillation
     obert-kernels bench [--list] [--quick] [NAME ...] [-- script args]
     obert-kernels info [--d 10616832 --block-size 50]
 """
@@ -72,6 +73,30 @@ def add_demo_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-progress", action="store_true")
 
 
+def add_gradual_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags of ``prune --gradual`` (a group of their own; the pruner and data flags are prune's): here,
+    not in gradual_command.py, which imports torch."""
+    g = ap.add_argument_group("gradual pruning with distillation (--gradual)")
+    g.add_argument("--gradual", action="store_true", help="prune gradually while fine-tuning with distillation from the dense model")
+    g.add_argument("--train-steps", type=int, default=600, help="optimizer steps in all (default: %(default)s)")
+    g.add_argument("--prune-end", type=float, default=0.75, help="last pruning step as a fraction of the steps; the rest "
+                   "recovers with masks fixed (default: %(default)s)")
+    g.add_argument("--update-every", type=int, help="steps between pruning steps (default: 10 pruning steps)")
+    g.add_argument("--init-sparsity", type=float, default=0.0, help="the cubic schedule's start (default: %(default)s)")
+    g.add_argument("--lr", type=float, help="AdamW learning rate, linear warm-up then linear decay to 0 "
+                   "(default: 1e-3 digits-mlp, 1e-4 encoders)")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--train-batch-size", type=int, help="examples per training step (default: 64 digits-mlp, 8 encoders)")
+    g.add_argument("--hardness", type=float, default=1.0, help="h of (1 − h)·task + h·T²·KL (digits-mlp)")
+    g.add_argument("--temperature", type=float, default=2.0, help="T of the KL term (digits-mlp)")
+    g.add_argument("--distill-loss", choices=["cosine", "mse"], default="cosine", help="encoders: loss between embeddings")
+    g.add_argument("--fisher-from", choices=["probe", "train"], default="probe",
+                   help="'probe': fresh gradients at each pruning step (Gauss-Newton probe for encoders, "
+                        "cross-entropy for digits-mlp); 'train': the training loop's own gradients")
+    g.add_argument("--teacher", help="encoders: a model directory to distil from (default: the dense model itself)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="obert-kernels", description="Second-order (Optimal BERT Surgeon) pruning")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -107,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu")
     d.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    add_gradual_arguments(p)
 
     p = sub.add_parser("bench", help="run the benchmark scripts (bench/bench_*.py) the backends present can run")
     p.add_argument("names", nargs="*", help="scripts to run (default: all that can run here)")
@@ -177,6 +203,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         from .demo import run_demo_command
 
         run_demo_command(options)
+        return 0
+    if args.command == "prune" and args.gradual:
+        from .gradual_command import GradualOptions, run_gradual
+
+        run_gradual(GradualOptions.from_args(args))
         return 0
     if args.command == "prune":
         options = PruneOptions.from_args(args)

@@ -13,17 +13,26 @@ on pruning steps and re-applies the masks on every step, so weight decay or Adam
 momentum never revive a pruned weight. With ``loss_fn``/``batches`` given to the schedule,
 pruning steps draw fresh gradients instead (``update_every`` < ``num_grads`` allowed).
 With gradient accumulation, the gradient offered is the accumulated one of the step.
+
+Distillation from the dense model (``DistillationTrainer``, a Trainer whose ``compute_loss``
+is the paper's (1 − h)·task + h·T²·KL on the logits of the model and a frozen teacher)::
+
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=ds, hardness=1.0, temperature=2.0,
+                                  callbacks=[ObertPruningCallback(schedule)])   # teacher: frozen copy of model
 """
 from __future__ import annotations
 
+import torch
+
+from ..recipes.distillation import distillation_loss, frozen_teacher
 from ..recipes.gradual import GradualSchedule
 
 try:
-    from transformers import TrainerCallback
+    from transformers import Trainer, TrainerCallback
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("ObertPruningCallback needs transformers: pip install 'obert_kernels[models]'") from exc
 
-__all__ = ["ObertPruningCallback"]
+__all__ = ["ObertPruningCallback", "DistillationTrainer"]
 
 
 class ObertPruningCallback(TrainerCallback):
@@ -71,3 +80,33 @@ class ObertPruningCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.pruner.apply_masks()
         return control
+
+
+class DistillationTrainer(Trainer):
+    """``transformers.Trainer`` that trains on distillation from a teacher: (1 − h)·task + h·T²·KL.
+
+    teacher: a model whose forward takes the same inputs and returns ``.logits`` of the
+    student's shape; None takes a frozen deep copy of ``model`` when the trainer is built
+    (so build it before any pruning). The teacher is kept out of the model (Trainer's
+    ``model.train()`` does not reach it), in eval mode, and runs under ``no_grad`` without
+    the labels. hardness h ∈ [0, 1] and temperature T > 0 as in ``recipes.distillation``;
+    with h < 1 the task loss is the model's own ``outputs.loss`` (the inputs need labels).
+    """
+
+    def __init__(self, *args, teacher=None, hardness: float = 1.0, temperature: float = 2.0, **kwargs):
+        if not 0.0 <= hardness <= 1.0:
+            raise ValueError(f"hardness must be in [0, 1], got {hardness}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        super().__init__(*args, **kwargs)
+        self.teacher = (frozen_teacher(self.model) if teacher is None else teacher).to(self.args.device).eval()
+        self.hardness, self.temperature = float(hardness), float(temperature)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        with torch.no_grad():
+            self.teacher.eval()
+            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        task = None if self.hardness == 1.0 else outputs.loss
+        loss = distillation_loss(outputs.logits, teacher_logits, task, self.hardness, self.temperature)
+        return (loss, outputs) if return_outputs else loss

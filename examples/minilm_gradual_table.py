@@ -1,0 +1,172 @@
+"""Gradual pruning with distillation on all-MiniLM-L6-v2: gradual oBERT vs GMP vs one-shot oBERT + recovery.
+
+All 36 encoder Linear weights (10.6M) pruned with one global threshold, each method
+fine-tuned for the same --steps AdamW steps of embedding distillation (1 − cos between the
+student's and the dense model's sentence embeddings) on stdlib docstring sentences, word
+embeddings frozen, linear LR decay:
+
+- gradual oBERT (obs): ``gradual_prune``, cubic schedule over the first 3/4 of the steps,
+  10 pruning steps, each with a fresh Gauss-Newton Fisher (m = --gradual-grads gradients of
+  --batch-size sentences), damp --damp;
+- GMP: the same call with method="magnitude";
+- one-shot oBERT, R = 4 steps (m = --num-grads each, as examples/minilm_prune_table.py),
+  then ``finetune_with_masks`` for the same steps;
+- dense fine-tune (once): the same training without pruning, the baseline of the cost.
+
+Held-out (disjoint) sentences measure mean cosine and nearest-neighbour agreement with the
+dense model, as in minilm_prune_table.py, with paired 95% intervals of the differences.
+
+    python examples/minilm_gradual_table.py                     # the table (80%, 90%)
+    python examples/minilm_gradual_table.py --sparsities 0.8 --steps 20 --gradual-grads 8 --num-grads 8 --eval 100   # a check
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from obert_kernels.app.info import cpu_name, versions  # noqa: E402
+from obert_kernels.app.text import split_sentences, stdlib_sentences  # noqa: E402
+from obert_kernels.core.memory import format_bytes  # noqa: E402
+from obert_kernels.integrations.hf_models import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches  # noqa: E402
+from obert_kernels.recipes.distillation import DistillationLoss  # noqa: E402
+from obert_kernels.recipes.gradual_training import finetune_with_masks, gradual_prune  # noqa: E402
+from obert_kernels.recipes.probes import GaussNewtonProbe  # noqa: E402
+from obert_kernels.recipes.prune_model import prune_model  # noqa: E402
+
+GRADUAL, GMP, ONESHOT, DENSE = "gradual oBERT + distill", "GMP + distill", "one-shot oBERT R=4 + distill", "dense fine-tune"
+
+
+def run_one(method, sparsity, encoder, dense_model, dense_emb, held_out, train_text, args):
+    model = copy.deepcopy(dense_model)
+    for name, p in model.named_parameters():  # word embeddings frozen: their gradient would triple a step's time
+        p.requires_grad_("embeddings." not in name)
+    params = encoder_weights(model)
+    loss = DistillationLoss(model, forward=encoder.embed, teacher=dense_model, kind="cosine")
+    batches = sentence_batches(encoder, train_text, args.train_batch_size, seed=args.seed + 2)
+    fisher = dict(loss_fn=GaussNewtonProbe(encoder.embed, seed=args.seed),
+                  batches=sentence_batches(encoder, train_text, args.batch_size, seed=args.seed + 1))
+    common = dict(lr=args.lr, warmup_steps=args.warmup, progress=args.progress,
+                  train_params=[t for t in model.parameters() if t.requires_grad])
+    obert = dict(block_size=args.block_size, chunk_size=args.chunk_size, damp=args.damp, verbose=False)
+    start = time.perf_counter()
+    if method in (GRADUAL, GMP):
+        kwargs = dict(method="obs", fisher_loss=fisher["loss_fn"], fisher_batches=fisher["batches"], num_grads=args.gradual_grads,
+                      **obert) if method == GRADUAL else dict(method="magnitude")
+        run = gradual_prune(model, params, loss, batches, sparsity, args.steps, update_every=args.update_every, **common, **kwargs)
+    elif method == ONESHOT:
+        one = prune_model(model, params, "obs", sparsity, num_recomputations=4, progress=args.progress,
+                          num_grads=args.num_grads, **fisher, **obert)
+        run = finetune_with_masks(model, params, one.masks, loss, batches, args.steps, **common)
+        run.prune_seconds += one.meter.total_seconds()
+        run.peak_bytes = max(run.peak_bytes, one.meter.max_peak())
+    else:
+        run = finetune_with_masks(model, params, None, loss, batches, args.steps, **common)
+    total = time.perf_counter() - start
+    metrics = embedding_agreement(dense_emb, encoder.encode(held_out, model=model), per_sentence=True)
+    zeros = sum(int((t == 0).sum()) for _, t in params) / sum(t.numel() for _, t in params)
+    row = {"method": method, "sparsity": sparsity, "measured_sparsity": zeros, **metrics, "train_s": run.train_seconds,
+           "prune_s": run.prune_seconds, "total_s": total, "peak_bytes": run.peak_bytes, "prune_steps": run.prune_steps,
+           "loss_last": run.losses[-1]}
+    print(f"  {method} at {sparsity:.0%} (measured {zeros:.2%}): cos {metrics['mean_cosine']:.4f} NN {metrics['nn_agreement']:.3f}, "
+          f"{run.train_seconds:.0f} s train + {run.prune_seconds:.0f} s prune, peak {format_bytes(run.peak_bytes)}",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def paired(a, b, key):
+    each = {"mean_cosine": "cosine_each", "nn_agreement": "nn_same"}[key]
+    diff = torch.tensor(a[each], dtype=torch.float64) - torch.tensor(b[each], dtype=torch.float64)
+    half = 1.96 * diff.std().item() / diff.numel() ** 0.5
+    return diff.mean().item(), diff.mean().item() - half, diff.mean().item() + half
+
+
+def report_lines(rows, dense_row):
+    lines = ["| sparsity | method | mean cosine | NN agreement | fine-tune s | prune s | total s | peak RSS |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows + ([dense_row] if dense_row else []):
+        s = "0%" if r["method"] == DENSE else f"{r['measured_sparsity']:.0%}"
+        lines.append(f"| {s} | {r['method']} | {r['mean_cosine']:.4f} | {r['nn_agreement']:.3f} | {r['train_s']:.0f} | "
+                     f"{r['prune_s']:.0f} | {r['total_s']:.0f} | {format_bytes(r['peak_bytes'])} |")
+    lines += ["", "gradual oBERT − other, paired 95% interval over the held-out sentences:"]
+    for s in sorted({r["sparsity"] for r in rows}):
+        g = next((r for r in rows if r["method"] == GRADUAL and r["sparsity"] == s), None)
+        for other in (GMP, ONESHOT):
+            o = next((r for r in rows if r["method"] == other and r["sparsity"] == s), None)
+            if g and o:
+                parts = [f"{k} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]" for k, (m, lo, hi) in
+                         (("cos", paired(g, o, "mean_cosine")), ("NN", paired(g, o, "nn_agreement")))]
+                lines.append(f"  {s:.0%} vs {other}: " + ", ".join(parts))
+    if dense_row:
+        g = [r for r in rows if r["method"] == GRADUAL]
+        for r in g:
+            lines.append(f"  cost: gradual oBERT at {r['sparsity']:.0%} took {r['total_s']:.0f} s vs {dense_row['total_s']:.0f} s "
+                         f"for the same fine-tuning without pruning (+{r['total_s'] / dense_row['total_s'] - 1:.0%})")
+    return lines
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
+    ap.add_argument("--methods", nargs="+", default=[GRADUAL, GMP, ONESHOT])
+    ap.add_argument("--steps", type=int, default=400, help="optimizer steps of distillation per method")
+    ap.add_argument("--train-batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--gradual-grads", type=int, default=128, help="m per pruning step of gradual oBERT")
+    ap.add_argument("--update-every", type=int, default=None, help="steps between pruning steps (default: 10 pruning steps)")
+    ap.add_argument("--num-grads", type=int, default=256, help="m per step of one-shot oBERT (4 steps)")
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--chunk-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=4, help="sentences per Fisher gradient")
+    ap.add_argument("--damp", default="auto")
+    ap.add_argument("--eval", type=int, default=1500)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense fine-tune (the cost baseline)")
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--label", default="", help="appended to the machine line, e.g. 'loaded machine'")
+    ap.add_argument("--out", type=Path, default=Path(f"bench/results/minilm-gradual-{date.today()}"))
+    args = ap.parse_args(argv)
+    load_start, wall = os.getloadavg(), time.perf_counter()
+    encoder = load_sentence_encoder("all-MiniLM-L6-v2", max_length=args.max_length)
+    sentences = stdlib_sentences()
+    held_out, train_text = split_sentences(sentences, [args.eval, len(sentences) - args.eval], seed=args.seed)
+    dense_model = encoder.model
+    for p in dense_model.parameters():  # the teacher: frozen, and the students are deep copies of it
+        p.requires_grad_(False)
+    dense_emb = encoder.encode(held_out)
+    rows = [run_one(m, s, encoder, dense_model, dense_emb, held_out, train_text, args) for s in args.sparsities for m in args.methods]
+    dense_row = None if args.no_dense else run_one(DENSE, 0.0, encoder, dense_model, dense_emb, held_out, train_text, args)
+    load_end = os.getloadavg()
+    head = (f"all-MiniLM-L6-v2, 36 encoder Linear weights, global threshold; {args.steps} AdamW steps (lr {args.lr}, linear decay) "
+            f"of 1 − cos embedding distillation from the dense model, {args.train_batch_size} sentences a step, word embeddings "
+            f"frozen; Gauss-Newton Fisher, {args.batch_size} sentences a gradient, B={args.block_size}, damp {args.damp}: gradual "
+            f"m={args.gradual_grads} at each pruning step (every {args.update_every or 'span/9'} steps) over the first 3/4, one-shot m={args.num_grads} × R=4; "
+            f"{len(train_text)} training / {len(held_out)} held-out stdlib sentences (Python {platform.python_version()}), "
+            f"max {args.max_length} tokens, seed {args.seed}")
+    machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {date.today()}"
+               + (f", {args.label}" if args.label else ""))
+    lines = [head, f"machine: {machine}; load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
+             f"at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}; whole run {time.perf_counter() - wall:.0f} s",
+             f"command: python examples/minilm_gradual_table.py {' '.join(argv if argv is not None else sys.argv[1:])}", ""]
+    lines += report_lines(rows, dense_row)
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    (args.out.parent / (args.out.name + ".txt")).write_text(text + "\n")
+    (args.out.parent / (args.out.name + ".json")).write_text(json.dumps({"header": head, "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+                                                         "versions": versions(), "rows": rows, "dense": dense_row}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
