@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 __all__ = ["ArgumentTypeError", "real_scalar", "check_damp", "BACKENDS", "Pattern", "parse_pattern", "DampSpec",
-           "DAMP_PER_CHOICES", "AUTO_CRITERIA", "AUTO_RULES", "check_relative_damp", "check_damp_per", "parse_damp_spec"]
+           "DAMP_PER_CHOICES", "AUTO_CRITERIA", "check_cuda_driver", "AUTO_RULES", "check_relative_damp", "check_damp_per", "parse_damp_spec"]
 
 BACKENDS = ("torch", "triton", "cuda")
 # what a relative λ is relative to: the mean Fisher diagonal of each tensor, each block, or of
@@ -184,3 +184,23 @@ def parse_damp_spec(damp) -> DampSpec:
         return DampSpec("absolute", check_damp(float(damp.strip().lower())))
     except ValueError:
         raise ValueError(f"damp must be {DAMP_FORMS}; got {damp!r}") from None
+
+
+def check_cuda_driver(name: str, device) -> None:
+    """Before torch's start-up (seconds): a CUDA ``device`` where no GPU driver shows itself
+    (/proc/driver/nvidia, a loadable libcuda) is refused with the message the torch check
+    (``core.arguments.check_device``) gives. Where a driver shows, torch decides later."""
+    if not isinstance(device, str) or not device.strip().lower().startswith("cuda"):
+        return
+    import ctypes
+    import os
+
+    if os.path.exists("/proc/driver/nvidia"):
+        return
+    for lib in ("libcuda.so.1", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(lib)
+            return
+        except OSError:
+            pass
+    raise ValueError(f"{name} {device!r}: no CUDA device here (no GPU driver: no /proc/driver/nvidia, no libcuda)")

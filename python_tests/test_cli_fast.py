@@ -25,7 +25,7 @@ from test_bad_inputs import CLI_CASES, NO_CUDA, ONE_SENTENCE
 
 ROOT = Path(obert_kernels.__file__).resolve().parents[1]
 # the CLI rows whose check needs torch: refused after torch's import, still before a model loads
-NEEDS_TORCH = ("no CUDA device here", "is not a device", "--backend cuda on cpu", "needs the Fisher itself",
+NEEDS_TORCH = ("is not a device", "--backend cuda on cpu", "needs the Fisher itself",
                "must be divisible by the group size")
 
 
@@ -69,7 +69,19 @@ def test_an_unknown_name_is_an_attribute_error():
 
 
 def _needs_torch(case) -> bool:
-    return any(fragment in case.match for fragment in NEEDS_TORCH)
+    """A row only torch can refuse: NEEDS_TORCH, and "no CUDA device" where a GPU driver shows
+    (without one, specs.check_cuda_driver refuses it before torch)."""
+    return any(fragment in case.match for fragment in NEEDS_TORCH) or (case.needs == NO_CUDA and _gpu_driver_here())
+
+
+def _gpu_driver_here() -> bool:
+    from obert_kernels.specs import check_cuda_driver
+
+    try:
+        check_cuda_driver("--device", "cuda")
+    except ValueError:
+        return False
+    return True
 
 
 def test_needs_torch_names_real_rows():

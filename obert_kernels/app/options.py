@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import arguments
-from ..specs import BACKENDS, parse_damp_spec, parse_pattern
+from ..specs import BACKENDS, check_cuda_driver, parse_damp_spec, parse_pattern
 
 __all__ = ["PrunerOptions", "PruneOptions", "DemoOptions", "BenchOptions", "InfoOptions", "CheckOptions", "read_texts"]
 
@@ -133,6 +133,7 @@ class PruneOptions:
                       getattr(args, "fisher_labels", "true"))
         if options.texts is not None:  # a file too short is refused before torch and the model load
             options.check_texts()
+        check_cuda_driver("--device", options.device)  # before torch's start-up where no driver is present
         return options.on_device()
 
     def on_device(self) -> "PruneOptions":
@@ -244,6 +245,7 @@ class InfoOptions:
             _positive("d", args.d)
         if args.d is not None and args.model:
             raise ValueError("pass --d or --model, not both (--model counts the model's weights)")
+        check_cuda_driver("--device", args.device)
         device = None if args.device is None else str(arguments.check_device("--device", args.device))
         return cls(args.d, args.model, _positive("block_size", args.block_size), _positive("chunk_size", args.chunk_size),
                    device)
