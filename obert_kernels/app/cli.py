@@ -6,7 +6,7 @@
     obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.7 --out minilm-70
     obert-kernels prune ./my-bert-dir --sparsity 0.5 --method joint --damp rel:0.01 --out pruned
     obert-kernels prune digits-mlp --sparsity 0.9 --out mlp-90
-    obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.8 --gradual --train-steps 400 --damp rel:0.01 --out minilm-80   # + distillation
+    obert-kernels prune all-MiniLM-L6-v2 --sparsity 0.8 --gradual --train-steps 400 --out minilm-80   # + distillation
     obert-kernels bench [--list] [--quick] [NAME ...] [-- script args]
     obert-kernels info [--d 10616832 --block-size 50]
 """
@@ -28,10 +28,10 @@ def _add_pruner_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=["obs", "joint", "sequential", "magnitude"], default="obs",
                    help="oBERT with the summed ('obs') or exact joint update, sequential OBS (greedy removal "
                         "order per block, SPEC §2d), or magnitude pruning")
-    g.add_argument("--damp", default="auto",
+    g.add_argument("--damp", default=None,
                    help="'auto' (λ chosen by the prune step's loss increase on held-out gradients), "
                         "'rel:α[:tensor|block|global]' (α × mean Fisher diagonal; one λ for all tensors under a "
-                        "global threshold) or an absolute λ (default: %(default)s)")
+                        "global threshold) or an absolute λ (default: auto; with --gradual rel:0.01:tensor)")
     g.add_argument("--block-size", type=int, default=50, help="B, weights per Fisher block (default: %(default)s)")
     g.add_argument("--num-grads", type=int, default=256, help="m, gradients per Fisher (default: %(default)s)")
     g.add_argument("--chunk-size", type=int, default=32, help="k, gradients buffered per update (default: %(default)s)")

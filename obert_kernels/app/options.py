@@ -63,11 +63,12 @@ class PrunerOptions:
         if args.fisher_method not in FISHER_METHODS:
             raise ValueError(f"--fisher-method must be one of {', '.join(FISHER_METHODS)}, got {args.fisher_method!r}")
         parse_pattern(args.pattern)  # raises ValueError naming the accepted patterns
-        parse_damp_spec(args.damp)
+        damp = "auto" if args.damp is None else args.damp  # prune's default (--gradual sets its own first)
+        parse_damp_spec(damp)
         cap = getattr(args, "max_tensor_sparsity", None)
         if cap is not None and not 0.0 < cap <= 1.0:
             raise ValueError(f"--max-tensor-sparsity must be in (0, 1], got {cap}")
-        return cls(args.method, args.damp, _positive("block_size", args.block_size), _positive("num_grads", args.num_grads),
+        return cls(args.method, damp, _positive("block_size", args.block_size), _positive("num_grads", args.num_grads),
                    _positive("chunk_size", args.chunk_size), _positive("num_recomputations", args.num_recomputations),
                    args.pattern, bool(args.per_tensor), args.fisher_method, _backend(args.backend), cap)
 
