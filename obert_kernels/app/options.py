@@ -62,9 +62,13 @@ class PrunerOptions:
             raise ValueError(f"--method must be one of {', '.join(PRUNE_METHODS)}, got {args.method!r}")
         if args.fisher_method not in FISHER_METHODS:
             raise ValueError(f"--fisher-method must be one of {', '.join(FISHER_METHODS)}, got {args.fisher_method!r}")
-        parse_pattern(args.pattern)  # raises ValueError naming the accepted patterns
+        pattern = parse_pattern(args.pattern)  # raises ValueError naming the accepted patterns
+        if args.method != "magnitude":  # what check_for_device's config refuses, before torch's start-up
+            pattern.check_block_size(_positive("block_size", args.block_size))
         damp = "auto" if args.damp is None else args.damp  # prune's default (--gradual sets its own first)
-        parse_damp_spec(damp)
+        if parse_damp_spec(damp).kind == "auto" and args.fisher_method == "woodbury" and args.method != "magnitude":
+            raise ValueError(f"damp={damp!r} needs the Fisher itself (fisher_method='direct'); on the Woodbury "
+                             "path F₀⁻¹ = I/λ fixes λ before the first gradient: pass a relative damp 'rel:α' instead")
         cap = getattr(args, "max_tensor_sparsity", None)
         if cap is not None and not 0.0 < cap <= 1.0:
             raise ValueError(f"--max-tensor-sparsity must be in (0, 1], got {cap}")
