@@ -52,6 +52,8 @@ CASES = {
     "absolute-joint": dict(damp=1e-2, update="joint"),
     "woodbury-obs": dict(damp=1e-2, fisher_method="woodbury"),
     "fp16-relative-obs": dict(damp="rel:0.01", dtype="float16"),
+    # another size and block size: 10⁶ weights in two tensors, B = 32 (F 128 MB)
+    "relative-obs-1M-B32": dict(damp="rel:0.01", sizes=[400_000, 600_000], block_size=32),
 }
 DEFAULTS = dict(sizes=[300_000], block_size=50, num_grads=12, chunk_size=12, update="obs", dtype="float32",
                 fisher_method="direct")
