@@ -4,8 +4,8 @@ A failed or interrupted inversion must not lose the collected gradients, and mus
 cost a second F either (F is the largest allocation of a prune step: 1.27 GiB for
 MiniLM at B = 32, tens of GB for BERT-base on a GPU). So:
 
-- everything that can refuse runs before the first block changes: the finiteness check
-  of all of F (one aminmax pass) and the damping's ``fit`` (AutoDamp's choice);
+- everything that can refuse runs before the first block changes: the damping's ``fit``
+  (AutoDamp's choice) and the finiteness check of all of F (one aminmax pass);
 - the damping's scale (what a relative λ is relative to) is computed once, from all of F,
   and kept with the choice the fit made, in an ``Inversion`` record;
 - the blocks are then inverted ``INVERT_SLICE`` at a time, each slice copied to a scratch
@@ -50,9 +50,12 @@ def start_inversion(fisher: torch.Tensor, damping: Damping, heldout: torch.Tenso
     ``fisher`` (nb, B, B) changes.
 
     Every rank calls it (the damping may sum statistics over ranks)."""
-    ops.checks.check_finite_blocks(fisher)
     damping.fit(fisher, heldout, num_grads, layout, step)
-    return Inversion(damping.block_scale(fisher, layout), dict(vars(damping)))
+    scale = damping.block_scale(fisher, layout)
+    # after the damping's collectives (sharded: a rank refusing before them would leave the
+    # others waiting in an all-reduce), before any block changes
+    ops.checks.check_finite_blocks(fisher)
+    return Inversion(scale, dict(vars(damping)))
 
 
 def run_inversion(fisher: torch.Tensor, damping: Damping, layout: BlockLayout, inversion: Inversion,
