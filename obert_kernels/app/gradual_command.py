@@ -26,7 +26,6 @@ import copy
 import dataclasses
 import json
 import platform
-import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from ..integrations.export import MASKS_FILE, atomic_output_dir, check_output_dir, require_safetensors, save_masks, save_tensors
+from ..integrations.export import MASKS_FILE, atomic_output_dir, save_encoder_dir, check_output_dir, require_safetensors, save_masks, save_tensors
 from ..recipes.gradual_training import GRADUAL_METHODS, check_schedule, gradual_prune
 from .info import versions
-from .options import PruneOptions
+from .options import PruneOptions, read_texts
 
 __all__ = ["GradualOptions", "add_arguments", "run_gradual", "saved_sparsity"]
 
@@ -49,7 +48,6 @@ REPORT_FILE = "obert_report.json"
 # one-shot, where the global scale won (README, "Damping you need not tune").
 GRADUAL_DAMP = "rel:0.01:tensor"
 DIGITS = "digits-mlp"
-ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -216,12 +214,6 @@ def _digits(options: GradualOptions):
     return report, write, [n for n, _ in params]
 
 
-def _read_texts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"--texts {path}: no such file")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _encoder(options: GradualOptions):
     from ..integrations.hf_models import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches
     from ..recipes.distillation import DistillationLoss
@@ -231,7 +223,7 @@ def _encoder(options: GradualOptions):
     o = options.prune
     encoder = load_sentence_encoder(o.model, device=o.device, max_length=o.max_length)
     teacher = None if options.teacher is None else load_sentence_encoder(options.teacher, device=o.device).model
-    sentences = _read_texts(o.texts) if o.texts else stdlib_sentences()
+    sentences = read_texts(o.texts) if o.texts else stdlib_sentences()
     n_eval = min(o.eval_sentences, len(sentences) // 4)
     held_out, train_text = split_sentences(sentences, [n_eval, len(sentences) - n_eval], seed=o.seed)
     loss = DistillationLoss(encoder.model, forward=encoder.embed, teacher=teacher, kind=options.distill_loss)
@@ -256,14 +248,6 @@ def _encoder(options: GradualOptions):
               "metrics": metrics, **_run_record(run)}
 
     def write(tmp: Path) -> None:
-        encoder.model.save_pretrained(tmp, safe_serialization=True)
-        encoder.tokenizer.save_pretrained(tmp)
-        for name in ST_FILES:
-            src = encoder.model_dir / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.is_file():
-                shutil.copy2(src, tmp / name)
-        save_masks(run.masks, tmp / MASKS_FILE)
+        save_encoder_dir(encoder, run.masks, tmp)
 
     return report, write, [n for n, _ in params]

@@ -16,14 +16,13 @@ from __future__ import annotations
 import copy
 import json
 import platform
-import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from ..integrations.export import MASKS_FILE, atomic_output_dir, check_output_dir, require_safetensors, save_masks, save_tensors
+from ..integrations.export import MASKS_FILE, atomic_output_dir, save_encoder_dir, check_output_dir, require_safetensors, save_masks, save_tensors
 from .info import versions
 from ..recipes.prune_model import memory_line, prune_model
 from ..core.profiling import StepMeter
@@ -34,7 +33,6 @@ __all__ = ["run_prune", "BUILTIN_DIGITS"]
 BUILTIN_DIGITS = "digits-mlp"
 REPORT_FILE = "obert_report.json"
 # sentence-transformers files copied as they are, so OUT/ also loads as a SentenceTransformer
-ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
 
 
 def _steps(meter: StepMeter) -> list[dict]:
@@ -98,15 +96,7 @@ def _prune_encoder(options: PruneOptions):
               "prune_reports": [r.to_dict() for r in run.pruner.history] if run.pruner else []}
 
     def write(tmp: Path) -> None:
-        encoder.model.save_pretrained(tmp, safe_serialization=True)
-        encoder.tokenizer.save_pretrained(tmp)
-        for name in ST_FILES:
-            src = encoder.model_dir / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.is_file():
-                shutil.copy2(src, tmp / name)
-        save_masks(run.masks, tmp / MASKS_FILE)
+        save_encoder_dir(encoder, run.masks, tmp)
 
     return report, write
 

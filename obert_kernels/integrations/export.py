@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["check_output_dir", "atomic_output_dir", "save_masks", "load_masks", "save_tensors", "require_safetensors"]
+__all__ = ["check_output_dir", "atomic_output_dir", "save_masks", "load_masks", "save_tensors", "require_safetensors",
+           "save_encoder_dir", "ST_FILES"]
 
 MASKS_FILE = "masks.safetensors"
 
@@ -83,6 +84,26 @@ def save_masks(masks: dict[str, torch.Tensor], path) -> None:
     kept = sum(int(m.sum()) for m in masks.values())
     save_tensors({k: v.bool() for k, v in masks.items()}, path,
                  {"format": "obert_kernels keep-masks (True = kept)", "sparsity": f"{1 - kept / max(total, 1):.6f}"})
+
+
+# the sentence-transformers files beside an encoder's weights, copied with it when present
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling")
+
+
+def save_encoder_dir(encoder, masks: dict[str, torch.Tensor], out) -> None:
+    """A pruned Hugging Face encoder into ``out``: its weights (safetensors), tokenizer, the
+    sentence-transformers files of its source directory, and the keep-masks (MASKS_FILE).
+    encoder: ``hf_models.SentenceEncoder`` (``model``, ``tokenizer``, ``model_dir``)."""
+    out = Path(out)
+    encoder.model.save_pretrained(out, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(out)
+    for name in ST_FILES:
+        src = encoder.model_dir / name
+        if src.is_dir():
+            shutil.copytree(src, out / name)
+        elif src.is_file():
+            shutil.copy2(src, out / name)
+    save_masks(masks, out / MASKS_FILE)
 
 
 def load_masks(path) -> dict[str, torch.Tensor]:
