@@ -289,20 +289,29 @@ def test_prune_keyboard_interrupt_in_write_back(seed, monkeypatch, dtype):
     assert_final_equal(final(p, params), expected)
 
 
-def test_failed_inversion_before_any_block_takes_another_damp(seed, monkeypatch):
-    """A prune that failed before a block held F⁻¹ keeps F itself; setting damp then gives what a
-    run with that damp from the start gives."""
+def failed_prune(monkeypatch, owner, name, *, nth=1, after=False, damp, expected_damp=None):
+    """A pruner (damp=``damp``) holding M gradients whose prune(0.5) raised at ``owner.name``'s
+    nth call; returns it, the params it prunes, and the result of an uninterrupted run with
+    ``expected_damp`` (default ``damp``) on the same gradients."""
     params0 = make_params()
     grads = make_grads(params0)
-    expected = run_uninterrupted(params0, grads, 0.5, damp=0.3)
+    expected = run_uninterrupted(params0, grads, 0.5, damp=damp if expected_damp is None else expected_damp)
     params = copy.deepcopy(params0)
-    p = make_pruner(params, damp=1e-2)
+    p = make_pruner(params, damp=damp)
     for g in grads:
         p.add_grads(g)
     with monkeypatch.context() as mp:
-        inject(mp, ops, "fisher_invert", nth=1, after=True)  # the 1st slice written, then put back
+        inject(mp, owner, name, nth=nth, after=after)
         with pytest.raises(Injected):
             p.prune(0.5)
+    return p, params, expected
+
+
+def test_failed_inversion_before_any_block_takes_another_damp(seed, monkeypatch):
+    """A prune that failed before a block held F⁻¹ keeps F itself; setting damp then gives what a
+    run with that damp from the start gives."""
+    # the 1st slice written, then put back
+    p, params, expected = failed_prune(monkeypatch, ops, "fisher_invert", after=True, damp=1e-2, expected_damp=0.3)
     p.damp = 0.3
     assert p.damp == 0.3 and p.num_collected == M
     p.prune(0.5)
@@ -313,17 +322,7 @@ def test_failed_inversion_before_any_block_takes_another_damp(seed, monkeypatch)
 def test_inversion_stopped_half_way_resumes_with_its_damp(seed, monkeypatch):
     """Once a slice holds F⁻¹, λ is fixed: another damp is refused (nothing changed), fisher_inverse
     refuses a half-inverted state, and prune() resumes to the uninterrupted result."""
-    params0 = make_params()
-    grads = make_grads(params0)
-    expected = run_uninterrupted(params0, grads, 0.5, damp="rel:0.01")
-    params = copy.deepcopy(params0)
-    p = make_pruner(params, damp="rel:0.01")
-    for g in grads:
-        p.add_grads(g)
-    with monkeypatch.context() as mp:
-        inject(mp, ops, "fisher_invert", nth=3, after=True)
-        with pytest.raises(Injected):
-            p.prune(0.5)
+    p, params, expected = failed_prune(monkeypatch, ops, "fisher_invert", nth=3, after=True, damp="rel:0.01")
     with pytest.raises(ValueError, match="resumes"):
         p.damp = 0.3
     with pytest.raises(RuntimeError, match="partly inverted"):
@@ -388,17 +387,8 @@ def test_damp_auto_refused_once_a_failed_prune_freed_the_held_out_chunk(seed, mo
 
 def test_damp_refused_after_a_failure_past_the_inversion(seed, monkeypatch):
     """A prune that failed after the inversion keeps F⁻¹ and its λ; the retry reuses both."""
-    params0 = make_params()
-    grads = make_grads(params0)
-    expected = run_uninterrupted(params0, grads, 0.5, damp="auto")
-    params = copy.deepcopy(params0)
-    p = make_pruner(params, damp="auto")
-    for g in grads:
-        p.add_grads(g)
-    with monkeypatch.context() as mp:
-        inject(mp, weight_update, "write_tensor", nth=1)  # auto's fit calls obs_scores itself: fail later
-        with pytest.raises(Injected):
-            p.prune(0.5)
+    # auto's fit calls obs_scores itself: fail later, in the write-back
+    p, params, expected = failed_prune(monkeypatch, weight_update, "write_tensor", damp="auto")
     with pytest.raises(ValueError, match="resumes"):
         p.damp = "rel:0.01"
     p.prune(0.5)
