@@ -204,3 +204,11 @@ def check_cuda_driver(name: str, device) -> None:
         except OSError:
             pass
     raise ValueError(f"{name} {device!r}: no CUDA device here (no GPU driver: no /proc/driver/nvidia, no libcuda)")
+
+
+def check_direct_damp(damp, fisher_method: str) -> None:
+    """A damp that needs F itself (``auto``: it fits on held-out gradients) refused on the
+    Woodbury build, where F₀⁻¹ = I/λ fixes λ before the first gradient."""
+    if fisher_method == "woodbury":
+        raise ValueError(f"damp={damp!r} needs the Fisher itself (fisher_method='direct'); on the Woodbury "
+                         "path F₀⁻¹ = I/λ fixes λ before the first gradient: pass a relative damp 'rel:α' instead")

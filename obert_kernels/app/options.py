@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import arguments
-from ..specs import BACKENDS, check_cuda_driver, parse_damp_spec, parse_pattern
+from ..specs import BACKENDS, check_cuda_driver, check_direct_damp, parse_damp_spec, parse_pattern
 
 __all__ = ["PrunerOptions", "PruneOptions", "DemoOptions", "BenchOptions", "InfoOptions", "CheckOptions", "read_texts"]
 
@@ -66,9 +66,8 @@ class PrunerOptions:
         if args.method != "magnitude":  # what check_for_device's config refuses, before torch's start-up
             pattern.check_block_size(_positive("block_size", args.block_size))
         damp = "auto" if args.damp is None else args.damp  # prune's default (--gradual sets its own first)
-        if parse_damp_spec(damp).kind == "auto" and args.fisher_method == "woodbury" and args.method != "magnitude":
-            raise ValueError(f"damp={damp!r} needs the Fisher itself (fisher_method='direct'); on the Woodbury "
-                             "path F₀⁻¹ = I/λ fixes λ before the first gradient: pass a relative damp 'rel:α' instead")
+        if parse_damp_spec(damp).kind == "auto" and args.method != "magnitude":
+            check_direct_damp(damp, args.fisher_method)  # the config's check, before torch's start-up
         cap = getattr(args, "max_tensor_sparsity", None)
         if cap is not None and not 0.0 < cap <= 1.0:
             raise ValueError(f"--max-tensor-sparsity must be in (0, 1], got {cap}")

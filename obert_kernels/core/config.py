@@ -15,6 +15,7 @@ import torch
 
 from .. import ops
 from ..ops.patterns import Pattern, parse_pattern
+from ..specs import check_direct_damp
 from . import arguments
 from .arguments import check_positive_int
 from .damping import AbsoluteDamp, Damping, parse_damp
@@ -96,9 +97,7 @@ class PrunerConfig:
         policies the chosen build or storage cannot serve."""
         method = auto_fisher_method(device) if self.fisher_method == "auto" else self.fisher_method
         if self.damping.needs_direct:
-            if self.fisher_method == "woodbury":
-                raise ValueError(f"damp={self.damp!r} needs the Fisher itself (fisher_method='direct'); on the Woodbury "
-                                 "path F₀⁻¹ = I/λ fixes λ before the first gradient: pass a relative damp 'rel:α' instead")
+            check_direct_damp(self.damp, self.fisher_method)
             method = "direct"
         if self.fisher_storage == "packed" and not isinstance(self.damping, AbsoluteDamp):
             raise ValueError(f"damp={self.damp!r} is relative to the Fisher diagonal, which packed storage does not "
