@@ -97,12 +97,12 @@ def _verdict(better: dict, worse: dict, strict: bool) -> str:
 
 
 def checks(rows) -> list[str]:
-    """The issue's acceptance, evaluated on the rows, metric by metric."""
+    """The acceptance of issues 6 and 11, evaluated on the rows, metric by metric."""
     out = []
     by = {(r["method"], r["sparsity"], r["recomputations"], r["damp"]): r for r in rows}
     for r in rows:
         if r["method"] == "magnitude" and r["sparsity"] >= 0.5:
-            for m in ("obs", "joint"):
+            for m in ("obs", "joint", "sequential"):
                 o = next((x for x in rows if x["method"] == m and x["sparsity"] == r["sparsity"] and x["recomputations"] == 1), None)
                 if o:
                     out.append(f"oBERT {m} beats magnitude at {r['sparsity']:.0%}: {_verdict(o, r, strict=True)}")
@@ -111,16 +111,38 @@ def checks(rows) -> list[str]:
         if r["method"] == "joint" and o:
             out.append(f"joint not worse than obs at {r['sparsity']:.0%}, R={r['recomputations']}: {_verdict(r, o, strict=False)}")
     for r in rows:
+        for other in ("obs", "joint"):
+            o = by.get((other, r["sparsity"], r["recomputations"], r["damp"]))
+            if r["method"] == "sequential" and o:
+                out.append(f"sequential beats {other} at {r['sparsity']:.0%}, R={r['recomputations']}: {_verdict(r, o, strict=True)}")
+    for r in rows:
         o = by.get((r["method"], r["sparsity"], 1, r["damp"]))
         if r["method"] != "magnitude" and r["recomputations"] > 1 and o:
             out.append(f"{r['method']} R={r['recomputations']} not worse than R=1 at {r['sparsity']:.0%}: {_verdict(r, o, strict=False)}")
     return out
 
 
+def baseline_checks(rows, baseline_rows, label: str) -> list[str]:
+    """Each row against the baseline file's row of the same method, sparsity and R (its own damp,
+    e.g. the auto of an earlier version): not worse, with the paired interval. The held-out
+    sentences must be the same ones (same --eval and --seed), which the per-sentence lengths check."""
+    out = []
+    base = {(r["method"], r["sparsity"], r["recomputations"]): r for r in baseline_rows}
+    for r in rows:
+        b = base.get((r["method"], r["sparsity"], r["recomputations"]))
+        if b is None or r["method"] == "magnitude":
+            continue
+        if len(b["cosine_each"]) != len(r["cosine_each"]):
+            raise SystemExit("--baseline-json was measured on another held-out set (a different --eval)")
+        out.append(f"{r['method']} {r['sparsity']:.0%} R={r['recomputations']} damp={r['damp']} not worse than "
+                   f"{label} (damp={b['damp']}): {_verdict(r, b, strict=False)}")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8])
-    ap.add_argument("--methods", nargs="+", default=["magnitude", "obs", "joint"])
+    ap.add_argument("--methods", nargs="+", default=["magnitude", "obs", "joint", "sequential"])
     ap.add_argument("--recompute-at", type=float, nargs="*", default=[0.7, 0.8], help="sparsities also run with R steps")
     ap.add_argument("--recomputations", type=int, default=4)
     ap.add_argument("--num-grads", type=int, default=256)
@@ -128,13 +150,16 @@ def main(argv=None):
     ap.add_argument("--chunk-size", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=4, help="sentences per gradient sample")
     ap.add_argument("--damp", default="auto")
-    ap.add_argument("--damp-sweep", nargs="*", default=["1e-7", "rel:1e-3", "rel:1e-2", "rel:1e-1", "rel:1e-2:block", "auto"])
+    ap.add_argument("--damp-sweep", nargs="*", default=["1e-7", "rel:1e-3", "rel:1e-2", "rel:1e-1", "rel:1e-2:tensor",
+                                                           "rel:1e-2:block", "auto:tensor:likelihood", "auto"])
     ap.add_argument("--sweep-at", type=float, default=0.7)
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--eval", type=int, default=1500, help="held-out sentences (500 gave nearest-neighbour agreement a ±0.02 noise, too coarse for joint vs obs)")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--baseline-json", type=Path, help="an earlier run's .json: each row is also compared with its row "
+                    "of the same method, sparsity and R (paired intervals), e.g. the auto before issue 12")
     ap.add_argument("--out", type=Path, default=Path(f"bench/results/minilm-cpu-{date.today()}"))
     args = ap.parse_args(argv)
 
@@ -175,9 +200,13 @@ def main(argv=None):
              HEADER] + [fmt_row(r) for r in sorted(rows, key=lambda r: (r["sparsity"], r["method"] != "magnitude", r["method"], r["recomputations"]))]
     if sweep:
         lines += ["", f"damping, oBERT obs at {args.sweep_at:.0%}, R=1:", "", HEADER.replace("| damp |", "| damp (chosen) |")]
-        lines += [fmt_row({**r, "damp": f"auto ({r['chosen_damp'].split('λ=')[1].split('×')[0]})" if r["damp"].startswith("auto") else r["damp"]})
+        lines += [fmt_row({**r, "damp": f"{r['damp']} ({r['chosen_damp'].split('λ=')[1].split('×')[0]})" if r["damp"].startswith("auto") else r["damp"]})
               for r in sweep]
     lines += ["", "acceptance (both metrics):"] + ["  " + c for c in checks(rows)]
+    if args.baseline_json:
+        baseline = json.loads(args.baseline_json.read_text())
+        lines += ["", f"against {args.baseline_json} (both metrics):"]
+        lines += ["  " + c for c in baseline_checks(rows, baseline["rows"], f"{args.baseline_json.name}")]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--num-grads", type=int, default=256)
     ap.add_argument("--grad-batch-size", type=int, default=8)
-    ap.add_argument("--damp", type=float, default=1e-6)
+    ap.add_argument("--damp", default="1e-6", help="FisherPruner damp: a number (absolute λ), rel:α[:per] or auto")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
