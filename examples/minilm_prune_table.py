@@ -160,9 +160,13 @@ def main(argv=None):
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--baseline-json", type=Path, help="an earlier run's .json: each row is also compared with its row "
                     "of the same method, sparsity and R (paired intervals), e.g. the auto before issue 12")
+    ap.add_argument("--merge", type=Path, nargs="+", help="print one table from these runs' .json (rows split between "
+                    "processes, e.g. one sparsity each with OMP_NUM_THREADS=1) instead of running")
     ap.add_argument("--out", type=Path, default=Path(f"bench/results/minilm-cpu-{date.today()}"))
     args = ap.parse_args(argv)
 
+    if args.merge:
+        return merge(args, argv)
     load_start = os.getloadavg()
     encoder = load_sentence_encoder("all-MiniLM-L6-v2", max_length=args.max_length)
     sentences = stdlib_sentences()
@@ -193,15 +197,23 @@ def main(argv=None):
                 continue
             sweep.append(run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, "obs", args.sweep_at, 1, damp))
     load_end = os.getloadavg()
+    machine += (f"; load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
+                f"at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}")
+    report = {"header": head, "machine": machine, "load_start": load_start, "load_end": load_end,
+              "args": {k: str(v) for k, v in vars(args).items()}, "versions": versions(), "rows": rows, "damp_sweep": sweep}
+    write(args, argv, report, [machine])
 
-    lines = [head, f"machine: {machine}; load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/"
-             f"{load_start[2]:.1f}, at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}",
+
+def write(args, argv, report: dict, machines: list[str]) -> None:
+    """Render ``report`` (rows, damp_sweep, header) as the tables and verdicts; write --out .txt and .json."""
+    rows, sweep = report["rows"], report["damp_sweep"]
+    lines = [report["header"]] + [f"machine: {m}" for m in machines] + [
              f"command: python examples/minilm_prune_table.py {' '.join(argv if argv is not None else sys.argv[1:])}", "",
              HEADER] + [fmt_row(r) for r in sorted(rows, key=lambda r: (r["sparsity"], r["method"] != "magnitude", r["method"], r["recomputations"]))]
     if sweep:
-        lines += ["", f"damping, oBERT obs at {args.sweep_at:.0%}, R=1:", "", HEADER.replace("| damp |", "| damp (chosen) |")]
+        lines += ["", f"damping, oBERT obs at {sweep[0]['sparsity']:.0%}, R=1:", "", HEADER.replace("| damp |", "| damp (chosen) |")]
         lines += [fmt_row({**r, "damp": f"{r['damp']} ({r['chosen_damp'].split('λ=')[1].split('×')[0]})" if r["damp"].startswith("auto") else r["damp"]})
-              for r in sweep]
+                  for r in sweep]
     lines += ["", "acceptance (both metrics):"] + ["  " + c for c in checks(rows)]
     if args.baseline_json:
         baseline = json.loads(args.baseline_json.read_text())
@@ -211,9 +223,20 @@ def main(argv=None):
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".txt").write_text(text + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({
-        "header": head, "machine": machine, "load_start": load_start, "load_end": load_end,
-        "args": {k: str(v) for k, v in vars(args).items()}, "versions": versions(), "rows": rows, "damp_sweep": sweep}, indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+
+
+def merge(args, argv) -> None:
+    """One table from runs that split the rows between processes (--merge a.json b.json ...):
+    they must share the protocol (the header: model, m, B, k, sentences, seed)."""
+    parts = [json.loads(Path(f).read_text()) for f in args.merge]
+    heads = {p["header"] for p in parts}
+    if len(heads) != 1:
+        raise SystemExit(f"--merge: the runs used different protocols: {sorted(heads)}")
+    report = {"header": heads.pop(), "merged_from": [str(f) for f in args.merge], "parts": [
+        {k: p[k] for k in ("machine", "load_start", "load_end", "args", "versions")} for p in parts],
+        "rows": [r for p in parts for r in p["rows"]], "damp_sweep": [r for p in parts for r in p["damp_sweep"]]}
+    write(args, argv, report, [f"{p['machine']} (command: {p['args']})" for p in parts])
 
 
 if __name__ == "__main__":

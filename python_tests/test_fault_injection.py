@@ -36,7 +36,7 @@ class Injected(Exception):
 @pytest.fixture(autouse=True)
 def small_slices(monkeypatch):
     """Several flush and inversion slices even on these tiny tensors (30 blocks): 7 per slice."""
-    monkeypatch.setattr(fisher_state, "FLUSH_SLICE", 7)
+    monkeypatch.setattr(fisher_state, "FLUSH_SLICE_BYTES", 7 * 8 * 8 * 4)  # 7 dense blocks of B = 8
     monkeypatch.setattr(damping_mod, "INVERT_SLICE", 7)
 
 

@@ -229,3 +229,39 @@ def test_report_table(seed):
     assert "total" in text and "t2" in text and f"{report.sparsity:.2%}" in text
     assert report.seconds > 0 and p.history == [report]
     assert p._state is None  # Fisher state freed
+
+
+def test_flush_applies_small_slices_without_rechecking_the_chunk(seed, monkeypatch):
+    """add_grads checks each gradient once; the flush then applies the chunk in slices of at most
+    FLUSH_SLICE_BYTES of the Fisher state and does not read the chunk again for finiteness
+    (issue 15), with the same F as one unsliced accumulation."""
+    from obert_kernels.core import fisher_state
+    from obert_kernels.ops import checks
+
+    monkeypatch.setattr(fisher_state, "FLUSH_SLICE_BYTES", 3 * 8 * 8 * 4)  # 3 blocks of B = 8
+    params = {"w": torch.randn(100)}
+    grads = random_grads(8, 100)
+    p = FisherPruner(params, block_size=8, num_grads=8, chunk_size=4, damp=1e-2, backend="torch", verbose=False)
+    sizes, finite_checks = [], []
+    real_apply, real_check = fisher_state.FisherState.apply_slice, checks.check_finite_input
+    monkeypatch.setattr(fisher_state.FisherState, "apply_slice",
+                        lambda self, blocks, *a: (sizes.append(blocks.stop - blocks.start), real_apply(self, blocks, *a))[1])
+    monkeypatch.setattr(checks, "check_finite_input", lambda *a: (finite_checks.append(1), real_check(*a))[1])
+    for g in grads[:5]:  # the 5th call flushes the first chunk of 4
+        p.add_grads({"w": g})
+    assert sizes == [3, 3, 3, 3, 1] and finite_checks == []
+    fisher = p._state.fisher.blocks.clone()
+    expected = torch.zeros(13, 8, 8, dtype=torch.float64)
+    ops.fisher_accumulate(expected, grads[:4].double(), 8)
+    assert rel_err(fisher.double(), expected) < 1e-6
+
+
+def test_op_finiteness_check_can_be_skipped_by_a_caller_that_checked(seed):
+    bad = random_grads(4, 64)
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        ops.fisher_accumulate(torch.zeros(8, 8, 8), bad, 4)
+    with pytest.raises(ValueError, match="non-finite"):
+        ops.woodbury_update(ops.init_finv(8, 8, 1.0), bad, 4)
+    out = ops.fisher_accumulate(torch.zeros(8, 8, 8), bad, 4, check_finite=False)
+    assert torch.isnan(out).any()  # skipped: the caller's promise, not checked again

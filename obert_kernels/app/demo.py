@@ -1,7 +1,8 @@
 """The embedded default job: one-shot prune a small MLP trained on scikit-learn's digits.
 
 Trains a 64-128-128-10 MLP on the 8×8 digit images that ship with scikit-learn (seconds
-on a CPU), then prunes copies of it one-shot to each sparsity with oBERT and with global
+on a CPU), then prunes copies of it one-shot to each sparsity with oBERT, with sequential OBS
+(update="sequential", on the same gradients) and with global
 magnitude pruning, and prints test accuracy side by side. No network, no downloads.
 
     python -m obert_kernels demo [--sparsities 0.5 0.7 0.8 0.9 0.95] [--update obs] [--seed 0] [--plot PNG]
@@ -93,29 +94,45 @@ def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
 def run_demo(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), *, seed: int = 0, update: str = "obs", block_size: int = 32,
              num_grads: int = 128, grad_batch_size: int = 8, damp: float | str = 1e-6, num_recomputations: int = 4,
              backend: str = "auto", progress: bool = True, print_table: bool = True) -> list[dict]:
-    """Train once, prune copies at each sparsity; returns rows {sparsity, obert, magnitude, seconds, dense}."""
+    """Train once, prune copies at each sparsity with ``update``, with sequential OBS (issue 11; the
+    same gradient stream, skipped when ``update`` is "sequential") and by magnitude.
+
+    Returns rows {sparsity, obert, sequential (None when skipped), magnitude, seconds, sequential_seconds, dense}."""
     data = load_digits_data(seed)
     dense = train(make_mlp(seed), data, seed=seed)
     dense_acc = accuracy(dense, data.x_test, data.y_test)
+
+    def pruned_accuracy(s: float, how: str) -> tuple[float, float]:
+        model, start = copy.deepcopy(dense), time.perf_counter()
+        one_shot_prune(model, cross_entropy_loss, endless_batches(data, grad_batch_size, seed + 1), s,
+                       num_recomputations=num_recomputations, block_size=block_size, num_grads=num_grads,
+                       damp=damp, update=how, backend=backend, progress=progress, verbose=False)
+        return accuracy(model, data.x_test, data.y_test), time.perf_counter() - start
+
     rows = []
     for s in sparsities:
-        pruned = copy.deepcopy(dense)
-        start = time.perf_counter()
-        one_shot_prune(pruned, cross_entropy_loss, endless_batches(data, grad_batch_size, seed + 1), s,
-                       num_recomputations=num_recomputations, block_size=block_size, num_grads=num_grads,
-                       damp=damp, update=update, backend=backend, progress=progress, verbose=False)
-        seconds = time.perf_counter() - start
+        obert, seconds = pruned_accuracy(s, update)
+        sequential, seq_seconds = pruned_accuracy(s, "sequential") if update != "sequential" else (None, None)
         magnitude = copy.deepcopy(dense)
         magnitude_prune(magnitude, s)
-        rows.append({"sparsity": s, "obert": accuracy(pruned, data.x_test, data.y_test),
-                     "magnitude": accuracy(magnitude, data.x_test, data.y_test), "seconds": seconds, "dense": dense_acc})
+        rows.append({"sparsity": s, "obert": obert, "sequential": sequential,
+                     "magnitude": accuracy(magnitude, data.x_test, data.y_test), "seconds": seconds,
+                     "sequential_seconds": seq_seconds, "dense": dense_acc})
     if print_table:
-        print(f"digits MLP 64-128-128-10, dense test accuracy {dense_acc:.2%} "
-              f"(oBERT: update={update}, B={block_size}, m={num_grads}, damp={_damp_text(damp)}, recomputations={num_recomputations})")
-        print(f"{'sparsity':>8}  {'oBERT':>8}  {'magnitude':>9}  {'prune s':>7}")
-        for r in rows:
-            print(f"{r['sparsity']:>8.0%}  {r['obert']:>8.2%}  {r['magnitude']:>9.2%}  {r['seconds']:>7.2f}")
+        print_demo_table(rows, f"update={update}, B={block_size}, m={num_grads}, damp={_damp_text(damp)}, "
+                               f"recomputations={num_recomputations}")
     return rows
+
+
+def print_demo_table(rows: list[dict], settings: str) -> None:
+    """The demo's table: oBERT, sequential (when run) and magnitude accuracy, prune seconds."""
+    dense_acc = rows[0]["dense"] if rows else float("nan")
+    with_seq = any(r["sequential"] is not None for r in rows)
+    print(f"digits MLP 64-128-128-10, dense test accuracy {dense_acc:.2%} (oBERT: {settings})")
+    print(f"{'sparsity':>8}  {'oBERT':>8}" + (f"  {'sequential':>10}" if with_seq else "") + f"  {'magnitude':>9}  {'prune s':>7}")
+    for r in rows:
+        seq = f"  {r['sequential']:>10.2%}" if with_seq else ""
+        print(f"{r['sparsity']:>8.0%}  {r['obert']:>8.2%}{seq}  {r['magnitude']:>9.2%}  {r['seconds']:>7.2f}")
 
 
 def _damp_text(damp) -> str:
@@ -127,7 +144,7 @@ def _damp_text(damp) -> str:
 
 
 def plot_accuracy(rows: list[dict], path, title: str, dense_accuracy: float | None = None) -> Path:
-    """PNG of test accuracy vs sparsity, oBERT and magnitude; written whole or not at all.
+    """PNG of test accuracy vs sparsity, oBERT (and sequential, when run) and magnitude; written whole or not at all.
 
     rows: run_demo's rows. Raises ImportError (with the install line) without matplotlib.
     """
@@ -142,6 +159,8 @@ def plot_accuracy(rows: list[dict], path, title: str, dense_accuracy: float | No
     xs = [100 * r["sparsity"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(xs, [100 * r["obert"] for r in rows], "o-", label="oBERT")
+    if any(r.get("sequential") is not None for r in rows):
+        ax.plot(xs, [100 * r["sequential"] for r in rows], "^-", label="sequential OBS")
     ax.plot(xs, [100 * r["magnitude"] for r in rows], "s--", label="magnitude")
     if dense_accuracy is not None:
         ax.axhline(100 * dense_accuracy, color="gray", lw=0.8, ls=":", label="dense")
@@ -175,7 +194,7 @@ def run_demo_command(options: DemoOptions) -> list[dict]:
                     num_grads=options.num_grads, damp=options.damp, num_recomputations=options.num_recomputations,
                     backend=options.backend, progress=options.progress)
     if options.plot is not None:
-        title = f"digits MLP: one-shot oBERT ({options.update}, R={options.num_recomputations}) vs magnitude"
+        title = f"digits MLP: one-shot oBERT ({options.update}, R={options.num_recomputations}), sequential, magnitude"
         try:
             print(f"plot: {plot_accuracy(rows, options.plot, title, rows[0].get('dense') if rows else None)}")
         except ImportError as exc:

@@ -15,16 +15,19 @@ other state: ``PrunedMasks``, its history and the damping policy's choice); see
 
 What a failure leaves (issue 14):
 
-- A flush applies the chunk ``FLUSH_SLICE`` blocks at a time, each slice copied to a scratch
-  slice first: a slice whose op raises (or is interrupted after it wrote) is put back from
-  the copy, and the buffer's ``Counts.applied_blocks`` records the slices done, so the next
-  flush resumes there. The state holds the same gradients as before the failed call and the
-  result is bit-identical to an uninterrupted flush (blocks are independent). Cost: one
-  slice of scratch (41 MB at B = 50) and a copy of F per flush, in cache-sized pieces:
-  measured 336 ms against 297 ms for one fisher_accumulate over all blocks (min of 15;
-  medians 351 vs 347 ms; d = 10⁶, B = 50, k = 32, torch backend, OMP_NUM_THREADS=1, on the
-  shared 2-core machine under load, 2026-11-30). Not measured on a GPU, where the flush is
-  memory-bound and the backup adds a read and a write of F to it.
+- A flush applies the chunk in slices of ``FLUSH_SLICE_BYTES`` of the Fisher state, each
+  slice copied to a scratch slice first: a slice whose op raises (or is interrupted after it
+  wrote) is put back from the copy, and the buffer's ``Counts.applied_blocks`` records the
+  slices done, so the next flush resumes there. The state holds the same gradients as before
+  the failed call and the result is bit-identical to an uninterrupted flush (blocks are
+  independent). The slice is small so that the backup and the op's read of it hit the cache:
+  the backup then costs almost nothing (MiniLM's blocks, B = 32, k = 32, one thread, CPU time,
+  min of 9, loaded machine, 2026-11-30: 1 MiB slices 173 ms with the backup vs 179 without;
+  4 MiB 222 vs 166; 16 MiB 220 vs 153, for a quarter of MiniLM's blocks). Scratch: one slice.
+  The backend is resolved once per flush and the op told not to re-check the chunk's
+  finiteness (``add_grads`` checked every gradient), so many small calls stay cheap.
+  Not measured on a GPU, where the flush is memory-bound and the backup adds a read and a
+  write of F to it.
 - The direct build's inversion is in place and resumable (``inversion``): F is checked and
   the damping fitted before any block changes, then slices are inverted with a backup of
   the current one, so a failed prune is retried from where it stopped with the same λ, and
@@ -47,11 +50,18 @@ from .damping import BlockLayout, Damping, parse_damp
 from .grad_buffer import GradBuffer
 from .inversion import Inversion, run_inversion, start_inversion
 
-__all__ = ["FisherKind", "FisherState", "FisherBuild", "FLUSH_SLICE", "fits_on_heldout", "config_with_damp"]
+__all__ = ["FisherKind", "FisherState", "FisherBuild", "FLUSH_SLICE_BYTES", "flush_slice_blocks", "fits_on_heldout",
+           "config_with_damp"]
 
 LayoutFn = Callable[[], BlockLayout]
-# Blocks per step of a flush (each backed up to scratch first): 4096 blocks of B = 50 are 41 MB.
-FLUSH_SLICE = 4096
+# Bytes of the Fisher state per step of a flush (each backed up to scratch first; see above).
+FLUSH_SLICE_BYTES = 1 << 20
+
+
+def flush_slice_blocks(blocks: torch.Tensor) -> int:
+    """Blocks per flush slice: FLUSH_SLICE_BYTES of ``blocks`` (num_blocks, ...), at least one."""
+    per_block = blocks[:1].numel() * blocks.element_size()
+    return max(1, FLUSH_SLICE_BYTES // max(1, per_block))
 
 
 def fits_on_heldout(damping: Damping) -> bool:
@@ -89,10 +99,17 @@ class FisherState:
         config.damping.start_woodbury(self.blocks, first_chunk, layout())
         self.kind = FisherKind.INVERSE
 
-    def apply_slice(self, blocks: slice, chunk: torch.Tensor, config: PrunerConfig) -> None:
-        """Apply ``chunk`` (n, k, B), the gradients of ``blocks``, with the configured build."""
+    def apply_slice(self, blocks: slice, chunk: torch.Tensor, config: PrunerConfig, backend: str) -> None:
+        """Apply ``chunk`` (n, k, B), the gradients of ``blocks`` (each already checked finite),
+        with the configured build on ``backend`` (``flush_backend``)."""
         op = ops.woodbury_update if config.fisher_method == "woodbury" else ops.fisher_accumulate
-        op(self.blocks[blocks], chunk, config.num_grads, backend=config.backend)
+        op(self.blocks[blocks], chunk, config.num_grads, backend=backend, check_finite=False)
+
+    def flush_backend(self, chunk: torch.Tensor, config: PrunerConfig) -> str:
+        """The backend every slice of this flush runs on: config.backend resolved once, for the
+        whole state (slices differ only in their number of blocks)."""
+        op = "woodbury_update" if config.fisher_method == "woodbury" else "fisher_accumulate"
+        return ops.resolve_backend(op, config.backend, self.blocks, grads=chunk)
 
     def start_inversion(self, heldout: torch.Tensor | None, config: PrunerConfig, layout: BlockLayout,
                         step=None) -> None:
@@ -153,19 +170,20 @@ class FisherBuild:
                 fisher.start_woodbury(chunk, self.config, layout)
         else:
             fisher.kind = FisherKind.FISHER_SUM
-        num_blocks = fisher.blocks.shape[0]
-        for start in range(self.grads.counts.applied_blocks, num_blocks, FLUSH_SLICE):
-            self._apply_slice(slice(start, min(start + FLUSH_SLICE, num_blocks)), chunk)
+        num_blocks, step = fisher.blocks.shape[0], flush_slice_blocks(fisher.blocks)
+        backend = fisher.flush_backend(chunk, self.config)
+        for start in range(self.grads.counts.applied_blocks, num_blocks, step):
+            self._apply_slice(slice(start, min(start + step, num_blocks)), chunk, backend)
         self.grads.mark_applied()
 
-    def _apply_slice(self, blocks: slice, chunk: torch.Tensor) -> None:
+    def _apply_slice(self, blocks: slice, chunk: torch.Tensor, backend: str) -> None:
         part = self.fisher.blocks[blocks]
-        if self.scratch is None:
-            self.scratch = torch.empty_like(self.fisher.blocks[:FLUSH_SLICE])
+        if self.scratch is None or self.scratch.shape[0] < part.shape[0]:
+            self.scratch = torch.empty_like(self.fisher.blocks[: flush_slice_blocks(self.fisher.blocks)])
         backup = self.scratch[: part.shape[0]]
         backup.copy_(part)
         try:
-            self.fisher.apply_slice(blocks, chunk[blocks], self.config)
+            self.fisher.apply_slice(blocks, chunk[blocks], self.config, backend)
             self.grads.mark_progress(blocks.stop)
         except BaseException:
             if self.grads.counts.applied_blocks < blocks.stop:  # not recorded as applied: put it back

@@ -43,7 +43,7 @@ from ..ops.blocks import factor_shape, score_shape
 from ..ops.packed import UNPACK_TILE_BYTES
 from ..ops.patterns import Pattern, parse_pattern
 from .damping import FIT_SLICE, INVERT_SLICE, AbsoluteDamp, AutoDamp, Damping, RelativeDamp
-from .fisher_state import FLUSH_SLICE
+from .fisher_state import FLUSH_SLICE_BYTES
 
 __all__ = ["MemoryEstimate", "FisherMemoryError", "estimate_memory", "available_memory", "format_bytes",
            "refuse_if_too_big", "DAMPING_KINDS"]
@@ -205,6 +205,12 @@ def _damping_kind(damping) -> str:
     raise TypeError(f"damping must be one of {DAMPING_KINDS} or a Damping, got {type(damping).__name__}")
 
 
+def _flush_blocks(s: _Sizes) -> int:
+    """Blocks per flush slice (fisher_state.flush_slice_blocks), at most all of them."""
+    per_block = s.fisher_bytes // max(1, s.num_blocks)
+    return min(max(1, FLUSH_SLICE_BYTES // max(1, per_block)), s.num_blocks)
+
+
 def _collect_bytes(s: _Sizes, method: str, grad_itemsize: int, fused: bool, packed: bool) -> int:
     """Gradients arriving: the buffer is full, the chunk is applied to F (or F⁻¹). A packed F on
     the torch kernels is applied tile by tile (ops/packed.py): one dense tile (and, direct, its
@@ -213,7 +219,8 @@ def _collect_bytes(s: _Sizes, method: str, grad_itemsize: int, fused: bool, pack
     if fused:
         return convert
     tile = min(s.dense_block_bytes(s.num_blocks), UNPACK_TILE_BYTES) if packed else 0
-    weights = tile // (4 * s.B) if packed else s.padded  # weights whose blocks one application sees
+    # weights whose blocks one application sees: a flush slice (FisherBuild.flush), or a tile of it
+    weights = min(tile // (4 * s.B), _flush_blocks(s) * s.B) if packed else _flush_blocks(s) * s.B
     if method == "woodbury":
         return max(convert, tile + WOODBURY_BYTES_PER_GRAD * min(WOODBURY_SUBCHUNK, s.k) * weights)
     return max(convert, tile + tile * (s.B + 1) // (2 * s.B))
@@ -287,7 +294,7 @@ def _phases(s: _Sizes, *, kind: str, method: str, update: str, packed: bool, fus
     # of the weights (transaction.Checkpoint; counted at 4 bytes a weight)
     weights_copy = 4 * s.total + 4 * s.total
     per_block = s.fisher_bytes // max(1, s.num_blocks)
-    flush_scratch = per_block * min(FLUSH_SLICE, s.num_blocks)  # FisherBuild.flush's backup slice
+    flush_scratch = per_block * _flush_blocks(s)  # FisherBuild.flush's backup slice
     invert_scratch = per_block * min(INVERT_SLICE, s.num_blocks) if method != "woodbury" else 0  # inversion.run_inversion's
     collect = base + buffer + flush_scratch + _collect_bytes(s, method, grad_itemsize, fused, packed)
     return {

@@ -53,7 +53,8 @@ __all__ = [
     "sequential_order_ref",
 ]
 
-def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, backend: str = "auto") -> torch.Tensor:
+def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, backend: str = "auto",
+                    check_finite: bool = True) -> torch.Tensor:
     """Apply a chunk of gradients to F⁻¹ by Woodbury (SPEC §2a), in place; returns finv.
 
     finv: (num_blocks, B, B) float32 (float64 on the torch backend), symmetric positive definite,
@@ -61,33 +62,39 @@ def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, *, 
     (num_blocks-1)·B < d ≤ num_blocks·B (missing padding is zero), or block-major
     (num_blocks, k, B); any float dtype; num_grads: m, the 1/m of the empirical Fisher.
     A NaN or ±inf in grads raises ValueError before finv changes (``checks.check_finite_input``;
-    not while torch.compile traces).
+    not while torch.compile traces). check_finite=False skips that check, for a caller that
+    has checked every gradient of the chunk already (FisherPruner checks each in add_grads).
     """
     checks.check_finv(finv)
     grads = checks.check_grads(grads, finv)
     # one aminmax over the chunk: 3.6 ms against 600 ms for this op (torch backend, 4000
     # blocks of 48, k = 32, one CPU thread, loaded machine, 2026-11-30): 0.6%
-    checks.check_finite_input(grads, "grads")
+    if check_finite:
+        checks.check_finite_input(grads, "grads")
     num_grads = checks.check_num_grads(num_grads)
     name = resolve_backend("woodbury_update", backend, finv, grads=grads)
     torch.ops.obert_kernels.woodbury_update.default(finv, grads, num_grads, name)
     return finv
 
 
-def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int, *, backend: str = "auto") -> torch.Tensor:
+def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int, *, backend: str = "auto",
+                      check_finite: bool = True) -> torch.Tensor:
     """Direct path of SPEC §2a, step 1: fisher += Σ g gᵀ / m over a chunk, in place.
 
     grads: (k, d) or block-major (num_blocks, k, B), as for woodbury_update.
 
     fisher: (num_blocks, B, B) float32/float64 (or packed), zero before the first chunk.
-    A NaN or ±inf in grads raises ValueError before fisher changes (not while torch.compile traces).
+    A NaN or ±inf in grads raises ValueError before fisher changes (not while torch.compile
+    traces); check_finite=False skips that check, for a caller that has checked every gradient
+    of the chunk already.
     """
     checks.check_finv(fisher, "fisher")
     grads = checks.check_grads(grads, fisher)
-    # 3.6 ms against 54 ms for this op on the chunk above (7%; FisherPruner's add_grads has
-    # checked each gradient already, so its direct build pays this twice: ~7% of the
-    # accumulation, well under 1% of a prune step, whose backward passes dominate)
-    checks.check_finite_input(grads, "grads")
+    # 3.6 ms against 54 ms for this op on the chunk above (7%). FisherPruner passes
+    # check_finite=False: its add_grads checked each gradient, and on MiniLM's 36 tensors this
+    # second read of the chunk (1.4 GB at k = 32) was ~8 ms a gradient (issue 15)
+    if check_finite:
+        checks.check_finite_input(grads, "grads")
     num_grads = checks.check_num_grads(num_grads)
     name = resolve_backend("fisher_accumulate", backend, fisher, grads=grads)
     torch.ops.obert_kernels.fisher_accumulate.default(fisher, grads, num_grads, name)
