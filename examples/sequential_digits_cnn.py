@@ -66,22 +66,23 @@ def train(model: nn.Module, data, epochs: int, seed: int) -> nn.Module:
     return model
 
 
-def prune_copy(dense: nn.Module, data, method: str, sparsity: float, R: int, args, seed: int) -> nn.Module:
-    """A pruned copy of ``dense`` (the model's Conv/Linear weights, global sparsity)."""
+def prune_copy(dense: nn.Module, data, method: str, sparsity: float, R: int, args, seed: int) -> tuple[nn.Module, list[str]]:
+    """A pruned copy of ``dense`` (the model's Conv/Linear weights, global sparsity), and each
+    prune step's damping (``PruneReport.damping``: for "auto", the λ it chose; none for magnitude)."""
     model = copy.deepcopy(dense)
     if method == "magnitude":
         magnitude_prune(model, sparsity)
-        return model
+        return model, []
     update = "sequential" if method.startswith("seq") else method
     saved = sequential_select.CRITERION
     sequential_select.CRITERION = method.removeprefix("seq-") if method.startswith("seq-") else saved
     try:
-        one_shot_prune(model, cross_entropy_loss, endless_batches(data, args.grad_batch_size, seed + 1), sparsity,
-                       num_recomputations=R, block_size=args.block_size, num_grads=args.num_grads, damp=args.damp,
-                       update=update, progress=False, verbose=False)
+        pruner = one_shot_prune(model, cross_entropy_loss, endless_batches(data, args.grad_batch_size, seed + 1),
+                                sparsity, num_recomputations=R, block_size=args.block_size, num_grads=args.num_grads,
+                                damp=args.damp, update=update, progress=False, verbose=False)
     finally:
         sequential_select.CRITERION = saved
-    return model
+    return model, [r.damping for r in pruner.history]
 
 
 def run_seed(seed: int, args) -> dict:
@@ -91,11 +92,12 @@ def run_seed(seed: int, args) -> dict:
     for sparsity, R in SETTINGS:
         for method in METHODS:
             start = time.perf_counter()
-            model = prune_copy(dense, data, method, sparsity, R, args, seed)
+            model, damping = prune_copy(dense, data, method, sparsity, R, args, seed)
             acc = accuracy(model, data.x_test, data.y_test)
             out["runs"].append({"sparsity": sparsity, "R": R, "method": method, "accuracy": acc,
-                                "seconds": time.perf_counter() - start})
-            print(f"seed {seed} {sparsity:.0%} R={R} {method:<15} {acc:.2%}", file=sys.stderr, flush=True)
+                                "seconds": time.perf_counter() - start, "damping": damping})
+            print(f"seed {seed} {sparsity:.0%} R={R} {method:<15} {acc:.2%}"
+                  + (f"  damp per step: {'; '.join(damping)}" if damping else ""), file=sys.stderr, flush=True)
     return out
 
 
