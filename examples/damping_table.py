@@ -6,7 +6,7 @@ Nets (scikit-learn's 8×8 digits, trained here, test accuracy):
 Gradients: mini-batches of 8, one seeded stream per net, collected once and fed to every
 policy, so the policies differ by the damping only. Fisher labels: "true" (the data's labels:
 the empirical Fisher, as the CLI) or "sampled" (labels drawn from the model's own softmax:
-``recipes.probes.SampledFisherProbe``). One prune step (R = 1), global selection, update obs.
+``recipes.probes.SampledFisherProbe``). One prune step (R = 1), global selection, update obs (``--update`` for another).
 
 Policies: magnitude; ``rel:α:tensor`` (per-tensor λ, the string default before issue 12);
 ``rel:α:global`` (one λ for all tensors); ``auto:tensor:likelihood`` (the old auto),
@@ -69,12 +69,13 @@ def collect(model: nn.Module, data, labels: str, m: int, seed: int) -> list[list
     return grads
 
 
-def prune_once(dense: nn.Module, grads, policy: str, sparsity: float, settings: dict, chunk: int) -> tuple[nn.Module, str]:
+def prune_once(dense: nn.Module, grads, policy: str, sparsity: float, settings: dict, chunk: int,
+               update: str = "obs") -> tuple[nn.Module, str]:
     model = copy.deepcopy(dense)
     if policy == "magnitude":
         magnitude_prune(model, sparsity)
         return model, ""
-    pruner = FisherPruner(prunable_weights(model), damp=policy, chunk_size=chunk, verbose=False, **settings)
+    pruner = FisherPruner(prunable_weights(model), damp=policy, chunk_size=chunk, update=update, verbose=False, **settings)
     for g in grads:
         pruner.add_grads(g)
     report = pruner.prune(sparsity)
@@ -97,7 +98,7 @@ def run(args, partial: Path | None = None) -> list[dict]:
                         if policy == "magnitude" and labels != args.labels[0]:
                             continue
                         start = time.perf_counter()
-                        model, extra = prune_once(dense, grads, policy, s, NETS[net], args.chunk_size)
+                        model, extra = prune_once(dense, grads, policy, s, NETS[net], args.chunk_size, args.update)
                         acc = accuracy(model, data.x_test, data.y_test)
                         info = json.loads(extra) if extra else {}
                         rows.append({"net": net, "seed": seed, "labels": labels, "sparsity": s, "policy": policy,
@@ -140,6 +141,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--policies", nargs="+", default=list(POLICIES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--chunk-size", type=int, default=32)
+    ap.add_argument("--update", default="obs", choices=["obs", "joint", "sequential"], help="FisherPruner's update")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     rows = run(args, args.out.with_suffix(".partial.jsonl") if args.out else None)
