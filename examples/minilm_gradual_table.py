@@ -41,6 +41,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -165,7 +166,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     report = merge_reports(args.merge) if args.merge else run_table(args)
-    command = f"python examples/minilm_gradual_table.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+    command = f"python examples/minilm_gradual_table.py {shlex.join(argv if argv is not None else sys.argv[1:])}"
     write_report(report, command, args.out)
     if args.plot:
         title = f"{report['header'].split(',')[0]}: gradual pruning, {report['args']['steps']} distillation steps per method"
@@ -262,7 +263,7 @@ def merge_reports(paths: list[Path]) -> dict:
             "rows": sorted((r for p in parts for r in p["rows"]), key=lambda r: r["sparsity"]), "dense": dense}
 
 
-PLOT_STYLE = {GRADUAL: "o-", GMP: "s--", ONESHOT: "^-."}
+PLOT_STYLE = {GRADUAL: ("o-", "C0"), GMP: ("s--", "C1"), ONESHOT: ("^-.", "C2")}  # fixed: the same colour in every figure
 
 
 def plot_panel(ax, rows: list[dict], dense_row, key: str, ylabel: str) -> None:
@@ -270,7 +271,8 @@ def plot_panel(ax, rows: list[dict], dense_row, key: str, ylabel: str) -> None:
     for method in [m for m in PLOT_STYLE if any(r["method"] == m for r in rows)] + \
             sorted({r["method"] for r in rows} - set(PLOT_STYLE)):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["measured_sparsity"])
-        ax.plot([100 * r["measured_sparsity"] for r in mine], [r[key] for r in mine], PLOT_STYLE.get(method, "x:"), label=method)
+        fmt, color = PLOT_STYLE.get(method, ("x:", None))
+        ax.plot([100 * r["measured_sparsity"] for r in mine], [r[key] for r in mine], fmt, color=color, label=method)
     ax.axhline(1.0, color="gray", lw=0.8, ls=":", label="dense (reference)")
     if dense_row:
         ax.axhline(dense_row[key], color="gray", lw=0.8, ls="-.", label=DENSE)
