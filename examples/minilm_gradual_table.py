@@ -18,6 +18,21 @@ dense model, as in minilm_prune_table.py, with paired 95% intervals of the diffe
 
     python examples/minilm_gradual_table.py                     # the table (80%, 90%)
     python examples/minilm_gradual_table.py --sparsities 0.8 --steps 20 --gradual-grads 8 --num-grads 8 --eval 100   # a check
+
+--merge A.json B.json ... runs nothing: it renders one table (and the paired intervals) from earlier runs' .json,
+e.g. one sparsity each made by separate processes. They must share the protocol (steps, lr, batch sizes, m, B, k,
+damp, held-out count, max length, seed: PROTOCOL_ARGS, and the header, which also names the sentence split and the
+Python version whose docstrings they are); it refuses, naming the difference, otherwise, and refuses a (method,
+sparsity) row found in two files. The first dense fine-tune row found is the cost baseline. The merged .json records
+the files and each part's machine, load, time and command lines.
+
+--plot PATH.png (with a run or --merge) also writes held-out mean cosine (left) and nearest-neighbour agreement
+(right) vs measured sparsity, a line per method, dense = 1.0 as the reference; without matplotlib it says so and
+writes the table only.
+
+    python examples/minilm_gradual_table.py --merge bench/results/minilm-gradual-80-2026-11-30.json \\
+        bench/results/minilm-gradual-90-2026-11-30.json --plot bench/results/minilm-gradual-2026-11-30.png \\
+        --out bench/results/minilm-gradual-2026-11-30
 """
 from __future__ import annotations
 
@@ -26,7 +41,9 @@ import copy
 import json
 import os
 import platform
+import shlex
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -114,7 +131,11 @@ def report_lines(rows, dense_row):
     return lines
 
 
-def main(argv=None):
+PROTOCOL_ARGS = ("steps", "train_batch_size", "lr", "warmup", "gradual_grads", "update_every", "num_grads", "block_size",
+                 "chunk_size", "batch_size", "damp", "eval", "max_length", "seed")  # runs merged into one table agree on these
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
     ap.add_argument("--methods", nargs="+", default=[GRADUAL, GMP, ONESHOT])
@@ -135,8 +156,29 @@ def main(argv=None):
     ap.add_argument("--no-dense", action="store_true", help="skip the dense fine-tune (the cost baseline)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--label", default="", help="appended to the machine line, e.g. 'loaded machine'")
+    ap.add_argument("--merge", type=Path, nargs="+", help="render one table from these earlier runs' .json (same protocol; "
+                    "e.g. one sparsity each, run by separate processes) instead of running anything")
+    ap.add_argument("--plot", type=Path, help="also write a PNG of held-out mean cosine and NN agreement vs sparsity")
     ap.add_argument("--out", type=Path, default=Path(f"bench/results/minilm-gradual-{date.today()}"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = merge_reports(args.merge) if args.merge else run_table(args)
+    command = f"python examples/minilm_gradual_table.py {shlex.join(argv if argv is not None else sys.argv[1:])}"
+    write_report(report, command, args.out)
+    if args.plot:
+        title = f"{report['header'].split(',')[0]}: gradual pruning, {report['args']['steps']} distillation steps per method"
+        try:
+            print(f"plot: {plot_sparsity(report['rows'], report['dense'], args.plot, title)}", file=sys.stderr)
+        except ImportError as exc:
+            print(f"no plot written ({exc}); the table was written", file=sys.stderr)
+    return report
+
+
+def run_table(args) -> dict:
+    """Run every method at every sparsity (and the dense fine-tune unless --no-dense); the report write_report renders."""
     load_start, wall = os.getloadavg(), time.perf_counter()
     encoder = load_sentence_encoder("all-MiniLM-L6-v2", max_length=args.max_length)
     sentences = stdlib_sentences()
@@ -156,16 +198,118 @@ def main(argv=None):
             f"max {args.max_length} tokens, seed {args.seed}")
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {date.today()}"
                + (f", {args.label}" if args.label else ""))
-    lines = [head, f"machine: {machine}; load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
-             f"at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}; whole run {time.perf_counter() - wall:.0f} s",
-             f"command: python examples/minilm_gradual_table.py {' '.join(argv if argv is not None else sys.argv[1:])}", ""]
-    lines += report_lines(rows, dense_row)
-    text = "\n".join(lines)
+    machine_line = (f"{machine}; load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
+                    f"at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}; whole run {time.perf_counter() - wall:.0f} s")
+    return {"header": head, "machine": machine, "machine_lines": [machine_line], "args": {k: str(v) for k, v in vars(args).items()},
+            "versions": versions(), "rows": rows, "dense": dense_row}
+
+
+def write_report(report: dict, command: str, out: Path) -> None:
+    """Print the header, machine lines, command, table and paired intervals; write them to out.txt and the report
+    (plus the command) to out.json."""
+    lines = [report["header"]] + [f"machine: {m}" for m in report["machine_lines"]] + [f"command: {command}", ""]
+    text = "\n".join(lines + report_lines(report["rows"], report["dense"]))
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    (args.out.parent / (args.out.name + ".txt")).write_text(text + "\n")
-    (args.out.parent / (args.out.name + ".json")).write_text(json.dumps({"header": head, "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
-                                                         "versions": versions(), "rows": rows, "dense": dense_row}, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / (out.name + ".txt")).write_text(text + "\n")
+    (out.parent / (out.name + ".json")).write_text(json.dumps({**report, "command": command}, indent=1))
+
+
+def load_part(path: Path) -> dict:
+    """One earlier run's .json, with its machine/load/time and command lines: from the .json, or (runs written before
+    --merge existed kept load and time only in the text) from the .txt beside it, else the bare machine line."""
+    part = json.loads(Path(path).read_text())
+    txt = Path(path).with_suffix(".txt")
+    text = txt.read_text().splitlines() if txt.exists() else []
+    if "machine_lines" not in part:
+        part["machine_lines"] = [t[len("machine: "):] for t in text if t.startswith("machine: ")] or [part["machine"]]
+    if "command" not in part:
+        part["command"] = next((t[len("command: "):] for t in text if t.startswith("command: ")),
+                               "command not recorded (its args are in the merged .json)")
+    return part
+
+
+def check_protocol(parts: list[dict], paths: list[Path]) -> None:
+    """SystemExit naming what differs unless every part shares the protocol (PROTOCOL_ARGS and the header: model,
+    sentences, Python version) and no (method, sparsity) row is in two parts."""
+    first = parts[0]
+    for path, part in zip(paths[1:], parts[1:]):
+        diff = [f"{k}: {first['args'].get(k)} in {paths[0]}, {part['args'].get(k)} in {path}"
+                for k in PROTOCOL_ARGS if first["args"].get(k) != part["args"].get(k)]
+        if not diff and part["header"] != first["header"]:
+            diff = [f"header of {paths[0]}: {first['header']}", f"header of {path}: {part['header']}"]
+        if diff:
+            raise SystemExit("--merge: the runs used different protocols, not merged:\n  " + "\n  ".join(diff))
+    seen = {}
+    for path, part in zip(paths, parts):
+        for r in part["rows"]:
+            key = (r["method"], r["sparsity"])
+            if key in seen:
+                raise SystemExit(f"--merge: {r['method']} at {r['sparsity']:.0%} is in both {seen[key]} and {path}")
+            seen[key] = path
+
+
+def merge_reports(paths: list[Path]) -> dict:
+    """One report from earlier runs (rows ordered by sparsity, each part's order kept within one); the first dense
+    fine-tune row found is the cost baseline. Records the files and each part's machine, load, time and command."""
+    parts = [load_part(p) for p in paths]
+    check_protocol(parts, paths)
+    dense = next((p["dense"] for p in parts if p.get("dense")), None)
+    return {"header": parts[0]["header"], "merged_from": [str(p) for p in paths],
+            "machine_lines": [f"{m} [{path}: {part['command']}]" for path, part in zip(paths, parts) for m in part["machine_lines"]],
+            "parts": [{"file": str(path), **{k: part.get(k) for k in ("machine", "machine_lines", "command", "args", "versions")}}
+                      for path, part in zip(paths, parts)],
+            "args": {k: parts[0]["args"].get(k) for k in PROTOCOL_ARGS}, "versions": parts[0].get("versions"),
+            "rows": sorted((r for p in parts for r in p["rows"]), key=lambda r: r["sparsity"]), "dense": dense}
+
+
+PLOT_STYLE = {GRADUAL: ("o-", "C0"), GMP: ("s--", "C1"), ONESHOT: ("^-.", "C2")}  # fixed: the same colour in every figure
+
+
+def plot_panel(ax, rows: list[dict], dense_row, key: str, ylabel: str) -> None:
+    """One metric vs measured sparsity (%), a line per method; dense (1.0) and the dense fine-tune as reference lines."""
+    for method in [m for m in PLOT_STYLE if any(r["method"] == m for r in rows)] + \
+            sorted({r["method"] for r in rows} - set(PLOT_STYLE)):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["measured_sparsity"])
+        fmt, color = PLOT_STYLE.get(method, ("x:", None))
+        ax.plot([100 * r["measured_sparsity"] for r in mine], [r[key] for r in mine], fmt, color=color, label=method)
+    ax.axhline(1.0, color="gray", lw=0.8, ls=":", label="dense (reference)")
+    if dense_row:
+        ax.axhline(dense_row[key], color="gray", lw=0.8, ls="-.", label=DENSE)
+    ax.set_xticks(sorted({round(100 * r["measured_sparsity"], 1) for r in rows}))
+    ax.set(xlabel="sparsity (%, measured)", ylabel=ylabel, ylim=(0, 1.05))
+    ax.grid(alpha=0.3)
+
+
+def plot_sparsity(rows: list[dict], dense_row, path, title: str) -> Path:
+    """PNG of held-out mean cosine (left) and nearest-neighbour agreement (right) with the dense model vs sparsity;
+    written whole or not at all (temp file + os.replace, as obert_kernels/app/demo.py's plot_accuracy).
+
+    rows: the report's rows (method, measured_sparsity, mean_cosine, nn_agreement). Raises ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    plot_panel(axes[0], rows, dense_row, "mean_cosine", "held-out mean cosine with dense")
+    plot_panel(axes[1], rows, dense_row, "nn_agreement", "nearest-neighbour agreement with dense")
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}-", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a committed figure is read by others
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""bench/bench_pruner_cpu.py runs, tiny, so the end-to-end benchmark cannot rot unnoticed."""
+"""bench/bench_pruner_cpu.py runs, tiny, so the end-to-end benchmark cannot rot unnoticed; examples/minilm_gradual_table.py
+merges runs and plots them (synthetic runs, no model)."""
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,68 @@ def test_tiny_minilm_overhead(tmp_path):
     mini = res["minilm"]
     assert res["build"] is None and mini["grads"] == 2 and mini["tensors"] == 36
     assert mini["bare_backward_s"] > 0 and mini["add_grads_s"] > 0 and math.isfinite(mini["overhead_vs_bare"])
+
+
+GRADUAL_TABLE = Path(__file__).resolve().parents[1] / "examples" / "minilm_gradual_table.py"
+HEADER = "all-MiniLM-L6-v2, 36 encoder Linear weights; a synthetic protocol"
+
+
+def load_gradual_table():
+    spec = importlib.util.spec_from_file_location("minilm_gradual_table", GRADUAL_TABLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def gradual_part(path, table, sparsity, steps="400", dense=False, n=13):
+    """A run's .json as run_table writes it, with random per-sentence cosines and NN hits; no model."""
+    rows = []
+    for method, level in ((table.GRADUAL, 0.8), (table.GMP, 0.6), (table.ONESHOT, 0.75)):
+        cos = (level - (sparsity - 0.8) + 0.05 * torch.randn(n, dtype=torch.float64)).tolist()
+        same = (torch.rand(n) < level - 0.3).double().tolist()
+        rows.append({"method": method, "sparsity": sparsity, "measured_sparsity": sparsity + 1e-7, "mean_cosine": sum(cos) / n,
+                     "nn_agreement": sum(same) / n, "cosine_each": cos, "nn_same": same, "train_s": 10.0, "prune_s": 2.0,
+                     "total_s": 12.0 + 100 * sparsity, "peak_bytes": 2**30})
+    dense_row = dict(rows[0], method=table.DENSE, sparsity=0.0, measured_sparsity=0.0, total_s=11.0) if dense else None
+    args = {k: "7" for k in table.PROTOCOL_ARGS} | {"steps": steps, "sparsities": f"[{sparsity}]"}
+    path.write_text(json.dumps({"header": HEADER, "machine": f"cpu at {sparsity}", "args": args, "versions": {},
+                                "rows": rows, "dense": dense_row}))
+    return rows
+
+
+def test_gradual_table_merge_renders_both_runs_and_refuses_other_protocols(tmp_path, seed, capsys):
+    table = load_gradual_table()
+    rows80 = gradual_part(tmp_path / "a.json", table, 0.8)
+    rows90 = gradual_part(tmp_path / "b.json", table, 0.9, dense=True)
+    (tmp_path / "b.txt").write_text("x\nmachine: cpu at 0.9; load 1.0; whole run 5 s\ncommand: python run-b\n")
+    table.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m")])
+    text = (tmp_path / "m.txt").read_text()
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["merged_from"] == [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    assert [p["machine_lines"] for p in merged["parts"]] == [["cpu at 0.8"], ["cpu at 0.9; load 1.0; whole run 5 s"]]
+    assert merged["parts"][1]["command"] == "python run-b" and [r["sparsity"] for r in merged["rows"]] == [0.8] * 3 + [0.9] * 3
+    for r in rows80 + rows90:
+        assert f"| {r['sparsity']:.0%} | {r['method']} | {r['mean_cosine']:.4f} | {r['nn_agreement']:.3f} |" in text
+    diff = torch.tensor(rows90[0]["cosine_each"]) - torch.tensor(rows90[1]["cosine_each"])  # gradual − GMP at 90%
+    half = 1.96 * diff.std().item() / len(diff) ** 0.5
+    assert (f"90% vs {table.GMP}: cos {diff.mean().item():+.4f} [{diff.mean().item() - half:+.4f}, "
+            f"{diff.mean().item() + half:+.4f}]") in text
+    assert "gradual oBERT at 80% took 92 s vs 11 s" in text  # b's dense row is the cost baseline of a's rows too
+    gradual_part(tmp_path / "c.json", table, 0.95, steps="200")
+    for other, why in (("c.json", "steps: 400 in"), ("a.json", "is in both")):
+        with pytest.raises(SystemExit, match=why):
+            table.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / other), "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad.txt").exists()
+
+
+def test_gradual_table_plot_is_written_whole_and_its_absence_keeps_the_table(tmp_path, seed, monkeypatch, capsys):
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib")
+    table = load_gradual_table()
+    gradual_part(tmp_path / "a.json", table, 0.8)
+    table.main(["--merge", str(tmp_path / "a.json"), "--plot", str(tmp_path / "p.png"), "--out", str(tmp_path / "m")])
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left behind
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    table.main(["--merge", str(tmp_path / "a.json"), "--plot", str(tmp_path / "q.png"), "--out", str(tmp_path / "n")])
+    assert (tmp_path / "n.txt").exists() and not (tmp_path / "q.png").exists()
+    assert "no plot written" in capsys.readouterr().err
