@@ -32,6 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels.app.demo import cross_entropy_loss, endless_batches, load_digits_data, make_mlp, train  # noqa: E402
+from obert_kernels.app.gradual_command import GRADUAL_DAMP  # noqa: E402
 from obert_kernels.app.info import cpu_name, versions  # noqa: E402
 from obert_kernels.core.pruner import prunable_weights  # noqa: E402
 from obert_kernels.recipes.distillation import DistillationLoss  # noqa: E402
@@ -127,7 +128,7 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--num-grads", type=int, default=128)
     ap.add_argument("--block-size", type=int, default=32)
-    ap.add_argument("--damp", default="auto")
+    ap.add_argument("--damp", default=GRADUAL_DAMP, help="default: what prune --gradual uses (%(default)s)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--out", type=Path, default=Path(f"bench/results/digits-gradual-{date.today()}"))
     args = ap.parse_args(argv)

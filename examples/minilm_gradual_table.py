@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from obert_kernels.app.gradual_command import GRADUAL_DAMP  # noqa: E402
 from obert_kernels.app.info import cpu_name, versions  # noqa: E402
 from obert_kernels.app.text import split_sentences, stdlib_sentences  # noqa: E402
 from obert_kernels.core.memory import format_bytes  # noqa: E402
@@ -149,7 +150,7 @@ def parse_args(argv):
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--chunk-size", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=4, help="sentences per Fisher gradient")
-    ap.add_argument("--damp", default="auto")
+    ap.add_argument("--damp", default=GRADUAL_DAMP, help="default: what prune --gradual uses (%(default)s)")
     ap.add_argument("--eval", type=int, default=1500)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
