@@ -145,6 +145,7 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=["magnitude", "obs", "joint", "sequential"])
     ap.add_argument("--recompute-at", type=float, nargs="*", default=[0.7, 0.8], help="sparsities also run with R steps")
     ap.add_argument("--recomputations", type=int, default=4)
+    ap.add_argument("--recompute-methods", nargs="+", help="methods also run with R steps (default: --methods)")
     ap.add_argument("--num-grads", type=int, default=256)
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--chunk-size", type=int, default=32)
@@ -187,7 +188,7 @@ def main(argv=None):
         for method in args.methods:
             rows.append(run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, method, s, 1, args.damp))
     for s in args.recompute_at:
-        for method in [m for m in args.methods if m != "magnitude"]:
+        for method in [m for m in (args.recompute_methods or args.methods) if m != "magnitude"]:
             rows.append(run_one(encoder, dense_model, dense_emb, held_out, fisher_text, args, method, s, args.recomputations, args.damp))
     sweep = []
     if not args.no_sweep:
