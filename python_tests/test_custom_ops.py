@@ -43,14 +43,16 @@ def _skip_unless_serves(op: str, backend: str, **call) -> None:
 
 
 def _new_mask(pattern: str) -> torch.Tensor:
-    """A newly pruned mask of whole scored candidates (N:M: one subset per group) plus one
-    group that is not one (so obs_update_factors takes both of its paths across calls)."""
+    """A newly pruned mask (d,) bool of whole scored candidates (single weights; whole block4
+    groups; N:M one subset per group), never empty: each group is drawn (0.3; N:M 0.5) and one
+    is forced, since with 11 groups of 4 an all-False draw has chance 0.7¹¹ ≈ 2% (block4) or
+    0.5¹¹ (2:4) and the update tests must take part of a pruned group (and prune something)."""
     p = parse_pattern(pattern)
-    if not p.is_nm:
-        return random_pruned(D, pattern, 0.3)
-    mask = torch.zeros(D // p.group_size, p.group_size, dtype=torch.bool)
-    rows = torch.rand(mask.shape[0]) < 0.5
-    mask[rows, : p.n_prune] = True
+    g = p.group_size
+    groups = torch.rand(D // g) < (0.5 if p.is_nm else 0.3)
+    groups[torch.randint(groups.numel(), ())] = True
+    mask = torch.zeros(D // g, g, dtype=torch.bool)
+    mask[groups, : p.n_prune if p.is_nm else g] = True
     return mask.reshape(-1)
 
 
