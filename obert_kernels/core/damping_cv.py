@@ -4,20 +4,10 @@ For each candidate α, on a seeded sample of this rank's Fisher blocks:
 
 1. F_rest = the Fisher of the m − k gradients that were not held out (k = the last chunk);
 2. F⁻¹ = (F_rest + α·D·I)⁻¹ (D: the policy's mean diagonal, per tensor or global), float64;
-3. the step's own selection and update on the sample, its target sparsity applied *within
-   the sample*, globally or per tensor as the pruner selects, the weights pruned before counted:
-   - update obs / joint / none: ``ops.obs_scores``, then the lowest scores (N:M: the best subset
-     of every group), then ``ops.obs_update`` in that mode;
-   - update="sequential" (SPEC §2d): each sampled block's greedy order and cumulative losses
-     (``ops.sequential_order``), one threshold over them (``sequential_select.block_counts``;
-     N:M: every candidate), then the joint update of the chosen prefixes ∪ the weights pruned
-     before, as the pruner's own sequential step. (Before, the obs selection with the joint
-     update stood in for it, so λ was tuned for another step. Digits CNN, 3 seeds, sequential
-     with its default criterion, test accuracy with that stand-in → scored by itself: 74.2 →
-     78.8% at 90% R = 1, 59.1 → 58.5% at 95% R = 8, 38.8 → 46.4% at 97% R = 8, where obs gets
-     43.0%; the sequential step's criterion picks α ≈ 1e-6..1e-3 on most steps, obs's 1e-2..1.
-     rel:0.01 still does better at 95% (77.0%). bench/results/sequential-digits-cnn-auto-
-     seqscored-2026-11-30.txt against ...-auto-2026-11-30.txt and ...-rel001-2026-11-30.txt.)
+3. the step's own selection (``ops.obs_scores``, then the lowest scores at the step's target
+   sparsity *within the sample*, globally or per tensor as the pruner selects, the weights
+   pruned before counted; N:M: the best subset of every group) and its own update
+   (``ops.obs_update``; update="sequential" is scored as the joint update of the obs selection);
 4. the predicted loss increase of that step under the held-out gradients g_1..g_k alone:
    ½ Δwᵀ F_ho Δw = (1/2k) Σ_j (g_jᵀ Δw)², with g_jᵀΔw summed over the sample's blocks
    ("full": F_ho is not block-diagonal, so the correlations between blocks that the update
@@ -27,9 +17,8 @@ For each candidate α, on a seeded sample of this rank's Fisher blocks:
 held-out gradients do not share (over-fitting shows as a large held-out increase); large α
 turns the step into magnitude pruning. Measurements behind the choice: README, "Damping".
 
-Sharded: each rank scores its own sample; the selection within the sample sees every rank's
-sampled scores (sequential: cumulative losses), gathered; the per-candidate sums (and, for
-"full", the k per-gradient sums) are all-reduced, so every rank chooses the same α.
+Sharded: each rank scores its own sample; the per-candidate sums (and, for "full", the k
+per-gradient sums) are all-reduced, so every rank chooses the same α.
 """
 from __future__ import annotations
 
@@ -39,9 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
-from ..ops.blocks import unit_size, units_per_block
 from ..ops.patterns import Pattern
-from . import sequential_select
 from .selection import count_for
 from .sharding import Shard, all_gather_flat
 
@@ -152,120 +139,6 @@ def _select(step: PruneStep, scores: torch.Tensor, tensor_index: torch.Tensor) -
     return selection.expand_groups(chosen, g)
 
 
-def _slice_inverses(fisher_rest: torch.Tensor, scale: torch.Tensor, fraction: float, slice_size: int):
-    """Yield (sl, finv) per slice of the sample, one slice's F⁻¹ alive at a time: sl (≤ slice_size,)
-    int64 indices into the sample; finv (len(sl), B, B) float32 of F_rest + fraction·D·I, or None
-    where that is not positive definite."""
-    idx = torch.arange(fisher_rest.shape[0], device=fisher_rest.device)
-    for start in range(0, idx.numel(), slice_size):
-        sl = idx[start : start + slice_size]
-        yield sl, _inverse(fisher_rest[sl], fraction * scale[sl])
-
-
-def _eye(n: int, B: int, device) -> torch.Tensor:
-    """(n, B, B) float32 identity: stands in for a failed F⁻¹ so that every rank still reaches
-    the selection's collective (the candidate loses anyway)."""
-    return torch.eye(B, device=device).expand(n, B, B).contiguous()
-
-
-def _obs_choice(step: PruneStep, fisher_rest, scale, pruned, tensor_index, fraction: float, slice_size: int):
-    """update obs / joint / none: ((s, B) bool newly removed, failed). The scores of the whole
-    sample first (the selection needs them all), then the lowest at the target (``_select``)."""
-    s, B = step.weights.shape
-    failed, scores = False, []
-    for sl, finv in _slice_inverses(fisher_rest, scale, fraction, slice_size):
-        failed |= finv is None
-        scores.append(_scores(step, sl, finv if finv is not None else _eye(len(sl), B, scale.device), pruned[sl]))
-    shape = (0, len(step.pattern.subsets)) if step.pattern.is_nm else (0,)
-    all_scores = torch.cat(scores) if scores else torch.zeros(shape, dtype=torch.float32, device=scale.device)
-    return _select(step, all_scores, tensor_index).view(s, B) & ~pruned & step.real, failed
-
-
-def _sequential_orders(step: PruneStep, weights, fisher_rest, scale, pruned, fraction: float, slice_size: int):
-    """Each sampled block's greedy order (s, U) int64 and cumulative losses (s, U) float32
-    (``ops.sequential_order``; pruned weights and padding are never candidates), and failed.
-    weights: (s, B) float32, zero where pruned."""
-    s, B = weights.shape
-    U = units_per_block(step.pattern, B)
-    failed, orders, cums = False, [], []
-    for sl, finv in _slice_inverses(fisher_rest, scale, fraction, slice_size):
-        failed |= finv is None
-        dead = (pruned[sl] | ~step.real[sl]).reshape(-1)
-        order, cum = ops.sequential_order(weights[sl].reshape(-1), finv if finv is not None else _eye(len(sl), B, scale.device),
-                                          step.pattern, dead, backend="torch")
-        orders.append(order)
-        cums.append(cum.float())
-    if not orders:  # a rank that samples no block still takes part in the gather
-        return torch.zeros(0, U, dtype=torch.long, device=scale.device), torch.zeros(0, U, device=scale.device), failed
-    return torch.cat(orders), torch.cat(cums), failed
-
-
-def _block_units(step: PruneStep, pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s,) int64 real units and (s,) int64 units already gone (every weight pruned, as
-    ``sequential_select.pruned_units`` counts them) of each sampled block; pruned: (s, B) bool."""
-    s, B = pruned.shape
-    g = unit_size(step.pattern)
-    return step.real.reshape(s, B // g, g).any(-1).sum(1), pruned.reshape(s, B // g, g).all(-1).sum(1)
-
-
-def _counts_within(step: PruneStep, cum: torch.Tensor, tensor: torch.Tensor, real: torch.Tensor,
-                   gone: torch.Tensor) -> torch.Tensor:
-    """(n,) int64 removals per block: ``sequential_select.block_counts`` over these n blocks as if
-    they were the model, each tensor's blocks together (as the pruner concatenates them).
-    cum: (n, U) cumulative losses; tensor, real, gone: (n,) int64 tensor id, real units, units gone."""
-    rows = {t: torch.nonzero(tensor == t).flatten() for t in tensor.unique().tolist()}
-    per_tensor = sequential_select.block_counts(
-        {t: cum[r] for t, r in rows.items()}, {t: int(real[r].sum()) for t, r in rows.items()},
-        {t: int(gone[r].sum()) for t, r in rows.items()}, step.target, step.pattern, step.global_sparsity)
-    counts = torch.zeros(tensor.numel(), dtype=torch.long, device=cum.device)
-    for t, r in rows.items():
-        counts[r] = per_tensor[t].to(counts.device)
-    return counts
-
-
-def _sequential_counts(step: PruneStep, cum: torch.Tensor, pruned: torch.Tensor, tensor_index: torch.Tensor) -> torch.Tensor:
-    """(s,) int64 prefix length of each sampled block: one threshold over the sample's cumulative
-    losses (cum: (s, U) float32) at the step's target within the sample (``_counts_within``).
-    Sharded: over every rank's sample, gathered in one collective (rows of tensor id, real
-    units, units gone and the U losses, float64), so every rank counts alike."""
-    s, U = cum.shape
-    real, gone = _block_units(step, pruned)
-    rows = torch.cat([tensor_index[:, None], real[:, None], gone[:, None]], 1).double()
-    rows, offset = torch.cat([rows, cum.double()], 1), 0
-    if step.gather is not None:
-        flat, offset = step.gather(rows.reshape(-1))
-        rows, offset = flat.view(-1, U + 3), offset // (U + 3)
-    counts = _counts_within(step, rows[:, 3:], rows[:, 0].long(), rows[:, 1].long(), rows[:, 2].long())
-    return counts[offset : offset + s]
-
-
-def _sequential_choice(step: PruneStep, weights, fisher_rest, scale, pruned, tensor_index, fraction: float,
-                       slice_size: int):
-    """update sequential (SPEC §2d): ((s, B) bool the chosen prefixes, newly removed, failed).
-    The orders and losses of the whole sample first, then one threshold, then the prefixes."""
-    s, B = weights.shape
-    orders, cum, failed = _sequential_orders(step, weights, fisher_rest, scale, pruned, fraction, slice_size)
-    counts = _sequential_counts(step, cum, pruned, tensor_index)
-    return sequential_select.prefix_mask(orders, counts, step.pattern, s * B).view(s, B), failed
-
-
-def _heldout_dots(step: PruneStep, weights, fisher_rest, heldout, scale, removed, mode: str, fraction: float,
-                  slice_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """((k,) Σ_blocks g_jᵀΔw, (k,) Σ_blocks (g_jᵀΔw)²) float64: Δw of ``ops.obs_update`` in ``mode``
-    removing ``removed`` ((s, B) bool) from ``weights`` ((s, B) float32), slice by slice."""
-    s, k, B = heldout.shape
-    per_grad = torch.zeros(k, dtype=torch.float64, device=heldout.device)
-    per_grad_blocks = torch.zeros(k, dtype=torch.float64, device=heldout.device)
-    for sl, finv in _slice_inverses(fisher_rest, scale, fraction, slice_size):
-        w = weights[sl].reshape(-1)
-        new_w = ops.obs_update(w.clone(), finv, removed[sl].reshape(-1), step.pattern, mode, backend="torch")
-        dw = (new_w - w).view(len(sl), B).double()
-        dots = torch.einsum("skb,sb->sk", heldout[sl], dw)  # g_jᵀΔw per block
-        per_grad += dots.sum(0)
-        per_grad_blocks += (dots ** 2).sum(0)
-    return per_grad, per_grad_blocks
-
-
 def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torch.Tensor, scale: torch.Tensor,
                        live: torch.Tensor, tensor_index: torch.Tensor, fraction: float, slice_size: int):
     """For one candidate α = ``fraction``, over the sampled blocks: ((k,) Σ_blocks g_jᵀΔw,
@@ -274,22 +147,33 @@ def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torc
 
     step: the PruneStep restricted to the sample (``PruneStep.sample``); fisher_rest: (s, B, B)
     float64 F_rest of the sampled blocks; heldout: (s, k, B) float64; scale: (s,) float64 D;
-    live: (s, B) bool; tensor_index: (s,) int64. Two passes over slices: the step's selection
-    over the whole sample first (obs scores, or sequential orders and cumulative losses), then
-    each slice's update, so no more than one slice's F⁻¹ is held. update="sequential": the joint
-    update of the chosen prefixes ∪ the weights pruned before, from weights zero where pruned (as
-    the pruner's). Collective when sharded (the selection).
+    live: (s, B) bool; tensor_index: (s,) int64. Two passes over slices: the scores of the
+    whole sample first (the selection needs them all), then each slice's update, so no more
+    than one slice's F⁻¹ is held. Collective when sharded (``_select``).
     """
     s, k, B = heldout.shape
+    idx = torch.arange(s, device=heldout.device)
     pruned = ~live & step.real
-    if step.update == "sequential":
-        weights = step.weights.masked_fill(pruned, 0.0)
-        new, failed = _sequential_choice(step, weights, fisher_rest, scale, pruned, tensor_index, fraction, slice_size)
-        removed, mode = new | pruned, "joint"
-    else:
-        weights, mode = step.weights, step.update
-        removed, failed = _obs_choice(step, fisher_rest, scale, pruned, tensor_index, fraction, slice_size)
-    if failed:
-        zeros = torch.zeros(k, dtype=torch.float64, device=heldout.device)
-        return zeros, zeros.clone(), True
-    return (*_heldout_dots(step, weights, fisher_rest, heldout, scale, removed, mode, fraction, slice_size), False)
+    failed, scores = False, []
+    for start in range(0, s, slice_size):
+        sl = idx[start : start + slice_size]
+        finv = _inverse(fisher_rest[sl], fraction * scale[sl])
+        failed |= finv is None
+        scores.append(_scores(step, sl, finv if finv is not None else torch.eye(B).expand(len(sl), B, B).contiguous(),
+                              pruned[sl]))
+    shape = (0, len(step.pattern.subsets)) if step.pattern.is_nm else (0,)
+    all_scores = torch.cat(scores) if scores else torch.zeros(shape, dtype=torch.float32, device=heldout.device)
+    chosen = _select(step, all_scores, tensor_index).view(s, B) & ~pruned & step.real
+    per_grad = torch.zeros(k, dtype=torch.float64, device=heldout.device)
+    per_grad_blocks = torch.zeros(k, dtype=torch.float64, device=heldout.device)
+    mode = "joint" if step.update == "sequential" else step.update
+    for start in range(0, s if not failed else 0, slice_size):
+        sl = idx[start : start + slice_size]
+        finv = _inverse(fisher_rest[sl], fraction * scale[sl])
+        w = step.weights[sl].reshape(-1)
+        new_w = ops.obs_update(w.clone(), finv, chosen[sl].reshape(-1), step.pattern, mode, backend="torch")
+        dw = (new_w - w).view(len(sl), B).double()
+        dots = torch.einsum("skb,sb->sk", heldout[sl], dw)  # g_jᵀΔw per block
+        per_grad += dots.sum(0)
+        per_grad_blocks += (dots ** 2).sum(0)
+    return per_grad, per_grad_blocks, failed
