@@ -223,8 +223,13 @@ def write(args, argv, report: dict, machines: list[str]) -> None:
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".txt").write_text(text + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out_file(args.out, ".txt").write_text(text + "\n")
+    out_file(args.out, ".json").write_text(json.dumps(report, indent=1))
+
+
+def out_file(out: Path, suffix: str) -> Path:
+    """--out with ``suffix``: "minilm-0.7" -> "minilm-0.7.txt" (with_suffix would give "minilm-0.txt")."""
+    return out.with_suffix(suffix) if out.suffix in ("", ".txt", ".json") else out.with_name(out.name + suffix)
 
 
 def merge(args, argv) -> None:
