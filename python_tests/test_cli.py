@@ -175,3 +175,15 @@ def test_busy_machine_hint_only_when_loaded_and_threaded(monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # already one thread: nothing to suggest
     assert cli.busy_machine_hint() is None
+
+
+def test_demo_table_has_a_sequential_column_when_it_ran(capsys):
+    from obert_kernels.app.demo import print_demo_table
+
+    row = {"sparsity": 0.9, "obert": 0.8285, "magnitude": 0.3408, "seconds": 1.0, "dense": 0.98}
+    print_demo_table([{**row, "sequential": 0.8931}], "update=obs")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["sparsity", "oBERT", "sequential", "magnitude", "prune", "s"]
+    assert lines[2].split()[:4] == ["90%", "82.85%", "89.31%", "34.08%"]
+    print_demo_table([{**row, "sequential": None}], "update=sequential")
+    assert "sequential" not in capsys.readouterr().out.splitlines()[1]
