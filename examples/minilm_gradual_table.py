@@ -43,7 +43,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -51,6 +50,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from obert_kernels.app.demo import save_png  # noqa: E402
 from obert_kernels.app.gradual_command import GRADUAL_DAMP  # noqa: E402
 from obert_kernels.app.info import cpu_name, versions  # noqa: E402
 from obert_kernels.app.text import split_sentences, stdlib_sentences  # noqa: E402
@@ -284,7 +284,7 @@ def plot_panel(ax, rows: list[dict], dense_row, key: str, ylabel: str) -> None:
 
 def plot_sparsity(rows: list[dict], dense_row, path, title: str) -> Path:
     """PNG of held-out mean cosine (left) and nearest-neighbour agreement (right) with the dense model vs sparsity;
-    written whole or not at all (temp file + os.replace, as obert_kernels/app/demo.py's plot_accuracy).
+    written whole or not at all (obert_kernels.app.demo.save_png).
 
     rows: the report's rows (method, measured_sparsity, mean_cosine, nn_agreement). Raises ImportError without matplotlib."""
     import matplotlib
@@ -292,25 +292,13 @@ def plot_sparsity(rows: list[dict], dense_row, path, title: str) -> Path:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     plot_panel(axes[0], rows, dense_row, "mean_cosine", "held-out mean cosine with dense")
     plot_panel(axes[1], rows, dense_row, "nn_agreement", "nearest-neighbour agreement with dense")
     axes[0].legend(loc="lower left", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}-", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a committed figure is read by others
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -155,7 +155,6 @@ def plot_accuracy(rows: list[dict], path, title: str, dense_accuracy: float | No
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError("the accuracy plot needs matplotlib: pip install 'obert_kernels[plot]'") from exc
-    path = Path(path)
     xs = [100 * r["sparsity"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(xs, [100 * r["obert"] for r in rows], "o-", label="oBERT")
@@ -168,11 +167,21 @@ def plot_accuracy(rows: list[dict], path, title: str, dense_accuracy: float | No
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return save_png(fig, path)
+
+
+def save_png(fig, path) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG whole or not at all (a temp file beside it,
+    then os.replace), readable by others (mkstemp makes it 0600); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}-", dir=path.parent)
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         plt.close(fig)

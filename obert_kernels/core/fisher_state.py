@@ -51,7 +51,7 @@ from .grad_buffer import GradBuffer
 from .inversion import Inversion, run_inversion, start_inversion
 
 __all__ = ["FisherKind", "FisherState", "FisherBuild", "FLUSH_SLICE_BYTES", "FLUSH_SLICE_BYTES_ACCELERATOR",
-           "flush_slice_bytes", "flush_slice_blocks", "fits_on_heldout", "config_with_damp"]
+           "flush_slice_bytes", "blocks_per_flush_slice", "flush_slice_blocks", "fits_on_heldout", "config_with_damp"]
 
 LayoutFn = Callable[[], BlockLayout]
 # Bytes of the Fisher state per step of a flush (each backed up to scratch first; see above).
@@ -66,10 +66,15 @@ def flush_slice_bytes(device) -> int:
     return FLUSH_SLICE_BYTES if torch.device(device).type == "cpu" else FLUSH_SLICE_BYTES_ACCELERATOR
 
 
+def blocks_per_flush_slice(bytes_per_block: int, device) -> int:
+    """Blocks per flush slice of a Fisher state of ``bytes_per_block`` on ``device``, at least one
+    (also what core.memory counts the flush's scratch by)."""
+    return max(1, flush_slice_bytes(device) // max(1, bytes_per_block))
+
+
 def flush_slice_blocks(blocks: torch.Tensor) -> int:
-    """Blocks per flush slice: flush_slice_bytes of ``blocks`` (num_blocks, ...), at least one."""
-    per_block = blocks[:1].numel() * blocks.element_size()
-    return max(1, flush_slice_bytes(blocks.device) // max(1, per_block))
+    """Blocks per flush slice of ``blocks`` (num_blocks, ...)."""
+    return blocks_per_flush_slice(blocks[:1].numel() * blocks.element_size(), blocks.device)
 
 
 def fits_on_heldout(damping: Damping) -> bool:

@@ -43,7 +43,7 @@ from ..ops.blocks import factor_shape, score_shape
 from ..ops.packed import UNPACK_TILE_BYTES
 from ..ops.patterns import Pattern, parse_pattern
 from .damping import FIT_SLICE, INVERT_SLICE, AbsoluteDamp, AutoDamp, Damping, RelativeDamp
-from .fisher_state import flush_slice_bytes
+from .fisher_state import blocks_per_flush_slice
 
 __all__ = ["MemoryEstimate", "FisherMemoryError", "estimate_memory", "available_memory", "format_bytes",
            "refuse_if_too_big", "DAMPING_KINDS"]
@@ -167,7 +167,7 @@ class _Sizes:
     k: int
     pattern: Pattern
     fisher_bytes: int
-    flush_bytes: int      # fisher_state.flush_slice_bytes of the device
+    flush_blocks: int     # blocks per flush slice (fisher_state.blocks_per_flush_slice)
 
     @property
     def blocks(self) -> list[int]:
@@ -208,8 +208,7 @@ def _damping_kind(damping) -> str:
 
 def _flush_blocks(s: _Sizes) -> int:
     """Blocks per flush slice (fisher_state.flush_slice_blocks), at most all of them."""
-    per_block = s.fisher_bytes // max(1, s.num_blocks)
-    return min(max(1, s.flush_bytes // max(1, per_block)), s.num_blocks)
+    return min(s.flush_blocks, s.num_blocks)
 
 
 def _collect_bytes(s: _Sizes, method: str, grad_itemsize: int, fused: bool, packed: bool) -> int:
@@ -325,7 +324,7 @@ def estimate_memory(num_weights_per_tensor, block_size: int, chunk_size: int, de
     num_blocks = sum(-(-n // block_size) for n in sizes)
     per_block = block_size * (block_size + 1) // 2 if packed else block_size * block_size
     s = _Sizes(sizes, sum(sizes) if total_weights is None else int(total_weights), block_size, chunk_size,
-               parse_pattern(pattern), num_blocks * per_block * itemsize, flush_slice_bytes(device))
+               parse_pattern(pattern), num_blocks * per_block * itemsize, blocks_per_flush_slice(per_block * itemsize, device))
     buffer = chunk_size * num_blocks * block_size * itemsize
     fused = device.type != "cpu" and backend != "torch"
     phases = _phases(s, kind=_damping_kind(damping), method=fisher_method, update=update, packed=packed,
