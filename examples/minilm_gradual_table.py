@@ -75,12 +75,14 @@ def run_one(method, sparsity, encoder, dense_model, dense_emb, held_out, train_t
                   batches=sentence_batches(encoder, train_text, args.batch_size, seed=args.seed + 1))
     common = dict(lr=args.lr, warmup_steps=args.warmup, progress=args.progress,
                   train_params=[t for t in model.parameters() if t.requires_grad])
-    obert = dict(block_size=args.block_size, chunk_size=args.chunk_size, damp=args.damp, verbose=False)
+    obert = dict(block_size=args.block_size, chunk_size=args.chunk_size, damp=args.damp, verbose=False,
+                 max_tensor_sparsity=args.max_tensor_sparsity)
     start = time.perf_counter()
     if method in (GRADUAL, GMP):
         kwargs = dict(method="obs", fisher_loss=fisher["loss_fn"], fisher_batches=fisher["batches"], num_grads=args.gradual_grads,
                       **obert) if method == GRADUAL else dict(method="magnitude")
-        run = gradual_prune(model, params, loss, batches, sparsity, args.steps, update_every=args.update_every, **common, **kwargs)
+        run = gradual_prune(model, params, loss, batches, sparsity, args.steps, update_every=args.update_every,
+                            prune_end=prune_end_step(args), **common, **kwargs)
     elif method == ONESHOT:
         one = prune_model(model, params, "obs", sparsity, num_recomputations=4, progress=args.progress,
                           num_grads=args.num_grads, **fisher, **obert)
@@ -99,6 +101,16 @@ def run_one(method, sparsity, encoder, dense_model, dense_emb, held_out, train_t
           f"{run.train_seconds:.0f} s train + {run.prune_seconds:.0f} s prune, peak {format_bytes(run.peak_bytes)}",
           file=sys.stderr, flush=True)
     return row
+
+
+def fraction_text(fraction: float) -> str:
+    """3/4 as the headers always said it (runs merged into one table must have equal headers); others as numbers."""
+    return "3/4" if fraction == 0.75 else f"{fraction:g} of the steps"
+
+
+def prune_end_step(args) -> int:
+    """The last pruning step of the gradual runs: --prune-end of the steps (gradual_prune's default, 3/4, unless given)."""
+    return int(args.prune_end * args.steps)
 
 
 def paired(a, b, key):
@@ -133,7 +145,8 @@ def report_lines(rows, dense_row):
 
 
 PROTOCOL_ARGS = ("steps", "train_batch_size", "lr", "warmup", "gradual_grads", "update_every", "num_grads", "block_size",
-                 "chunk_size", "batch_size", "damp", "eval", "max_length", "seed")  # runs merged into one table agree on these
+                 "chunk_size", "batch_size", "damp", "eval", "max_length", "seed", "prune_end", "max_tensor_sparsity")  # runs merged into one table agree on these
+ADDED_ARGS = {"prune_end": "0.75", "max_tensor_sparsity": "None"}  # what runs written before these options existed used
 
 
 def parse_args(argv):
@@ -147,6 +160,10 @@ def parse_args(argv):
     ap.add_argument("--gradual-grads", type=int, default=128, help="m per pruning step of gradual oBERT")
     ap.add_argument("--update-every", type=int, default=None, help="steps between pruning steps (default: 10 pruning steps)")
     ap.add_argument("--num-grads", type=int, default=256, help="m per step of one-shot oBERT (4 steps)")
+    ap.add_argument("--prune-end", type=float, default=0.75,
+                    help="gradual runs reach the target at this fraction of --steps; the rest recovers with masks fixed")
+    ap.add_argument("--max-tensor-sparsity", type=float, default=None,
+                    help="oBERT runs: no tensor pruned above this fraction (FisherPruner's cap; default: none)")
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--chunk-size", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=4, help="sentences per Fisher gradient")
@@ -194,9 +211,10 @@ def run_table(args) -> dict:
     head = (f"all-MiniLM-L6-v2, 36 encoder Linear weights, global threshold; {args.steps} AdamW steps (lr {args.lr}, linear decay) "
             f"of 1 − cos embedding distillation from the dense model, {args.train_batch_size} sentences a step, word embeddings "
             f"frozen; Gauss-Newton Fisher, {args.batch_size} sentences a gradient, B={args.block_size}, damp {args.damp}: gradual "
-            f"m={args.gradual_grads} at each pruning step (every {args.update_every or 'span/9'} steps) over the first 3/4, one-shot m={args.num_grads} × R=4; "
+            f"m={args.gradual_grads} at each pruning step (every {args.update_every or 'span/9'} steps) over the first {fraction_text(args.prune_end)}, one-shot m={args.num_grads} × R=4; "
             f"{len(train_text)} training / {len(held_out)} held-out stdlib sentences (Python {platform.python_version()}), "
-            f"max {args.max_length} tokens, seed {args.seed}")
+            f"max {args.max_length} tokens, seed {args.seed}"
+            + ("" if args.max_tensor_sparsity is None else f"; oBERT capped at {args.max_tensor_sparsity:g} per tensor"))
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {date.today()}"
                + (f", {args.label}" if args.label else ""))
     machine_line = (f"{machine}; load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
@@ -230,13 +248,18 @@ def load_part(path: Path) -> dict:
     return part
 
 
+def protocol_arg(part: dict, key: str):
+    """A run's protocol argument as recorded (str), or, for runs older than the option, the value they used."""
+    return part["args"].get(key, ADDED_ARGS.get(key))
+
+
 def check_protocol(parts: list[dict], paths: list[Path]) -> None:
     """SystemExit naming what differs unless every part shares the protocol (PROTOCOL_ARGS and the header: model,
     sentences, Python version) and no (method, sparsity) row is in two parts."""
     first = parts[0]
     for path, part in zip(paths[1:], parts[1:]):
-        diff = [f"{k}: {first['args'].get(k)} in {paths[0]}, {part['args'].get(k)} in {path}"
-                for k in PROTOCOL_ARGS if first["args"].get(k) != part["args"].get(k)]
+        diff = [f"{k}: {protocol_arg(first, k)} in {paths[0]}, {protocol_arg(part, k)} in {path}"
+                for k in PROTOCOL_ARGS if protocol_arg(first, k) != protocol_arg(part, k)]
         if not diff and part["header"] != first["header"]:
             diff = [f"header of {paths[0]}: {first['header']}", f"header of {path}: {part['header']}"]
         if diff:
@@ -260,7 +283,7 @@ def merge_reports(paths: list[Path]) -> dict:
             "machine_lines": [f"{m} [{path}: {part['command']}]" for path, part in zip(paths, parts) for m in part["machine_lines"]],
             "parts": [{"file": str(path), **{k: part.get(k) for k in ("machine", "machine_lines", "command", "args", "versions")}}
                       for path, part in zip(paths, parts)],
-            "args": {k: parts[0]["args"].get(k) for k in PROTOCOL_ARGS}, "versions": parts[0].get("versions"),
+            "args": {k: protocol_arg(parts[0], k) for k in PROTOCOL_ARGS}, "versions": parts[0].get("versions"),
             "rows": sorted((r for p in parts for r in p["rows"]), key=lambda r: r["sparsity"]), "dense": dense}
 
 

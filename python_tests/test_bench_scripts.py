@@ -57,6 +57,14 @@ def test_tiny_minilm_overhead(tmp_path):
     mini = res["minilm"]
     assert res["build"] is None and mini["grads"] == 2 and mini["tensors"] == 36
     assert mini["bare_backward_s"] > 0 and mini["add_grads_s"] > 0 and math.isfinite(mini["overhead_vs_bare"])
+    parts = mini["first_call_s"] + mini["flush_calls_s"] + mini["copy_calls_s"]
+    assert mini["flush_calls"] == 0 and mini["copy_calls"] == 1 and parts == pytest.approx(mini["add_grads_s"])
+
+
+def test_add_grads_parts_sorts_calls_by_what_they_do():
+    parts = load().add_grads_parts([5.0, 1.0, 2.0, 9.0, 3.0, 4.0, 8.0], chunk=3)  # calls 3 and 6 flush a chunk of 3
+    assert parts["first_call_s"] == 5.0 and (parts["flush_calls"], parts["flush_calls_s"]) == (2, 17.0)
+    assert (parts["copy_calls"], parts["copy_calls_s"], parts["copy_call_ms_median"]) == (4, 10.0, 2500.0)
 
 
 GRADUAL_TABLE = Path(__file__).resolve().parents[1] / "examples" / "minilm_gradual_table.py"
@@ -109,6 +117,26 @@ def test_gradual_table_merge_renders_both_runs_and_refuses_other_protocols(tmp_p
         with pytest.raises(SystemExit, match=why):
             table.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / other), "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad.txt").exists()
+
+
+def test_gradual_table_merges_runs_older_than_an_option_as_its_default(tmp_path, seed):
+    table = load_gradual_table()
+    gradual_part(tmp_path / "a.json", table, 0.8)
+    old = json.loads((tmp_path / "a.json").read_text())
+    for key in table.ADDED_ARGS:  # a run written before --prune-end and --max-tensor-sparsity existed
+        del old["args"][key]
+    (tmp_path / "a.json").write_text(json.dumps(old))
+    for value, merges in (("0.75", True), ("0.5", False)):
+        gradual_part(tmp_path / "b.json", table, 0.9)
+        new = json.loads((tmp_path / "b.json").read_text())
+        new["args"].update(prune_end=value, max_tensor_sparsity="None")
+        (tmp_path / "b.json").write_text(json.dumps(new))
+        argv = ["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / f"m{value}")]
+        if merges:
+            assert table.main(argv)["args"]["prune_end"] == "0.75"
+        else:
+            with pytest.raises(SystemExit, match="prune_end: 0.75 in"):
+                table.main(argv)
 
 
 def test_gradual_table_plot_is_written_whole_and_its_absence_keeps_the_table(tmp_path, seed, monkeypatch, capsys):
