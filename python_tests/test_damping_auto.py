@@ -140,6 +140,26 @@ def test_auto_is_deterministic_and_its_sample_seeded(seed):
     assert run(4)[0] != s1  # another sample of 5 of the 13 blocks scores differently
 
 
+def test_auto_keeps_its_inverses_between_passes_or_recomputes_them_alike(seed, monkeypatch):
+    """The criterion is the same whether the first pass's F⁻¹ are kept or computed again (too
+    large to keep), with slices smaller than the sample so that both passes loop."""
+    from obert_kernels.core import damping_cv
+
+    params, grads = _case(seed, sizes=(64, 40), m=24, scales=(1.0, 0.3))
+    monkeypatch.setattr(dmp, "FIT_SLICE", 3)
+
+    def scores():
+        p = _fed({n: t.clone() for n, t in params.items()}, grads, damp=AutoDamp(per="global"))
+        p.prune(0.5)
+        return p.damping.scores, p.damping.score_terms, p.masks
+
+    kept = scores()
+    monkeypatch.setattr(damping_cv, "KEEP_INVERSES_BYTES", 0)
+    again = scores()
+    assert kept[0] == again[0] and torch.equal(kept[1], again[1])
+    assert all(torch.equal(kept[2][n], again[2][n]) for n in kept[2])
+
+
 def test_one_standard_error_rule():
     """rule "1se": the largest α whose paired excess over the least is within one standard error."""
     cands = [1e-3, 1e-2, 1e-1, 1.0]

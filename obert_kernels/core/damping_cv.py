@@ -35,6 +35,11 @@ from .sharding import Shard, all_gather_flat
 __all__ = ["PruneStep", "prune_step", "CRITERIA", "predicted_increase"]
 
 CRITERIA = ("full", "block")
+# The sample's F⁻¹ (float32) kept between the two passes of ``predicted_increase`` up to this
+# size (4096 blocks of B = 32: 16 MiB; of B = 64: 64 MiB): the two Cholesky inversions per
+# block and candidate were 6.4 of the 10.1 s the fit took in a MiniLM prune step (m = 128,
+# one thread, loaded machine, cProfile, 2026-11-30); keeping them halves that.
+KEEP_INVERSES_BYTES = 64 << 20
 
 
 @dataclass
@@ -148,17 +153,21 @@ def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torc
     step: the PruneStep restricted to the sample (``PruneStep.sample``); fisher_rest: (s, B, B)
     float64 F_rest of the sampled blocks; heldout: (s, k, B) float64; scale: (s,) float64 D;
     live: (s, B) bool; tensor_index: (s,) int64. Two passes over slices: the scores of the
-    whole sample first (the selection needs them all), then each slice's update, so no more
-    than one slice's F⁻¹ is held. Collective when sharded (``_select``).
+    whole sample first (the selection needs them all), then each slice's update. The first
+    pass's F⁻¹ are kept for the second when they fit in ``KEEP_INVERSES_BYTES`` (else each
+    slice's is computed again, and no more than one is held). Collective when sharded (``_select``).
     """
     s, k, B = heldout.shape
     idx = torch.arange(s, device=heldout.device)
     pruned = ~live & step.real
     failed, scores = False, []
+    kept = [] if s * B * B * 4 <= KEEP_INVERSES_BYTES else None  # the first pass's F⁻¹, for the second
     for start in range(0, s, slice_size):
         sl = idx[start : start + slice_size]
         finv = _inverse(fisher_rest[sl], fraction * scale[sl])
         failed |= finv is None
+        if kept is not None:
+            kept.append(finv)
         scores.append(_scores(step, sl, finv if finv is not None else torch.eye(B).expand(len(sl), B, B).contiguous(),
                               pruned[sl]))
     shape = (0, len(step.pattern.subsets)) if step.pattern.is_nm else (0,)
@@ -167,9 +176,9 @@ def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torc
     per_grad = torch.zeros(k, dtype=torch.float64, device=heldout.device)
     per_grad_blocks = torch.zeros(k, dtype=torch.float64, device=heldout.device)
     mode = "joint" if step.update == "sequential" else step.update
-    for start in range(0, s if not failed else 0, slice_size):
+    for n, start in enumerate(range(0, s if not failed else 0, slice_size)):
         sl = idx[start : start + slice_size]
-        finv = _inverse(fisher_rest[sl], fraction * scale[sl])
+        finv = kept[n] if kept is not None else _inverse(fisher_rest[sl], fraction * scale[sl])
         w = step.weights[sl].reshape(-1)
         new_w = ops.obs_update(w.clone(), finv, chosen[sl].reshape(-1), step.pattern, mode, backend="torch")
         dw = (new_w - w).view(len(sl), B).double()
