@@ -150,3 +150,21 @@ def test_gradual_table_plot_is_written_whole_and_its_absence_keeps_the_table(tmp
     table.main(["--merge", str(tmp_path / "a.json"), "--plot", str(tmp_path / "q.png"), "--out", str(tmp_path / "n")])
     assert (tmp_path / "n.txt").exists() and not (tmp_path / "q.png").exists()
     assert "no plot written" in capsys.readouterr().err
+
+
+AUTO_BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_auto_damp_cpu.py"
+
+
+def test_auto_damp_bench_reports_the_difference_of_the_medians():
+    """bench_auto_damp_cpu.py's report from a result dict (the run itself needs MiniLM and minutes)."""
+    spec = importlib.util.spec_from_file_location("bench_auto_damp_cpu", AUTO_BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = mod.parse_args(["--num-grads", "16", "--repeats", "3", "--no-save"])
+    res = {"date": "d", "load_start": (0.1, 0, 0), "load_end": (0.2, 0, 0), "threads": 2, "torch": "t", "python": "p",
+           "cores": 2, "args": vars(args), "seconds": {"auto": [3.0, 5.0, 4.0], "rel:0.01": [1.0, 2.0, 1.5]},
+           "median_s": {"auto": 4.0, "rel:0.01": 1.5}, "chosen": {"auto": "auto: λ=0.1", "rel:0.01": "λ=0.01"},
+           "auto_adds_s": 2.5}
+    text = mod.report_text(res, "cmd")
+    assert "| auto | auto: λ=0.1 | 4.00 | 3.00, 5.00, 4.00 |" in text and "auto adds 2.50 s" in text
+    assert "m=16 gradients" in text and "3 runs each" in text
