@@ -5,7 +5,7 @@ fine-tuned for the same --steps AdamW steps of embedding distillation (1 − cos
 student's and the dense model's sentence embeddings) on stdlib docstring sentences, word
 embeddings frozen, linear LR decay:
 
-- gradual oBERT (obs): ``gradual_prune``, cubic schedule over the first 3/4 of the steps,
+- gradual oBERT (obs): ``gradual_prune``, cubic schedule over the first 3/4 of the steps (--prune-end),
   10 pruning steps, each with a fresh Gauss-Newton Fisher (m = --gradual-grads gradients of
   --batch-size sentences), damp --damp;
 - GMP: the same call with method="magnitude";
