@@ -168,8 +168,10 @@ def predicted_increase(step: PruneStep, fisher_rest: torch.Tensor, heldout: torc
         failed |= finv is None
         if kept is not None:
             kept.append(finv)
-        scores.append(_scores(step, sl, finv if finv is not None else torch.eye(B).expand(len(sl), B, B).contiguous(),
-                              pruned[sl]))
+        # a failed F⁻¹ (the candidate loses) still scores with an identity, on the sample's device,
+        # so that every rank reaches the selection's collective
+        stand_in = finv if finv is not None else torch.eye(B, device=heldout.device).expand(len(sl), B, B).contiguous()
+        scores.append(_scores(step, sl, stand_in, pruned[sl]))
     shape = (0, len(step.pattern.subsets)) if step.pattern.is_nm else (0,)
     all_scores = torch.cat(scores) if scores else torch.zeros(shape, dtype=torch.float32, device=heldout.device)
     chosen = _select(step, all_scores, tensor_index).view(s, B) & ~pruned & step.real
