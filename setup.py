@@ -1,4 +1,11 @@
-"""Build script. The package is pure Python; csrc/ holds the optional CUDA extension.
+"""Build script. The package is pure Python; csrc/ holds two optional extensions.
+
+The CPU extension (obert_kernels._cpu, csrc/cpu/: the direct Fisher build's kernels, ~15 s of
+g++) is built wherever a C++17 compiler works; without it the torch backend serves the CPU:
+
+    OBERT_KERNELS_BUILD_CPU=1    build it, and fail loudly if it cannot be built (CI)
+    OBERT_KERNELS_BUILD_CPU=0    never build it
+    (unset)                      try, and say so on stderr if it could not be built
 
 The extension (obert_kernels._C) is built by default only where a GPU driver is present
 (/proc/driver/nvidia exists, ``nvidia-smi -L`` runs, or libcuda loads) and nvcc and the CUDA
@@ -34,6 +41,7 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 CU_SOURCES = ["woodbury.cu", "scores.cu", "update.cu", "sequential.cu"]
 MODE = os.environ.get("OBERT_KERNELS_BUILD_CUDA", "").strip()
+CPU_MODE = os.environ.get("OBERT_KERNELS_BUILD_CPU", "").strip()
 
 
 def say(msg: str) -> None:
@@ -113,6 +121,8 @@ class BuildCudaExt(build_ext):
     """Compiles csrc/*.cu with nvcc (in parallel), then links them with the pybind11 binding."""
 
     def build_extension(self, ext):
+        if ext.name == "obert_kernels._cpu":
+            return self._build_cpu(ext)
         if ext.name != "obert_kernels._C":
             return super().build_extension(ext)
         start = time.perf_counter()
@@ -127,6 +137,18 @@ class BuildCudaExt(build_ext):
                 "Set OBERT_KERNELS_BUILD_CUDA=1 to make this an error.")
             return
         say(f"built the CUDA extension for sm_{', sm_'.join(archs())} in {time.perf_counter() - start:.0f} s")
+
+    def _build_cpu(self, ext):
+        start = time.perf_counter()
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            if CPU_MODE == "1":
+                raise
+            say(f"CPU extension not built ({type(exc).__name__}: {exc}); the torch backend serves the CPU. "
+                "Set OBERT_KERNELS_BUILD_CPU=1 to make this an error.")
+            return
+        say(f"built the CPU extension in {time.perf_counter() - start:.0f} s")
 
     def _compile_cuda(self, ext) -> list[str]:
         nvcc = ext._obk_nvcc
@@ -188,5 +210,32 @@ def cuda_extension() -> list[Extension]:
     return [ext]
 
 
+def cpu_extension() -> list[Extension]:
+    """The CPU kernels' extension (csrc/cpu/), unless OBERT_KERNELS_BUILD_CPU=0."""
+    if CPU_MODE not in ("", "0", "1"):
+        raise SystemExit(f"obert_kernels: OBERT_KERNELS_BUILD_CPU must be 0, 1 or unset, got {CPU_MODE!r}")
+    if CPU_MODE == "0":
+        say("OBERT_KERNELS_BUILD_CPU=0: not building the CPU extension")
+        return []
+    try:
+        import pybind11
+    except ImportError:
+        if CPU_MODE == "1":
+            raise
+        say("pybind11 is not installed: skipping the optional CPU extension")
+        return []
+    source = CSRC / "cpu" / "fisher_cpu.cpp"
+    return [Extension(
+        "obert_kernels._cpu",
+        sources=[str(source.relative_to(ROOT))],
+        include_dirs=[pybind11.get_include()],
+        # the kernels' AVX2/FMA code is enabled per function (a GCC pragma in the source) and
+        # runs only after the CPU says it has them: no -march here
+        extra_compile_args=["-std=c++17", "-O3", "-pthread"],
+        extra_link_args=["-pthread"],
+        language="c++",
+    )]
+
+
 if __name__ == "__main__":  # pip's build backend and ``python setup.py`` run it as __main__; tests import it
-    setup(ext_modules=cuda_extension(), cmdclass={"build_ext": BuildCudaExt})
+    setup(ext_modules=cpu_extension() + cuda_extension(), cmdclass={"build_ext": BuildCudaExt})

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 __all__ = ["ArgumentTypeError", "real_scalar", "check_damp", "BACKENDS", "Pattern", "parse_pattern", "DampSpec",
            "DAMP_PER_CHOICES", "AUTO_CRITERIA", "check_cuda_driver", "AUTO_RULES", "check_relative_damp", "check_damp_per", "parse_damp_spec", "check_direct_damp"]
 
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = ("torch", "triton", "cuda", "cpp")
 # what a relative λ is relative to: the mean Fisher diagonal of each tensor, each block, or of
 # all tracked weights ("global": one λ for every tensor, what "rel:α"/"auto" mean under one
 # global threshold, issue 12)

@@ -132,21 +132,23 @@ class Backend:
             pytest.skip(f"triton: not run under the Triton interpreter ({why}); runs compiled on a GPU")
 
 
-def backend_params(names=("torch", "triton", "cuda")) -> list:
+def backend_params(names=("torch", "triton", "cuda", "cpp")) -> list:
     """pytest params of the backends present: torch on the CPU (and CUDA); Triton on CUDA when
-    present, else on the CPU through the interpreter (marked ``triton``, for ``-m triton``); CUDA."""
+    present, else on the CPU through the interpreter (marked ``triton``, for ``-m triton``); CUDA;
+    the C++ CPU kernels (cpp, on the CPU)."""
     gpu = torch.cuda.is_available()
     cases = {"torch": [Backend("torch", "cpu")] + ([Backend("torch", "cuda")] if gpu else []),
              "triton": [Backend("triton", "cuda" if gpu else "cpu")],
-             "cuda": [Backend("cuda", "cuda" if gpu else "cpu")]}
-    return [pytest.param(b, id="cuda" if name == "cuda" else f"{name}-{b.device}",
+             "cuda": [Backend("cuda", "cuda" if gpu else "cpu")],
+             "cpp": [Backend("cpp", "cpu")]}
+    return [pytest.param(b, id=name if name in ("cuda", "cpp") else f"{name}-{b.device}",
                          marks=[pytest.mark.triton] if name == "triton" else [])
             for name in names for b in cases[name]]
 
 
 BACKENDS = backend_params()
 # the kernel backends, for tests that hold them to the torch backend
-KERNEL_BACKENDS = backend_params(("triton", "cuda"))
+KERNEL_BACKENDS = backend_params(("triton", "cuda", "cpp"))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -36,7 +36,7 @@ def test_unknown_backend_is_rejected():
     with pytest.raises(ValueError, match="unknown backend"):
         ops.woodbury_update(finv, torch.randn(1, 8), 1, backend="numba")
     assert ops.not_supported_reasons("woodbury_update", "numba") == [
-        "unknown backend 'numba'; choose from torch, triton, cuda or 'auto'"
+        "unknown backend 'numba'; choose from torch, triton, cuda, cpp or 'auto'"
     ]
 
 

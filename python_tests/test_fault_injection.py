@@ -9,6 +9,7 @@ kernel looks like, since Python raises it at the next bytecode after the kernel 
 """
 import copy
 import itertools
+import signal
 
 import pytest
 import torch
@@ -38,6 +39,14 @@ def small_slices(monkeypatch):
     """Several flush and inversion slices even on these tiny tensors (30 blocks): 7 per slice."""
     monkeypatch.setattr(fisher_state, "FLUSH_SLICE_BYTES", 7 * 8 * 8 * 4)  # 7 dense blocks of B = 8
     monkeypatch.setattr(damping_mod, "INVERT_SLICE", 7)
+
+
+@pytest.fixture
+def sliced_flush(monkeypatch):
+    """The flush path of ops that write in several calls (Woodbury, packed, GPU kernels): slices
+    backed up one by one, even for the CPU's dense direct build, which otherwise applies a chunk
+    in one write (fisher_state.applies_in_one_write)."""
+    monkeypatch.setattr(fisher_state, "applies_in_one_write", lambda *args: False)
 
 
 def make_params(dtype=torch.float32):
@@ -141,10 +150,12 @@ ADD_STAGES = [  # (owner, name, nth, after, pruner kwargs): a fault in the 5th a
     (pruner_mod, "check_finite", 2, False, {}),  # checking the 2nd tensor's gradient
     (grad_buffer, "write_row", 2, False, {}),  # copying: the 1st tensor's row written
     (grad_buffer, "write_row", 3, True, {}),  # copying: all rows written, counters not yet
-    (ops, "fisher_accumulate", 2, False, {}),  # the flush's 2nd slice, before it writes
-    (ops, "fisher_accumulate", 3, True, {}),  # the flush's 3rd slice, after it wrote
-    (grad_buffer.GradBuffer, "mark_progress", 2, False, {}),  # slice 2 applied, not recorded
-    (grad_buffer.GradBuffer, "mark_applied", 1, False, {}),  # every slice applied, chunk not marked
+    (ops, "fisher_accumulate", 1, False, {}),  # the flush's one write (dense, direct, torch), before it
+    (grad_buffer.GradBuffer, "mark_applied", 1, False, {}),  # the chunk applied and recorded, not marked
+    (ops, "fisher_accumulate", 2, False, {"sliced": True}),  # the flush's 2nd slice, before it writes
+    (ops, "fisher_accumulate", 3, True, {"sliced": True}),  # the flush's 3rd slice, after it wrote
+    (grad_buffer.GradBuffer, "mark_progress", 2, False, {"sliced": True}),  # slice 2 applied, not recorded
+    (grad_buffer.GradBuffer, "mark_applied", 1, False, {"sliced": True}),  # every slice applied, chunk not marked
     (ops, "woodbury_update", 2, True, {"fisher_method": "woodbury"}),
     (damping_mod.AbsoluteDamp, "start_woodbury", 1, True, {"fisher_method": "woodbury"}),  # F₀⁻¹ set, then a fault
     (damping_mod.RelativeDamp, "start_woodbury", 1, True, {"fisher_method": "woodbury", "damp": "rel:0.1"}),
@@ -152,8 +163,17 @@ ADD_STAGES = [  # (owner, name, nth, after, pruner kwargs): a fault in the 5th a
 ]
 
 
+def take_sliced(kw: dict, monkeypatch) -> dict:
+    """kw without its "sliced" flag, which forces the sliced flush (see ``sliced_flush``)."""
+    kw = dict(kw)
+    if kw.pop("sliced", False):
+        monkeypatch.setattr(fisher_state, "applies_in_one_write", lambda *args: False)
+    return kw
+
+
 @pytest.mark.parametrize("owner,name,nth,after,kw", ADD_STAGES, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_add_grads_fault_changes_nothing_and_retry_works(seed, monkeypatch, owner, name, nth, after, kw):
+    kw = take_sliced(kw, monkeypatch)
     params0 = make_params()
     grads = make_grads(params0)
     expected = run_uninterrupted(params0, grads, 0.5, **kw)
@@ -190,7 +210,7 @@ def test_first_add_grads_fault_leaves_no_state(seed, monkeypatch, owner, name, n
     assert p.add_grads(g) == 1
 
 
-def test_add_grads_keyboard_interrupt_in_flush(seed, monkeypatch):
+def test_add_grads_keyboard_interrupt_in_flush(seed, monkeypatch, sliced_flush):
     params0 = make_params()
     grads = make_grads(params0)
     expected = run_uninterrupted(params0, grads, 0.4)
@@ -210,9 +230,44 @@ def test_add_grads_keyboard_interrupt_in_flush(seed, monkeypatch):
     assert_final_equal(final(p, params), expected)
 
 
+def test_sigint_during_one_write_flush_is_held_until_recorded(seed, monkeypatch):
+    """A real SIGINT while the one-write flush's op runs (the dense direct build on the CPU) is
+    held until the chunk is recorded as applied, then raised: nothing lost or applied twice."""
+    params0 = make_params()
+    grads = make_grads(params0)
+    expected = run_uninterrupted(params0, grads, 0.4)
+    params = copy.deepcopy(params0)
+    p = make_pruner(params)
+    for g in grads[:K]:
+        p.add_grads(g)
+    before = snapshot(p, params)
+    real, calls = ops.fisher_accumulate, []
+
+    def interrupted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(p._state.grads.counts.applied_blocks)
+        signal.raise_signal(signal.SIGINT)  # delivered while the op "runs": before its record
+        calls.append("not held")
+        return out
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ops, "fisher_accumulate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            p.add_grads(grads[K])
+    assert calls == [0, "not held"]  # one call for the whole chunk, the signal held past it
+    assert p._state.grads.counts.applied_blocks == p.local_num_blocks and p.num_collected == K
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert_same(snapshot(p, params), before)
+    for g in grads[K:]:
+        p.add_grads(g)
+    p.prune(0.4)
+    assert_final_equal(final(p, params), expected)
+
+
 # ---- prune --------------------------------------------------------------------------------
 PRUNE_STAGES = [  # (owner, name, nth, after, pruner kwargs)
-    (ops, "fisher_accumulate", 2, True, {}),  # the last chunk's flush, inside prune()
+    (ops, "fisher_accumulate", 1, False, {}),  # the last chunk's flush (one write), inside prune()
+    (ops, "fisher_accumulate", 2, True, {"sliced": True}),  # the last chunk's flush, a slice written
     (damping_mod.AutoDamp, "fit", 1, True, {"damp": "auto"}),  # λ chosen, then a fault
     (ops, "fisher_invert", 2, True, {}),  # the inversion's 2nd slice, after it wrote
     (ops, "fisher_invert", 3, True, {"damp": "rel:0.01"}),
@@ -233,6 +288,7 @@ PRUNE_STAGES = [  # (owner, name, nth, after, pruner kwargs)
 
 @pytest.mark.parametrize("owner,name,nth,after,kw", PRUNE_STAGES, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_prune_fault_changes_nothing_and_retry_works(seed, monkeypatch, owner, name, nth, after, kw):
+    kw = take_sliced(kw, monkeypatch)
     params0 = make_params()
     grads = make_grads(params0)
     expected = run_uninterrupted(params0, grads, 0.3, steps=2, **kw)

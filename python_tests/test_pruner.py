@@ -231,17 +231,23 @@ def test_report_table(seed):
     assert p._state is None  # Fisher state freed
 
 
-def test_flush_applies_small_slices_without_rechecking_the_chunk(seed, monkeypatch):
-    """add_grads checks each gradient once; the flush then applies the chunk in slices of at most
-    FLUSH_SLICE_BYTES of the Fisher state and does not read the chunk again for finiteness
+@pytest.mark.parametrize("path,backend,expect_sizes", [
+    ("one write", "torch", [13]), ("one write", "auto", [13]), ("sliced", "torch", [3, 3, 3, 3, 1])])
+def test_flush_applies_the_chunk_without_rechecking_it(seed, monkeypatch, path, backend, expect_sizes):
+    """add_grads checks each gradient once; the flush then applies the chunk, in one write where
+    the op allows (the dense direct build on torch, or cpp which auto takes on a CPU where it
+    is built), else in slices of at most
+    FLUSH_SLICE_BYTES of the Fisher state, and does not read the chunk again for finiteness
     (issue 15), with the same F as one unsliced accumulation."""
     from obert_kernels.core import fisher_state
     from obert_kernels.ops import checks
 
     monkeypatch.setattr(fisher_state, "FLUSH_SLICE_BYTES", 3 * 8 * 8 * 4)  # 3 blocks of B = 8
+    if path == "sliced":
+        monkeypatch.setattr(fisher_state, "applies_in_one_write", lambda *args: False)
     params = {"w": torch.randn(100)}
     grads = random_grads(8, 100)
-    p = FisherPruner(params, block_size=8, num_grads=8, chunk_size=4, damp=1e-2, backend="torch", verbose=False)
+    p = FisherPruner(params, block_size=8, num_grads=8, chunk_size=4, damp=1e-2, backend=backend, verbose=False)
     sizes, finite_checks = [], []
     real_apply, real_check = fisher_state.FisherState.apply_slice, checks.check_finite_input
     monkeypatch.setattr(fisher_state.FisherState, "apply_slice",
@@ -249,7 +255,7 @@ def test_flush_applies_small_slices_without_rechecking_the_chunk(seed, monkeypat
     monkeypatch.setattr(checks, "check_finite_input", lambda *a: (finite_checks.append(1), real_check(*a))[1])
     for g in grads[:5]:  # the 5th call flushes the first chunk of 4
         p.add_grads({"w": g})
-    assert sizes == [3, 3, 3, 3, 1] and finite_checks == []
+    assert sizes == expect_sizes and finite_checks == []
     fisher = p._state.fisher.blocks.clone()
     expected = torch.zeros(13, 8, 8, dtype=torch.float64)
     ops.fisher_accumulate(expected, grads[:4].double(), 8)

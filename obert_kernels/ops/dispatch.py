@@ -40,8 +40,10 @@ __all__ = [
 # comes before CUDA (issue 10, item 7): the Triton kernels' programs run in CI under the
 # interpreter, while the CUDA kernels' __global__ code has never run anywhere (no GPU when
 # they were written). CUDA stays available by name (backend="cuda"); a GPU benchmark
-# (bench/gpu_suite.py) decides the order per op once it has measured both correct.
-PREFERENCE = ("triton", "cuda", "torch")
+# (bench/gpu_suite.py) decides the order per op once it has measured both correct. The C++
+# CPU kernels (cpp) serve only CPU tensors, so on a CPU they come first in effect (Triton's
+# interpreter is kept off auto there), and torch serves whatever they cannot.
+PREFERENCE = ("triton", "cuda", "cpp", "torch")
 
 
 class BackendNotSupported(RuntimeError):

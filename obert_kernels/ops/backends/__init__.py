@@ -1,7 +1,8 @@
 """The backends, one folder each; each registers its kernels with ``ops.dispatch``.
 
-``torch/`` serves every call and always loads. ``triton/`` (Triton kernels) and ``cuda/``
-(launchers of the compiled extension in csrc/) are optional: a failed import is recorded
+``torch/`` serves every call and always loads. ``triton/`` (Triton kernels), ``cuda/``
+(launchers of the compiled extension in csrc/) and ``cpp/`` (the compiled CPU kernels of
+csrc/cpu/) are optional: a failed import is recorded
 so ``not_supported_reasons`` can say why they are absent.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from ..dispatch import mark_unavailable
 
 __all__ = ["load_backends", "OPTIONAL_BACKENDS"]
 
-OPTIONAL_BACKENDS = {"triton": ".triton", "cuda": ".cuda"}
+OPTIONAL_BACKENDS = {"triton": ".triton", "cuda": ".cuda", "cpp": ".cpp"}
 
 
 def load_backends() -> None:

@@ -1,0 +1,147 @@
+"""The C++ CPU backend: the direct Fisher build's two ops, compiled (csrc/cpu/, ``obert_kernels._cpu``).
+
+- ``fisher_accumulate``: each block's k×B gradient slice is copied to a cache-resident
+  scratch, the upper tiles of its Gram matrix are computed with AVX2/FMA in registers,
+  mirrored, and added: F stays exactly symmetric. Memory-bound at k = 32 like torch's
+  batched product (F is read and written once per chunk); it is ~equal at B = 50 and faster
+  at B = 32 (measurements in ``bench/results/cpu-backend-*.txt``).
+- ``fisher_invert``: four blocks at a time, one per double lane of an AVX2 register: Cholesky,
+  the triangular inverse and (L⁻¹)ᵀL⁻¹ in float64, stored as float32. It replaces one LAPACK
+  call per 50×50 block (torch loops over the batch), and its error against float64 is the
+  float32 rounding of the result alone.
+
+Like the CUDA binding it takes raw pointers: everything is checked here first (device, dtype,
+layout, the CPU's AVX2/FMA), and a call it cannot serve gets reasons, so ``auto`` falls back
+to the torch backend. Both kernels run on ``torch.get_num_threads()`` threads of their own,
+inside one call that Python cannot interrupt half-way (a KeyboardInterrupt surfaces after it).
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ... import checks
+from ...dispatch import register
+from ..torch.woodbury import fisher_invert_torch
+
+try:  # the optional extension; its absence is a reason, not an import error
+    extension = importlib.import_module("obert_kernels._cpu")
+except ImportError as exc:  # pragma: no cover - depends on the build
+    extension = None
+    _IMPORT_ERROR = str(exc)
+else:
+    _IMPORT_ERROR = ""
+# asked once: the reasons run while torch.compile traces, which cannot call into the extension
+CPU_SUPPORTED = extension is not None and bool(extension.supported())
+
+__all__ = ["register_all", "available", "status", "CPU_SUPPORTED"]
+
+BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
+
+
+def available() -> bool:
+    """The extension is built and this CPU runs it."""
+    return CPU_SUPPORTED
+
+
+def status() -> str:
+    """One line on the extension: not built (and how to build it), unsupported CPU, or ready."""
+    if extension is None:
+        return f"the CPU extension obert_kernels._cpu is not built ({_IMPORT_ERROR}); {BUILD_HINT}"
+    if not CPU_SUPPORTED:
+        return "the CPU extension is built, but this CPU lacks AVX2/FMA: the torch backend serves the CPU"
+    return "CPU extension ready (AVX2/FMA)"
+
+
+# ---- reasons -------------------------------------------------------------------------
+def _common_reasons(finv: torch.Tensor) -> list[str]:
+    if extension is None:
+        return [status()]
+    if not CPU_SUPPORTED:
+        return ["this CPU lacks AVX2/FMA, which the CPU extension's kernels need"]
+    out = []
+    if finv.device.type != "cpu":
+        out.append(f"fisher is on {finv.device}: the C++ kernels run on the CPU")
+    if finv.dtype != torch.float32:
+        out.append(f"the C++ kernels are float32 only, fisher is {finv.dtype} (use backend='torch' for float64)")
+    return out
+
+
+def _accumulate_reasons(finv: torch.Tensor, grads: torch.Tensor, **_) -> list[str]:
+    out = _common_reasons(finv)
+    if grads.device != finv.device:
+        out.append(f"grads are on {grads.device} but fisher is on {finv.device}")
+    return out
+
+
+def _invert_reasons(finv: torch.Tensor, **_) -> list[str]:
+    return _common_reasons(finv)
+
+
+# ---- kernels -------------------------------------------------------------------------
+@contextmanager
+def _contiguous(fisher: torch.Tensor) -> Iterator[torch.Tensor]:
+    """fisher itself when contiguous, else a contiguous copy written back (in one copy_) when
+    the block ends without an exception: the kernels take raw pointers to dense blocks."""
+    if fisher.is_contiguous():
+        yield fisher
+        return
+    target = fisher.contiguous()
+    yield target
+    fisher.copy_(target)
+
+
+def _block_rows(grads: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
+    """grads as (num_blocks, k, B) float32 whose rows of B are contiguous: block-major input as
+    it is (the pruner's buffer slice, any strides with unit last stride), (k, d) padded and
+    viewed block-major (no copy when d = num_blocks·B)."""
+    if grads.dim() == 2:
+        pad = num_blocks * B - grads.shape[1]
+        grads = torch.nn.functional.pad(grads, (0, pad)) if pad else grads
+        grads = grads.view(grads.shape[0], num_blocks, B).transpose(0, 1)
+    grads = grads.to(torch.float32)
+    return grads if grads.stride(2) == 1 else grads.contiguous()
+
+
+def fisher_accumulate_cpp(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int) -> torch.Tensor:
+    """fisher (num_blocks, B, B) float32 += Σ g gᵀ / m over a chunk, blockwise, in place.
+    grads: (k, d) or block-major (num_blocks, k, B), float32 (others are converted)."""
+    num_blocks, B = fisher.shape[0], fisher.shape[1]
+    rows = _block_rows(grads, num_blocks, B)
+    with _contiguous(fisher) as target:
+        if num_blocks and rows.shape[1]:
+            extension.fisher_accumulate(target.data_ptr(), rows.data_ptr(), num_blocks, rows.shape[1], B,
+                                        rows.stride(0), rows.stride(1), 1.0 / num_grads, torch.get_num_threads())
+    return fisher
+
+
+def fisher_invert_cpp(fisher: torch.Tensor, damp: float) -> torch.Tensor:
+    """fisher (num_blocks, B, B) float32, symmetric ← (fisher + λI)⁻¹ blockwise, in place.
+
+    A block whose float64 Cholesky fails is handed to the torch backend's retry (10× more
+    damping at a time, with its warning); if that fails too it raises FloatingPointError, with
+    the other blocks already inverted and the failed ones holding fisher + λI (the torch
+    backend leaves every block at fisher + λI). Non-finite blocks raise at once, nothing changed.
+    """
+    checks.check_finite_blocks(fisher)
+    with _contiguous(fisher) as target:
+        failed = extension.fisher_invert(target.data_ptr(), fisher.shape[0], fisher.shape[1], float(damp),
+                                         torch.get_num_threads()) if fisher.shape[0] else []
+    if failed:
+        index = torch.tensor(failed, dtype=torch.long)
+        sub = fisher[index]
+        try:
+            fisher_invert_torch(sub, damp)
+        finally:
+            fisher[index] = sub
+    return fisher
+
+
+def register_all() -> None:
+    if extension is None:
+        raise ImportError(status())
+    register("fisher_accumulate", "cpp", fisher_accumulate_cpp, _accumulate_reasons)
+    register("fisher_invert", "cpp", fisher_invert_cpp, _invert_reasons)

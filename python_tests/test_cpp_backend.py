@@ -1,0 +1,80 @@
+"""The C++ CPU kernels (backend "cpp", csrc/cpu/) beyond what the shared op tests check: their
+threading and remainders, exact symmetry, accuracy against torch's LAPACK path, the failed-block
+hand-off, and that CI really built them (OBERT_KERNELS_BUILD_CPU=1)."""
+import os
+
+import pytest
+import torch
+from conftest import random_grads
+
+from obert_kernels import ops
+from obert_kernels.ops.backends import cpp
+
+pytestmark = pytest.mark.skipif(not cpp.available(), reason=cpp.status())
+
+
+def rel_err(x, ref):
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture(params=[1, 3])
+def threads(request):
+    """The kernels split blocks over torch.get_num_threads() threads: one, and more than blocks/4."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_ci_built_the_extension():
+    if os.environ.get("OBERT_KERNELS_BUILD_CPU") != "1":
+        pytest.skip("OBERT_KERNELS_BUILD_CPU is not 1: the build may have skipped the extension")
+    assert cpp.extension is not None and "ready" in cpp.status()
+
+
+@pytest.mark.parametrize("B,k", [(1, 1), (7, 3), (13, 5), (32, 32), (50, 17)])
+def test_accumulate_is_exactly_symmetric_and_matches_float64(seed, threads, B, k):
+    nb, filled = 9, max(1, k - 2)
+    buffer = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1).contiguous()  # (nb, k, B), like the pruner's
+    chunk = buffer[:, :filled]  # rows [0, filled) of a k-row buffer: block stride k·B, not filled·B
+    fisher = torch.rand(nb, B, B)
+    fisher = fisher + fisher.transpose(1, 2)
+    ref = fisher.double() + chunk.double().transpose(1, 2) @ chunk.double() / 40
+    ops.fisher_accumulate(fisher, chunk, 40, backend="cpp")
+    assert torch.equal(fisher, fisher.transpose(1, 2))
+    assert rel_err(fisher, ref) < 1e-6
+
+
+@pytest.mark.parametrize("nb,B", [(1, 3), (5, 8), (11, 50), (6, 33)])
+def test_invert_is_as_accurate_as_torch_at_least(seed, threads, nb, B):
+    grads = random_grads(2 * B, nb * B, scale=1e-3)
+    fisher = torch.zeros(nb, B, B)
+    ops.fisher_accumulate(fisher, grads, 2 * B, backend="torch")
+    damp = 1e-7
+    ref = torch.linalg.inv(fisher.double() + damp * torch.eye(B, dtype=torch.float64))
+    ours, theirs = fisher.clone(), fisher.clone()
+    ops.fisher_invert(ours, damp, backend="cpp")
+    ops.fisher_invert(theirs, damp, backend="torch")
+    assert torch.equal(ours, ours.transpose(1, 2))
+    assert rel_err(ours, ref) <= rel_err(theirs, ref) * 1.01 + 1e-7
+
+
+def test_a_failed_block_is_retried_alone(threads):
+    fisher = torch.eye(6).repeat(9, 1, 1)
+    fisher[5] = -torch.eye(6)  # not positive definite at damp 1e-3: the torch retry takes it
+    with pytest.warns(RuntimeWarning, match="1 Fisher block"):
+        ops.fisher_invert(fisher, 1e-3, backend="cpp")
+    for b in range(9):
+        if b != 5:
+            assert torch.allclose(fisher[b], torch.eye(6) / (1 + 1e-3))
+    assert torch.isfinite(fisher[5]).all() and torch.linalg.eigvalsh(fisher[5]).min() > 0
+
+
+def test_auto_takes_cpp_for_float32_on_the_cpu_and_torch_for_float64():
+    grads = torch.zeros(2, 4, 5)
+    assert ops.resolve_backend("fisher_accumulate", "auto", torch.zeros(2, 5, 5), grads=grads) == "cpp"
+    assert ops.resolve_backend("fisher_invert", "auto", torch.zeros(2, 5, 5)) == "cpp"
+    f64 = torch.zeros(2, 5, 5, dtype=torch.float64)
+    assert ops.resolve_backend("fisher_invert", "auto", f64) == "torch"
+    assert "float32 only" in ops.not_supported_reasons("fisher_invert", "cpp", finv=f64)[0]
+    assert "no obs_scores" in ops.not_supported_reasons("obs_scores", "cpp", finv=torch.zeros(2, 5, 5))[0]
