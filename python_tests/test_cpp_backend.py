@@ -45,6 +45,24 @@ def test_accumulate_is_exactly_symmetric_and_matches_float64(seed, threads, B, k
     assert rel_err(fisher, ref) < 1e-6
 
 
+@pytest.mark.parametrize("B", [5, 32, 50])
+def test_upper_only_adds_to_the_upper_triangles_and_mirror_completes_them(seed, threads, B):
+    nb, k = 7, 6
+    chunk = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1)
+    start = torch.rand(nb, B, B)
+    ref = start.double() + chunk.double().transpose(1, 2) @ chunk.double() / 11
+    fisher = start.clone()
+    ops.fisher_accumulate(fisher, chunk, 11, backend="cpp", upper_only=True)
+    upper = torch.ones(B, B, dtype=torch.bool).triu()
+    assert torch.equal(fisher[:, ~upper], start[:, ~upper])  # the strict lower triangles untouched
+    assert rel_err(fisher[:, upper], ref[:, upper]) < 1e-6
+    ops.mirror_upper(fisher)
+    assert torch.equal(fisher, fisher.transpose(1, 2)) and rel_err(fisher, ref.triu() + ref.triu(1).mT) < 1e-6
+    both = start.clone()
+    ops.fisher_accumulate(both, chunk, 11, backend="torch", upper_only=True)  # torch writes both anyway
+    assert rel_err(both, ref) < 1e-6
+
+
 @pytest.mark.parametrize("nb,B", [(1, 3), (5, 8), (11, 50), (6, 33)])
 def test_invert_is_as_accurate_as_torch_at_least(seed, threads, nb, B):
     grads = random_grads(2 * B, nb * B, scale=1e-3)

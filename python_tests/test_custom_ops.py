@@ -78,7 +78,7 @@ def test_opcheck_woodbury_update(seed, backend, storage):
 def test_opcheck_fisher_accumulate_and_invert(seed, backend, storage):
     fisher, grads = _finv(storage) * 0, random_grads(6, D)
     _skip_unless_serves("fisher_accumulate", backend, finv=fisher, grads=grads)
-    _opcheck(library.OPS["fisher_accumulate"], (fisher, grads, 6, backend))
+    _opcheck(library.OPS["fisher_accumulate"], (fisher, grads, 6, False, backend))
     ops.fisher_accumulate(fisher, grads, 6, backend="torch")  # a non-zero Fisher to invert
     _skip_unless_serves("fisher_invert", backend, finv=fisher)
     _opcheck(library.OPS["fisher_invert"], (fisher, 1e-2, backend))

@@ -25,6 +25,7 @@ import obert_kernels.core.weight_update as weight_update
 from obert_kernels import FisherPruner, GradualSchedule, one_shot_prune, ops
 from obert_kernels.core.damping_cv import prune_step
 from obert_kernels.core.masks import PrunedMasks
+from obert_kernels.ops.backends import cpp as cpp_backend
 
 SHAPES = ((7, 12), (5, 20), (3, 4, 2, 2))  # 84 + 100 + 48 weights: 11 + 13 + 6 = 30 blocks of 8
 M, K = 12, 4  # gradients per step, chunk size: 3 chunks
@@ -151,6 +152,7 @@ ADD_STAGES = [  # (owner, name, nth, after, pruner kwargs): a fault in the 5th a
     (grad_buffer, "write_row", 2, False, {}),  # copying: the 1st tensor's row written
     (grad_buffer, "write_row", 3, True, {}),  # copying: all rows written, counters not yet
     (ops, "fisher_accumulate", 1, False, {}),  # the flush's one write (dense, direct, torch), before it
+    (ops, "fisher_accumulate", 1, False, {"backend": "auto"}),  # the same on cpp (upper triangles only)
     (grad_buffer.GradBuffer, "mark_applied", 1, False, {}),  # the chunk applied and recorded, not marked
     (ops, "fisher_accumulate", 2, False, {"sliced": True}),  # the flush's 2nd slice, before it writes
     (ops, "fisher_accumulate", 3, True, {"sliced": True}),  # the flush's 3rd slice, after it wrote
@@ -164,10 +166,14 @@ ADD_STAGES = [  # (owner, name, nth, after, pruner kwargs): a fault in the 5th a
 
 
 def take_sliced(kw: dict, monkeypatch) -> dict:
-    """kw without its "sliced" flag, which forces the sliced flush (see ``sliced_flush``)."""
+    """kw without its "sliced" flag, which forces the sliced flush (see ``sliced_flush``). A case
+    with backend="auto" is one for the C++ CPU kernels (upper triangles, mirrored at prune()):
+    skipped where they are not built."""
     kw = dict(kw)
     if kw.pop("sliced", False):
         monkeypatch.setattr(fisher_state, "applies_in_one_write", lambda *args: False)
+    if kw.get("backend") == "auto" and not cpp_backend.available():
+        pytest.skip(cpp_backend.status())
     return kw
 
 
@@ -268,6 +274,8 @@ def test_sigint_during_one_write_flush_is_held_until_recorded(seed, monkeypatch)
 PRUNE_STAGES = [  # (owner, name, nth, after, pruner kwargs)
     (ops, "fisher_accumulate", 1, False, {}),  # the last chunk's flush (one write), inside prune()
     (ops, "fisher_accumulate", 2, True, {"sliced": True}),  # the last chunk's flush, a slice written
+    (ops, "mirror_upper", 1, True, {"backend": "auto"}),  # cpp's upper triangles mirrored, then a fault
+    (ops, "fisher_invert", 2, True, {"backend": "auto"}),  # after the mirror, the inversion's 2nd slice
     (damping_mod.AutoDamp, "fit", 1, True, {"damp": "auto"}),  # λ chosen, then a fault
     (ops, "fisher_invert", 2, True, {}),  # the inversion's 2nd slice, after it wrote
     (ops, "fisher_invert", 3, True, {"damp": "rel:0.01"}),

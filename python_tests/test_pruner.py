@@ -256,6 +256,7 @@ def test_flush_applies_the_chunk_without_rechecking_it(seed, monkeypatch, path, 
     for g in grads[:5]:  # the 5th call flushes the first chunk of 4
         p.add_grads({"w": g})
     assert sizes == expect_sizes and finite_checks == []
+    p._state.fisher.symmetrize()  # cpp adds to the upper triangles only (fisher_state.UPPER_ONLY_BACKENDS)
     fisher = p._state.fisher.blocks.clone()
     expected = torch.zeros(13, 8, 8, dtype=torch.float64)
     ops.fisher_accumulate(expected, grads[:4].double(), 8)

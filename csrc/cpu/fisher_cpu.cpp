@@ -72,48 +72,74 @@ static void gram_tile(const float* g, int k, int ld, int r0, int c0, float* out)
     for (int v = 0; v < NV; ++v) store8(out + (int64_t)(r0 + r) * ld + c0 + 8 * v, acc[r][v]);
 }
 
+// The cache lines of a coming block (its k gradient rows, then its Fisher block), asked for a
+// few at a time between the tiles of the current one: all at once, they filled the core's miss
+// buffers and stalled it (perf: ~14% of the kernel's samples on the prefetch loop, 2026-11-30).
+struct Prefetcher {
+  std::vector<const char*> lines;
+  size_t next = 0;
+
+  void plan(const float* fisher, const float* grads, int64_t row_stride, int k, int B) {
+    lines.clear();
+    next = 0;
+    for (int i = 0; i < k; ++i) {
+      const char* g = reinterpret_cast<const char*>(grads + i * row_stride);
+      for (int64_t off = 0; off < (int64_t)sizeof(float) * B; off += 64) lines.push_back(g + off);
+    }
+    const char* f = reinterpret_cast<const char*>(fisher);
+    for (int64_t off = 0; off < (int64_t)sizeof(float) * B * B; off += 64) lines.push_back(f + off);
+  }
+
+  void step(size_t n) {
+    for (const size_t stop = std::min(lines.size(), next + n); next < stop; ++next) __builtin_prefetch(lines[next], 1, 3);
+  }
+};
+
+// Blocks ahead of the one being accumulated whose lines are asked for. Median of 5, ms, one /
+// two threads, 2026-11-30 (d = 10⁶, B = 50 | MiniLM's 10.6M weights, B = 32; k = 32): all lines
+// of the next block at once 115 / 66 | 692 / 428; spread, 1 ahead 104 / 63 | 676 / 419;
+// 2 ahead 82 / 62 | 589 / 378; 4 ahead 85 / 63 | 652 / 390 (torch's baddbmm_, two threads, in another
+// run that hour: 63 | 593).
+constexpr int64_t PREFETCH_BLOCKS_AHEAD = 2;
+
 // fisher_b += scale · g_bᵀ g_b for one block: g (k rows of B, `row_stride` apart) copied into a zero-padded
 // k × P scratch (P = B rounded up to 8), the upper tiles of the P × P Gram matrix computed,
 // mirrored, and added row by row: the result is exactly symmetric.
 static void accumulate_block(float* fisher, const float* g, int64_t row_stride, int k, int B, float scale,
-                             float* gpad, float* gram) {
+                             bool upper_only, float* gpad, float* gram, Prefetcher& ahead) {
   const int P = (B + 7) / 8 * 8;
   for (int i = 0; i < k; ++i) std::memcpy(gpad + (int64_t)i * P, g + i * row_stride, sizeof(float) * B);
+  const size_t per_row = ahead.lines.size() / (P / 4) + 1;  // the coming block's lines spread over the tile rows
   for (int r0 = 0; r0 < P; r0 += 4) {
     int c0 = r0 / 8 * 8;
     for (; c0 + 16 <= P; c0 += 16) gram_tile<2>(gpad, k, P, r0, c0, gram);
     if (c0 < P) gram_tile<1>(gpad, k, P, r0, c0, gram);
+    ahead.step(per_row);
   }
-  for (int r = 0; r < B; ++r)
-    for (int c = r + 1; c < B; ++c) gram[(int64_t)c * P + r] = gram[(int64_t)r * P + c];
+  if (!upper_only)
+    for (int r = 0; r < B; ++r)
+      for (int c = r + 1; c < B; ++c) gram[(int64_t)c * P + r] = gram[(int64_t)r * P + c];
   const f8 s = splat8(scale);
   for (int r = 0; r < B; ++r) {
     float* dst = fisher + (int64_t)r * B;
     const float* src = gram + (int64_t)r * P;
-    int c = 0;
+    int c = upper_only ? r : 0;
     for (; c + 8 <= B; c += 8) store8(dst + c, load8(dst + c) + s * load8(src + c));
     for (; c < B; ++c) dst[c] += scale * src[c];
   }
 }
 
-// Ask for the next block's gradients and Fisher block while this one computes: one thread
-// streaming them alone was memory-bound (1 thread took 2.0× the time of 2, d = 10⁶, B = 50).
-static void prefetch_block(const float* fisher, const float* grads, int64_t row_stride, int k, int B) {
-  const char* f = reinterpret_cast<const char*>(fisher);
-  for (int i = 0; i < k; ++i) {
-    const char* g = reinterpret_cast<const char*>(grads + i * row_stride);
-    for (int64_t off = 0; off < (int64_t)sizeof(float) * B; off += 64) __builtin_prefetch(g + off, 0, 3);
-  }
-  for (int64_t off = 0; off < (int64_t)sizeof(float) * B * B; off += 64) __builtin_prefetch(f + off, 1, 3);
-}
-
 static void accumulate_range(float* fisher, const float* grads, int64_t block_stride, int64_t row_stride,
-                             int64_t begin, int64_t end, int k, int B, float scale) {
+                             int64_t begin, int64_t end, int k, int B, float scale, bool upper_only) {
   const int P = (B + 7) / 8 * 8;
   std::vector<float> gpad((size_t)k * P, 0.0f), gram((size_t)P * P, 0.0f);
+  Prefetcher ahead;
   for (int64_t b = begin; b < end; ++b) {
-    if (b + 1 < end) prefetch_block(fisher + (b + 1) * B * B, grads + (b + 1) * block_stride, row_stride, k, B);
-    accumulate_block(fisher + b * B * B, grads + b * block_stride, row_stride, k, B, scale, gpad.data(), gram.data());
+    const int64_t coming = b + PREFETCH_BLOCKS_AHEAD;
+    if (coming < end) ahead.plan(fisher + coming * B * B, grads + coming * block_stride, row_stride, k, B);
+    else ahead.lines.clear();
+    accumulate_block(fisher + b * B * B, grads + b * block_stride, row_stride, k, B, scale, upper_only, gpad.data(),
+                     gram.data(), ahead);
   }
 }
 
@@ -172,13 +198,15 @@ static void invert_group(float* fisher, int64_t b, int lanes, int B, double damp
 #pragma GCC pop_options
 
 // fisher (num_blocks, B, B) += scale · Σ_i g_i g_iᵀ blockwise; block b's gradient i starts at
-// grads + b·block_stride + i·row_stride (floats), its B values contiguous.
+// grads + b·block_stride + i·row_stride (floats), its B values contiguous. upper_only: add the
+// upper triangles (j ≥ i) only, leaving the strict lower ones as they were (the caller mirrors
+// them once, after the last chunk): the mirror and half the row writes are then not done.
 void fisher_accumulate(uintptr_t fisher, uintptr_t grads, int64_t num_blocks, int k, int B, int64_t block_stride,
-                       int64_t row_stride, double scale, int threads) {
+                       int64_t row_stride, double scale, bool upper_only, int threads) {
   float* f = reinterpret_cast<float*>(fisher);
   const float* g = reinterpret_cast<const float*>(grads);
   parallel_ranges(num_blocks, threads, 1, [=](int64_t begin, int64_t end) {
-    accumulate_range(f, g, block_stride, row_stride, begin, end, k, B, (float)scale);
+    accumulate_range(f, g, block_stride, row_stride, begin, end, k, B, (float)scale, upper_only);
   });
 }
 
@@ -207,7 +235,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
   m.def("fisher_accumulate", &obk_cpu::fisher_accumulate, py::arg("fisher"), py::arg("grads"),
         py::arg("num_blocks"), py::arg("k"), py::arg("B"), py::arg("block_stride"), py::arg("row_stride"),
-        py::arg("scale"), py::arg("threads"),
+        py::arg("scale"), py::arg("upper_only"), py::arg("threads"),
         py::call_guard<py::gil_scoped_release>());
   m.def("fisher_invert", &obk_cpu::fisher_invert, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
         py::arg("damp"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());

@@ -256,6 +256,8 @@ class FisherPruner:
         layout = self._layout()
         own = torch.zeros(slot.num_blocks, self.block_size, self.block_size, device=self.device)
         fisher = self._state.fisher
+        if fisher.kind is not FisherKind.INVERSE:
+            fisher.symmetrize()  # whole blocks are read below
         # a relative λ is relative to statistics of all blocks (one tensor's, or all tensors')
         scale = self.damping.block_scale(fisher.blocks, layout) if fisher.kind is not FisherKind.INVERSE else None
         for piece in self._tracked.pieces:

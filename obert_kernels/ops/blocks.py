@@ -9,7 +9,7 @@ import torch
 
 from .patterns import Pattern
 
-__all__ = ["padded_blocks", "group_diag_blocks", "nm_subset_masks", "score_shape", "factor_shape", "check_groups"]
+__all__ = ["padded_blocks", "mirror_upper", "MIRROR_SLICE", "group_diag_blocks", "nm_subset_masks", "score_shape", "factor_shape", "check_groups"]
 
 
 def padded_blocks(flat: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
@@ -18,6 +18,26 @@ def padded_blocks(flat: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
     if d != num_blocks * B:
         flat = torch.nn.functional.pad(flat, (0, num_blocks * B - d))
     return flat.reshape(*flat.shape[:-1], num_blocks, B)
+
+
+# Blocks per step of mirror_upper: a slice and its temporary stay in cache. One thread, wall,
+# 2026-11-30 (20,000 blocks of 50×50 | 331,776 of 32×32): torch.where over slices of 256 blocks
+# 0.074 | 0.40 s, of 2048 0.088 | 0.43 s; triu + transposed triu 0.12 | 0.66 s; B row→column
+# copies per slice of 128 (no temporary) 0.24 | 1.35 s.
+MIRROR_SLICE = 256
+
+
+def mirror_upper(blocks: torch.Tensor) -> torch.Tensor:
+    """blocks (num_blocks, B, B), in place: each strict lower triangle ← the transposed upper one,
+    so that blocks accumulated with ``fisher_accumulate(..., upper_only=True)`` are symmetric.
+    Idempotent (an interrupted call is completed by calling it again). Temporary: one slice
+    (MIRROR_SLICE blocks). Returns blocks."""
+    B = blocks.shape[-1]
+    lower = torch.ones(B, B, dtype=torch.bool, device=blocks.device).tril_(-1)
+    for start in range(0, blocks.shape[0], MIRROR_SLICE):
+        part = blocks[start : start + MIRROR_SLICE]
+        part.copy_(torch.where(lower, part.transpose(1, 2), part))
+    return blocks
 
 
 def group_diag_blocks(finv: torch.Tensor, group_size: int) -> torch.Tensor:

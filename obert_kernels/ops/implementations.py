@@ -47,11 +47,12 @@ def woodbury_update(finv: torch.Tensor, grads: torch.Tensor, num_grads: int, bac
         packed.run_tiled_inplace(finv, B, lambda tile, a, b: impl.fn(tile, _grads_tile(grads, B, a, b), num_grads))
 
 
-def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int, backend: str) -> None:
+def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int, upper_only: bool,
+                      backend: str) -> None:
     impl = kernel("fisher_accumulate", backend)
     B = _tiled(fisher, impl)
     if B is None:
-        impl.fn(fisher, grads, num_grads)
+        impl.fn(fisher, grads, num_grads, upper_only=upper_only)
         return
     for a, b in packed.tiles(fisher.shape[0], B, fisher.element_size()):  # each tile's chunk from zero, upper triangle added
         tile = fisher.new_zeros(b - a, B, B)

@@ -38,7 +38,7 @@ NAMESPACE = "obert_kernels"
 
 SCHEMAS = {
     "woodbury_update": "(Tensor(a!) finv, Tensor grads, int num_grads, str backend) -> ()",
-    "fisher_accumulate": "(Tensor(a!) fisher, Tensor grads, int num_grads, str backend) -> ()",
+    "fisher_accumulate": "(Tensor(a!) fisher, Tensor grads, int num_grads, bool upper_only, str backend) -> ()",
     "fisher_invert": "(Tensor(a!) fisher, float damp, str backend) -> ()",
     "obs_scores": "(Tensor weight, Tensor finv, str pattern, Tensor? pruned, str backend) -> Tensor",
     "obs_scores_factors": "(Tensor weight, Tensor finv, str pattern, Tensor? pruned, str backend) -> (Tensor, Tensor)",

@@ -106,15 +106,18 @@ def _block_rows(grads: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
     return grads if grads.stride(2) == 1 else grads.contiguous()
 
 
-def fisher_accumulate_cpp(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int) -> torch.Tensor:
+def fisher_accumulate_cpp(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
+                          upper_only: bool = False) -> torch.Tensor:
     """fisher (num_blocks, B, B) float32 += Σ g gᵀ / m over a chunk, blockwise, in place.
-    grads: (k, d) or block-major (num_blocks, k, B), float32 (others are converted)."""
+    grads: (k, d) or block-major (num_blocks, k, B), float32 (others are converted).
+    upper_only: only the upper triangles are added to (the lower ones left as they were)."""
     num_blocks, B = fisher.shape[0], fisher.shape[1]
     rows = _block_rows(grads, num_blocks, B)
     with _contiguous(fisher) as target:
         if num_blocks and rows.shape[1]:
             extension.fisher_accumulate(target.data_ptr(), rows.data_ptr(), num_blocks, rows.shape[1], B,
-                                        rows.stride(0), rows.stride(1), 1.0 / num_grads, torch.get_num_threads())
+                                        rows.stride(0), rows.stride(1), 1.0 / num_grads, upper_only,
+                                        torch.get_num_threads())
     return fisher
 
 

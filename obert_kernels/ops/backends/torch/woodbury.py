@@ -118,8 +118,10 @@ def woodbury_update_torch(finv: torch.Tensor, grads: torch.Tensor, num_grads: in
     return finv
 
 
-def fisher_accumulate_torch(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int) -> torch.Tensor:
-    """fisher += Σ g gᵀ / m over a chunk, blockwise (in place): the direct path.
+def fisher_accumulate_torch(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
+                            upper_only: bool = False) -> torch.Tensor:
+    """fisher += Σ g gᵀ / m over a chunk, blockwise (in place): the direct path. upper_only is
+    allowed and ignored: both triangles are written.
 
     grads: (k, d) or block-major (num_blocks, k, B); block-major is measured ~25% faster
     on 2 CPU cores (d = 10^6, B = 50, k = 32: 99 vs 76 GFLOP/s), as the product needs no transpose.

@@ -190,8 +190,10 @@ def woodbury_update_triton(finv: torch.Tensor, grads: torch.Tensor, num_grads: i
     return finv
 
 
-def fisher_accumulate_triton(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int) -> torch.Tensor:
-    """Direct path, step 1: fisher += Σ g gᵀ / m per block (in place); returns fisher.
+def fisher_accumulate_triton(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
+                             upper_only: bool = False) -> torch.Tensor:
+    """Direct path, step 1: fisher += Σ g gᵀ / m per block (in place); returns fisher. upper_only
+    is allowed and ignored: both triangles are written.
 
     fisher: (num_blocks, B, B) float32 (any strides); grads as for woodbury_update_triton.
     """
