@@ -15,18 +15,21 @@ other state: ``PrunedMasks``, its history and the damping policy's choice); see
 
 What a failure leaves (issue 14):
 
-- A flush whose op writes the state with one in-place torch call (``applies_in_one_write``:
-  the direct build on dense blocks with the torch backend, the CPU's default) applies the
-  whole chunk in that one call, with no backup: such a call raises before it writes, or
-  writes everything; a SIGINT that arrives meanwhile is held (``interrupts_held``) until the
-  chunk is recorded as applied, so it never falls between the write and its record. Measured
-  (issue 15, d = 10⁶, B = 50, m = 1024, 2 threads, 2026-11-30): the sliced, backed-up flush
-  below cost ~1 s more per 1,024 gradients than this (2,895 calls and 1 MiB copies per 512
-  gradients).
-- Any other flush (Woodbury, packed storage, the GPU kernels) applies the chunk in slices of ``FLUSH_SLICE_BYTES`` of the Fisher state, each
-  slice copied to a scratch slice first: a slice whose op raises (or is interrupted after it
-  wrote) is put back from the copy, and the buffer's ``Counts.applied_blocks`` records the
-  slices done, so the next flush resumes there. The state holds the same gradients as before
+- A flush whose op writes the state in one call (``applies_in_one_write``: the direct build
+  on dense blocks with the torch backend's one ``baddbmm_`` or the cpp backend's one C++
+  call, the CPU's default) applies the whole chunk in that call, with no backup: such a call
+  raises before it writes, or writes everything; a SIGINT that arrives meanwhile is held
+  (``interrupts_held``) until the chunk is recorded as applied, so it never falls between the
+  write and its record. Measured (issue 15, d = 10⁶, B = 50, m = 1024, 2 threads,
+  2026-11-30): the sliced, backed-up flush below cost ~1 s more per 1,024 gradients than
+  this (2,895 calls and 1 MiB copies per 512 gradients). The cpp backend adds to the upper
+  triangles only (``UPPER_ONLY_BACKENDS``); ``FisherState.lower_stale`` says so until
+  ``symmetrize`` mirrors them, once, before the sum is read (``finalize``, ``fisher_inverse``).
+- Any other flush (Woodbury, packed storage, the GPU kernels) applies the chunk in slices of
+  ``FLUSH_SLICE_BYTES`` of the Fisher state, each slice copied to a scratch slice first: a
+  slice whose op raises (or is interrupted after it wrote) is put back from the copy, and
+  the buffer's ``Counts.applied_blocks`` records the slices done, so the next flush resumes
+  there. The state holds the same gradients as before
   the failed call and the result is bit-identical to an uninterrupted flush (blocks are
   independent). The slice is small so that the backup and the op's read of it hit the cache:
   the backup then costs almost nothing (MiniLM's blocks, B = 32, k = 32, one thread, CPU time,
@@ -60,7 +63,8 @@ from .interrupts import interrupts_held
 from .inversion import Inversion, run_inversion, start_inversion
 
 __all__ = ["FisherKind", "FisherState", "FisherBuild", "FLUSH_SLICE_BYTES", "FLUSH_SLICE_BYTES_ACCELERATOR",
-           "applies_in_one_write", "flush_slice_bytes", "blocks_per_flush_slice", "flush_slice_blocks", "fits_on_heldout", "config_with_damp"]
+           "UPPER_ONLY_BACKENDS", "applies_in_one_write", "flush_slice_bytes", "blocks_per_flush_slice",
+           "flush_slice_blocks", "fits_on_heldout", "config_with_damp"]
 
 LayoutFn = Callable[[], BlockLayout]
 # Backends whose fisher_accumulate adds to the upper triangles only when asked (upper_only):

@@ -9,7 +9,8 @@ import torch
 
 from .patterns import Pattern
 
-__all__ = ["padded_blocks", "mirror_upper", "MIRROR_SLICE", "group_diag_blocks", "nm_subset_masks", "score_shape", "factor_shape", "check_groups"]
+__all__ = ["padded_blocks", "mirror_upper", "MIRROR_SLICE", "group_diag_blocks",
+           "nm_subset_masks", "score_shape", "factor_shape", "check_groups"]
 
 
 def padded_blocks(flat: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:

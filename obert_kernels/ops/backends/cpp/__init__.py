@@ -1,14 +1,17 @@
 """The C++ CPU backend: the direct Fisher build's two ops, compiled (csrc/cpu/, ``obert_kernels._cpu``).
 
 - ``fisher_accumulate``: each block's k×B gradient slice is copied to a cache-resident
-  scratch, the upper tiles of its Gram matrix are computed with AVX2/FMA in registers,
-  mirrored, and added: F stays exactly symmetric. Memory-bound at k = 32 like torch's
-  batched product (F is read and written once per chunk); it is ~equal at B = 50 and faster
-  at B = 32 (measurements in ``bench/results/cpu-backend-*.txt``).
+  scratch, the upper tiles of its Gram matrix are computed with AVX2/FMA in registers and,
+  by default, mirrored and added (F stays exactly symmetric); with ``upper_only`` only the
+  upper triangles are added (the pruner's flush; it mirrors once per step). Two threads,
+  median of 5 (csrc/cpu/fisher_cpu.cpp and core/fisher_state.py record the runs), a chunk of
+  k = 32 at d = 10⁶, B = 50: full blocks 62-66 ms, upper only 48 ms, torch's ``baddbmm_``
+  63 ms; at MiniLM's 10.6M weights, B = 32: 378-403, 323 and 593 ms.
 - ``fisher_invert``: four blocks at a time, one per double lane of an AVX2 register: Cholesky,
   the triangular inverse and (L⁻¹)ᵀL⁻¹ in float64, stored as float32. It replaces one LAPACK
   call per 50×50 block (torch loops over the batch), and its error against float64 is the
-  float32 rounding of the result alone.
+  float32 rounding of the result alone: 8,192 blocks of 50×50, two threads, 124 ms against
+  332 ms for the torch backend, max relative error 2.3e-8 against 1.6e-7 (2026-11-30).
 
 Like the CUDA binding it takes raw pointers: everything is checked here first (device, dtype,
 layout, the CPU's AVX2/FMA), and a call it cannot serve gets reasons, so ``auto`` falls back
