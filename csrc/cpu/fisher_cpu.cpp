@@ -45,8 +45,10 @@ void parallel_ranges(int64_t n, int threads, int64_t align, Fn fn) {
   for (auto& t : pool) t.join();
 }
 
+#if defined(__x86_64__) || defined(__i386__)  // elsewhere supported() is false and nothing below runs
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 
 typedef float f8 __attribute__((vector_size(32)));
 typedef double d4 __attribute__((vector_size(32)));
@@ -195,7 +197,9 @@ static void invert_group(float* fisher, int64_t b, int lanes, int B, double damp
     if (bad >> l & 1) failed[(*num_failed)++] = b + l;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
 #pragma GCC pop_options
+#endif
 
 // fisher (num_blocks, B, B) += scale · Σ_i g_i g_iᵀ blockwise; block b's gradient i starts at
 // grads + b·block_stride + i·row_stride (floats), its B values contiguous. upper_only: add the

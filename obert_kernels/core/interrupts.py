@@ -20,9 +20,11 @@ def interrupts_held():
     """Defer SIGINT until the block ends (then re-raise it to the previous handler).
 
     Only the main thread receives signals, and only there can a handler be set: elsewhere
-    (and where the previous handler is not a Python one we may replace) this does nothing.
+    (and where the previous handler was not installed from Python, so it could not be put
+    back) this does nothing.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        # None: a handler not installed from Python, which could not be put back afterwards
         yield
         return
     received = []
