@@ -11,9 +11,18 @@ import importlib
 
 from ..dispatch import mark_unavailable
 
-__all__ = ["load_backends", "OPTIONAL_BACKENDS"]
+__all__ = ["load_backends", "optional_extension", "OPTIONAL_BACKENDS"]
 
 OPTIONAL_BACKENDS = {"triton": ".triton", "cuda": ".cuda", "cpp": ".cpp"}
+
+
+def optional_extension(name: str):
+    """(the compiled module ``name``, "") or (None, why it did not import): a missing extension
+    is a reason a backend gives, not an import error."""
+    try:
+        return importlib.import_module(name), ""
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        return None, str(exc)
 
 
 def load_backends() -> None:

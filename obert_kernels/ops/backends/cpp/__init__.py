@@ -20,23 +20,17 @@ inside one call that Python cannot interrupt half-way (a KeyboardInterrupt surfa
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
 from ... import checks
+from .. import optional_extension
 from ...dispatch import register
 from ..torch.woodbury import fisher_invert_torch
 
-try:  # the optional extension; its absence is a reason, not an import error
-    extension = importlib.import_module("obert_kernels._cpu")
-except ImportError as exc:  # pragma: no cover - depends on the build
-    extension = None
-    _IMPORT_ERROR = str(exc)
-else:
-    _IMPORT_ERROR = ""
+extension, _IMPORT_ERROR = optional_extension("obert_kernels._cpu")
 # asked once: the reasons run while torch.compile traces, which cannot call into the extension
 CPU_SUPPORTED = extension is not None and bool(extension.supported())
 
@@ -61,8 +55,6 @@ def status() -> str:
 
 # ---- reasons -------------------------------------------------------------------------
 def _common_reasons(finv: torch.Tensor) -> list[str]:
-    if extension is None:
-        return [status()]
     if not CPU_SUPPORTED:
         return ["this CPU lacks AVX2/FMA, which the CPU extension's kernels need"]
     out = []

@@ -12,24 +12,18 @@ and write both, float32 only.
 """
 from __future__ import annotations
 
-import importlib
 
 import torch
 
 from ...patterns import Pattern
 from ... import checks
+from .. import optional_extension
 from ...dispatch import register
 from ...packed import is_packed, unpack_upper
 from ...blocks import check_groups
 from ..torch.update import obs_update_torch
 
-try:  # the optional extension; its absence is a reason, not an import error
-    extension = importlib.import_module("obert_kernels._C")
-except ImportError as exc:  # pragma: no cover - depends on the build
-    extension = None
-    _IMPORT_ERROR = str(exc)
-else:
-    _IMPORT_ERROR = ""
+extension, _IMPORT_ERROR = optional_extension("obert_kernels._C")
 
 __all__ = ["register_all", "available", "status", "AUTO_PREFERS_CUDA"]
 
