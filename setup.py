@@ -125,30 +125,35 @@ class BuildCudaExt(build_ext):
             return self._build_cpu(ext)
         if ext.name != "obert_kernels._C":
             return super().build_extension(ext)
-        start = time.perf_counter()
-        try:
-            objects = self._compile_cuda(ext)
-            ext.extra_objects = objects + list(ext.extra_objects or [])
-            super().build_extension(ext)
-        except Exception as exc:
-            if MODE == "1":
-                raise
-            say(f"CUDA extension not built ({type(exc).__name__}: {exc}); the torch/Triton backends still work. "
-                "Set OBERT_KERNELS_BUILD_CUDA=1 to make this an error.")
-            return
-        say(f"built the CUDA extension for sm_{', sm_'.join(archs())} in {time.perf_counter() - start:.0f} s")
+        seconds = self._optional("CUDA", MODE, "the torch/Triton backends still work", lambda: self._link_cuda(ext))
+        if seconds is not None:
+            say(f"built the CUDA extension for sm_{', sm_'.join(archs())} in {seconds:.0f} s")
+
+    def _link_cuda(self, ext):
+        objects = self._compile_cuda(ext)
+        ext.extra_objects = objects + list(ext.extra_objects or [])
+        super().build_extension(ext)
 
     def _build_cpu(self, ext):
+        seconds = self._optional("CPU", CPU_MODE, "the torch backend serves the CPU",
+                                 lambda: super(BuildCudaExt, self).build_extension(ext))
+        if seconds is not None:
+            say(f"built the CPU extension in {seconds:.0f} s")
+
+    @staticmethod
+    def _optional(kind: str, mode: str, fallback: str, build) -> float | None:
+        """Run build(); the seconds it took, or None when it failed and ``mode`` is not "1"
+        (OBERT_KERNELS_BUILD_<kind>=1 makes a failure an error), after one line saying so."""
         start = time.perf_counter()
         try:
-            super().build_extension(ext)
+            build()
         except Exception as exc:
-            if CPU_MODE == "1":
+            if mode == "1":
                 raise
-            say(f"CPU extension not built ({type(exc).__name__}: {exc}); the torch backend serves the CPU. "
-                "Set OBERT_KERNELS_BUILD_CPU=1 to make this an error.")
-            return
-        say(f"built the CPU extension in {time.perf_counter() - start:.0f} s")
+            say(f"{kind} extension not built ({type(exc).__name__}: {exc}); {fallback}. "
+                f"Set OBERT_KERNELS_BUILD_{kind}=1 to make this an error.")
+            return None
+        return time.perf_counter() - start
 
     def _compile_cuda(self, ext) -> list[str]:
         nvcc = ext._obk_nvcc
