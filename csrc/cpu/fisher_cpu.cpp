@@ -106,7 +106,8 @@ constexpr int64_t PREFETCH_BLOCKS_AHEAD = 2;
 
 // fisher_b += scale · g_bᵀ g_b for one block: g (k rows of B, `row_stride` apart) copied into a zero-padded
 // k × P scratch (P = B rounded up to 8), the upper tiles of the P × P Gram matrix computed,
-// mirrored, and added row by row: the result is exactly symmetric.
+// mirrored, and added row by row: the result is exactly symmetric. upper_only: no mirror, and
+// each row adds its entries c ≥ r only (the strict lower triangle is left as it was).
 static void accumulate_block(float* fisher, const float* g, int64_t row_stride, int k, int B, float scale,
                              bool upper_only, float* gpad, float* gram, Prefetcher& ahead) {
   const int P = (B + 7) / 8 * 8;
