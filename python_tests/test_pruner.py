@@ -1,4 +1,6 @@
 """FisherPruner: selection, masks, updates against the oracle, and bad input."""
+import contextlib
+
 import pytest
 import torch
 from conftest import random_grads, rel_err
@@ -233,18 +235,21 @@ def test_report_table(seed):
 
 @pytest.mark.parametrize("path,backend,expect_sizes", [
     ("one write", "torch", [13]), ("one write", "auto", [13]), ("sliced", "torch", [3, 3, 3, 3, 1])])
-def test_flush_applies_the_chunk_without_rechecking_it(seed, monkeypatch, path, backend, expect_sizes):
+def test_flush_applies_the_chunk_without_rechecking_it(seed, monkeypatch, request, path, backend, expect_sizes):
     """add_grads checks each gradient once; the flush then applies the chunk, in one write where
-    the op allows (the dense direct build on torch, or cpp which auto takes on a CPU where it
-    is built), else in slices of at most
-    FLUSH_SLICE_BYTES of the Fisher state, and does not read the chunk again for finiteness
-    (issue 15), with the same F as one unsliced accumulation."""
+    the op's kernel is registered one_write (the dense direct build on torch, or cpp which auto
+    takes on a CPU where it is built), else in slices of at most FLUSH_SLICE_BYTES of the
+    Fisher state, and does not read the chunk again for finiteness (issue 15), with the same F
+    as one unsliced accumulation."""
     from obert_kernels.core import fisher_state
-    from obert_kernels.ops import checks
+    from obert_kernels.ops import checks, dispatch
+
+    stack = contextlib.ExitStack()
+    request.addfinalizer(stack.close)
 
     monkeypatch.setattr(fisher_state, "FLUSH_SLICE_BYTES", 3 * 8 * 8 * 4)  # 3 blocks of B = 8
-    if path == "sliced":
-        monkeypatch.setattr(fisher_state, "applies_in_one_write", lambda *args: False)
+    if path == "sliced":  # the same kernel, registered without the one_write capability
+        stack.enter_context(dispatch.registered("fisher_accumulate", "torch", ops.fisher_accumulate_torch))
     params = {"w": torch.randn(100)}
     grads = random_grads(8, 100)
     p = FisherPruner(params, block_size=8, num_grads=8, chunk_size=4, damp=1e-2, backend=backend, verbose=False)
@@ -256,7 +261,7 @@ def test_flush_applies_the_chunk_without_rechecking_it(seed, monkeypatch, path, 
     for g in grads[:5]:  # the 5th call flushes the first chunk of 4
         p.add_grads({"w": g})
     assert sizes == expect_sizes and finite_checks == []
-    p._state.fisher.symmetrize()  # cpp adds to the upper triangles only (fisher_state.UPPER_ONLY_BACKENDS)
+    p._state.fisher.symmetrize()  # cpp adds to the upper triangles only (registered upper_only)
     fisher = p._state.fisher.blocks.clone()
     expected = torch.zeros(13, 8, 8, dtype=torch.float64)
     ops.fisher_accumulate(expected, grads[:4].double(), 8)

@@ -23,8 +23,9 @@ What a failure leaves (issue 14):
   write and its record. Measured (issue 15, d = 10⁶, B = 50, m = 1024, 2 threads,
   2026-11-30): the sliced, backed-up flush below cost ~1 s more per 1,024 gradients than
   this (2,895 calls and 1 MiB copies per 512 gradients). The cpp backend adds to the upper
-  triangles only (``UPPER_ONLY_BACKENDS``); ``FisherState.lower_stale`` says so until
-  ``symmetrize`` mirrors them, once, before the sum is read (``finalize``, ``fisher_inverse``).
+  triangles only (its kernel is registered ``upper_only``); ``FisherState.lower_stale`` says
+  so until ``symmetrize`` mirrors them, once, before the sum is read (``finalize``,
+  ``fisher_inverse``).
 - Any other flush (Woodbury, packed storage, the GPU kernels) applies the chunk in slices of
   ``FLUSH_SLICE_BYTES`` of the Fisher state, each slice copied to a scratch slice first: a
   slice whose op raises (or is interrupted after it wrote) is put back from the copy, and
@@ -63,15 +64,10 @@ from .interrupts import interrupts_held
 from .inversion import Inversion, run_inversion, start_inversion
 
 __all__ = ["FisherKind", "FisherState", "FisherBuild", "FLUSH_SLICE_BYTES", "FLUSH_SLICE_BYTES_ACCELERATOR",
-           "UPPER_ONLY_BACKENDS", "applies_in_one_write", "flush_slice_bytes", "blocks_per_flush_slice",
+           "applies_in_one_write", "flush_slice_bytes", "blocks_per_flush_slice",
            "flush_slice_blocks", "fits_on_heldout", "config_with_damp"]
 
 LayoutFn = Callable[[], BlockLayout]
-# Backends whose fisher_accumulate adds to the upper triangles only when asked (upper_only):
-# the flush asks them, and the state mirrors once before the sum is read. cpp, 2026-11-30, two
-# threads, median of 5 (d = 10⁶, B = 50 | MiniLM's 10.6M weights, B = 32; k = 32): 48 vs 63 ms
-# a chunk | 323 vs 403 ms; the mirror (ops.mirror_upper) once a step: 0.07 | 0.40 s.
-UPPER_ONLY_BACKENDS = ("cpp",)
 # Bytes of the Fisher state per step of a flush (each backed up to scratch first; see above).
 # On a CPU small, for the cache; on a GPU large, as each slice is a few kernel launches (~10 µs
 # each) and the whole flush of MiniLM's 1.4 GB state is ~1 ms of bandwidth (not measured on a GPU).
@@ -96,12 +92,12 @@ def flush_slice_blocks(blocks: torch.Tensor) -> int:
 
 
 def applies_in_one_write(config: PrunerConfig, backend: str, blocks: torch.Tensor) -> bool:
-    """Whether the flush's op writes ``blocks`` with one in-place torch call, which raises
-    before it writes or writes everything (so the flush needs no backup; see the module doc):
-    the direct build on dense blocks (packed ones are added tile by tile) with the torch
-    backend (one ``baddbmm_``) or the C++ one (one call that checks nothing once started).
-    The Woodbury update is several writes."""
-    return config.fisher_method != "woodbury" and backend in ("torch", "cpp") and blocks.dim() == 3
+    """Whether the flush's op writes ``blocks`` in one step, raising before it writes or
+    writing everything (so the flush needs no backup; see the module doc): the direct build on
+    dense blocks (packed ones are added tile by tile) with a kernel registered ``one_write``
+    (torch's one ``baddbmm_``, cpp's one C++ call). The Woodbury update is several writes."""
+    return (config.fisher_method != "woodbury" and blocks.dim() == 3
+            and ops.dispatch.kernel("fisher_accumulate", backend).one_write)
 
 
 def fits_on_heldout(damping: Damping) -> bool:
@@ -148,7 +144,11 @@ class FisherState:
         if config.fisher_method == "woodbury":
             ops.woodbury_update(self.blocks[blocks], chunk, config.num_grads, backend=backend, check_finite=False)
             return
-        upper_only = backend in UPPER_ONLY_BACKENDS and self.blocks.dim() == 3
+        # a kernel registered upper_only adds to the upper triangles only, and the state mirrors
+        # them once before the sum is read. cpp, 2026-11-30, two threads, median of 5 (d = 10⁶,
+        # B = 50 | MiniLM's 10.6M weights, B = 32; k = 32): 48 vs 63 ms a chunk | 323 vs 403 ms;
+        # the mirror (ops.mirror_upper) once a step: 0.07 | 0.40 s.
+        upper_only = self.blocks.dim() == 3 and ops.dispatch.kernel("fisher_accumulate", backend).upper_only
         if upper_only:
             self.lower_stale = True  # before the write: an interrupted one leaves it stale too
         ops.fisher_accumulate(self.blocks[blocks], chunk, config.num_grads, backend=backend, check_finite=False,

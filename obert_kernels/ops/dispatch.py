@@ -63,6 +63,11 @@ class _Impl:
     auto_reasons: Callable[..., list[str]]
     # reads and writes packed F⁻¹ (ops/packed.py) itself; others get it unpacked tile by tile
     packed: bool = False
+    # writes its in-place output in one step: it raises before writing anything, or writes it
+    # all (a caller then needs no backup of what it writes; core/fisher_state.py's flush)
+    one_write: bool = False
+    # fisher_accumulate only: with upper_only=True it leaves the strict lower triangles alone
+    upper_only: bool = False
 
 
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
@@ -75,25 +80,29 @@ def _no_reasons(**_call) -> list[str]:
 
 
 def register(op: str, backend: str, fn: Callable, reasons: Callable[..., list[str]] | None = None,
-             auto_reasons: Callable[..., list[str]] | None = None, packed: bool = False):
+             auto_reasons: Callable[..., list[str]] | None = None, packed: bool = False, one_write: bool = False,
+             upper_only: bool = False):
     """Register ``fn`` as ``backend``'s implementation of ``op``.
 
     reasons(**call) -> why it cannot serve a call; auto_reasons(**call) -> why "auto"
     should not pick it for a call it could serve; packed: fn also takes a packed F⁻¹
-    (num_blocks, B(B+1)/2) directly (its reasons then see packed calls too).
+    (num_blocks, B(B+1)/2) directly (its reasons then see packed calls too); one_write and
+    upper_only: the capabilities of ``_Impl`` of those names.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
-    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, reasons or _no_reasons, auto_reasons or _no_reasons, packed)
+    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, reasons or _no_reasons, auto_reasons or _no_reasons, packed,
+                                                  one_write, upper_only)
 
 
 @contextmanager
 def registered(op: str, backend: str, fn: Callable, reasons: Callable[..., list[str]] | None = None,
-               auto_reasons: Callable[..., list[str]] | None = None, packed: bool = False) -> Iterator[None]:
+               auto_reasons: Callable[..., list[str]] | None = None, packed: bool = False, one_write: bool = False,
+               upper_only: bool = False) -> Iterator[None]:
     """``register`` for the length of a ``with`` block, then put back what was registered
     before (or nothing): a temporary implementation, e.g. a test's stand-in."""
     saved = _REGISTRY.get(op, {}).get(backend)
-    register(op, backend, fn, reasons, auto_reasons, packed)
+    register(op, backend, fn, reasons, auto_reasons, packed, one_write, upper_only)
     try:
         yield
     finally:

@@ -141,5 +141,6 @@ def fisher_invert_cpp(fisher: torch.Tensor, damp: float) -> torch.Tensor:
 def register_all() -> None:
     if extension is None:
         raise ImportError(status())
-    register("fisher_accumulate", "cpp", fisher_accumulate_cpp, _accumulate_reasons)
+    # one C++ call that checks nothing once it has started
+    register("fisher_accumulate", "cpp", fisher_accumulate_cpp, _accumulate_reasons, one_write=True, upper_only=True)
     register("fisher_invert", "cpp", fisher_invert_cpp, _invert_reasons)

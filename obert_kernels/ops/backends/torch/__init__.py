@@ -12,7 +12,7 @@ __all__ = ["register_all"]
 
 def register_all() -> None:
     register("woodbury_update", "torch", woodbury_update_torch)
-    register("fisher_accumulate", "torch", fisher_accumulate_torch)
+    register("fisher_accumulate", "torch", fisher_accumulate_torch, one_write=True)  # one baddbmm_ on dense blocks
     register("fisher_invert", "torch", fisher_invert_torch)
     register("obs_scores", "torch", obs_scores_torch)
     register("obs_update", "torch", obs_update_torch)
