@@ -63,7 +63,7 @@ def run_method(method, dense, data, sparsity, seed, args):
         run = gradual_prune(model, params, loss, train_batches, sparsity, args.steps, method="obs" if obert else "magnitude",
                             fisher_loss=cross_entropy_loss if obert else None,
                             fisher_batches=endless_batches(data, 8, seed + 1) if obert else None,
-                            update_every=args.update_every, **common, **(_pruner_kwargs(args) if obert else {}))
+                            update_every=args.update_every, prune_end=int(args.prune_end * args.steps), **common, **(_pruner_kwargs(args) if obert else {}))
     elif method == "dense fine-tune":
         run = finetune_with_masks(model, params, None, loss, train_batches, args.steps, **common)
     else:
@@ -123,7 +123,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--warmup", type=int, default=0)
-    ap.add_argument("--update-every", type=int, default=None, help="default: 10 pruning steps over the first 3/4")
+    ap.add_argument("--update-every", type=int, default=None, help="default: 10 pruning steps up to --prune-end")
+    ap.add_argument("--prune-end", type=float, default=0.75,
+                    help="gradual runs reach the target at this fraction of --steps; the rest recovers with masks fixed")
     ap.add_argument("--hardness", type=float, default=1.0)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--num-grads", type=int, default=128)

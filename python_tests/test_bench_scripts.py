@@ -123,13 +123,13 @@ def test_gradual_table_merges_runs_older_than_an_option_as_its_default(tmp_path,
     table = load_gradual_table()
     gradual_part(tmp_path / "a.json", table, 0.8)
     old = json.loads((tmp_path / "a.json").read_text())
-    for key in table.ADDED_ARGS:  # a run written before --prune-end and --max-tensor-sparsity existed
+    for key in table.ADDED_ARGS:  # a run written before --prune-end, --max-tensor-sparsity and --init-sparsity existed
         del old["args"][key]
     (tmp_path / "a.json").write_text(json.dumps(old))
     for value, merges in (("0.75", True), ("0.5", False)):
         gradual_part(tmp_path / "b.json", table, 0.9)
         new = json.loads((tmp_path / "b.json").read_text())
-        new["args"].update(prune_end=value, max_tensor_sparsity="None")
+        new["args"].update(table.ADDED_ARGS, prune_end=value)
         (tmp_path / "b.json").write_text(json.dumps(new))
         argv = ["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / f"m{value}")]
         if merges:
