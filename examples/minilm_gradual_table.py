@@ -57,7 +57,7 @@ from obert_kernels.app.text import split_sentences, stdlib_sentences  # noqa: E4
 from obert_kernels.core.memory import format_bytes  # noqa: E402
 from obert_kernels.integrations.hf_models import embedding_agreement, encoder_weights, load_sentence_encoder, sentence_batches  # noqa: E402
 from obert_kernels.recipes.distillation import DistillationLoss  # noqa: E402
-from obert_kernels.recipes.gradual_training import finetune_with_masks, gradual_prune  # noqa: E402
+from obert_kernels.recipes.gradual_training import PRUNE_END_FRACTION, finetune_with_masks, gradual_prune  # noqa: E402
 from obert_kernels.recipes.probes import GaussNewtonProbe  # noqa: E402
 from obert_kernels.recipes.prune_model import prune_model  # noqa: E402
 
@@ -89,8 +89,10 @@ def run_one(method, sparsity, encoder, dense_model, dense_emb, held_out, train_t
         run = finetune_with_masks(model, params, one.masks, loss, batches, args.steps, **common)
         run.prune_seconds += one.meter.total_seconds()
         run.peak_bytes = max(run.peak_bytes, one.meter.max_peak())
-    else:
+    elif method == DENSE:
         run = finetune_with_masks(model, params, None, loss, batches, args.steps, **common)
+    else:
+        raise ValueError(f"unknown method {method!r}")
     total = time.perf_counter() - start
     metrics = embedding_agreement(dense_emb, encoder.encode(held_out, model=model), per_sentence=True)
     zeros = sum(int((t == 0).sum()) for _, t in params) / sum(t.numel() for _, t in params)
@@ -153,7 +155,7 @@ ADDED_ARGS = {"prune_end": "0.75", "max_tensor_sparsity": "None", "init_sparsity
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
-    ap.add_argument("--methods", nargs="+", default=[GRADUAL, GMP, ONESHOT])
+    ap.add_argument("--methods", nargs="+", default=[GRADUAL, GMP, ONESHOT], choices=[GRADUAL, GMP, ONESHOT])
     ap.add_argument("--steps", type=int, default=400, help="optimizer steps of distillation per method")
     ap.add_argument("--train-batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -163,7 +165,7 @@ def parse_args(argv):
     ap.add_argument("--gradual-grads", type=int, default=256, help="m per pruning step of gradual oBERT")
     ap.add_argument("--update-every", type=int, default=None, help="steps between pruning steps (default: 10 pruning steps)")
     ap.add_argument("--num-grads", type=int, default=256, help="m per step of one-shot oBERT (4 steps)")
-    ap.add_argument("--prune-end", type=float, default=0.4,
+    ap.add_argument("--prune-end", type=float, default=PRUNE_END_FRACTION,
                     help="gradual runs reach the target at this fraction of --steps; the rest recovers with masks fixed")
     ap.add_argument("--init-sparsity", type=float, default=0.0,
                     help="gradual runs (GMP too): the cubic schedule starts at this sparsity, pruned at the first pruning step")

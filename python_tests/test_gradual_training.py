@@ -199,8 +199,9 @@ def test_cli_gradual_digits_writes_only_when_complete(cli_ok, tmp_path, capsys, 
 
 @pytest.mark.parametrize("extra,message", [
     (["--sparsity", "1.0"], "sparsity must be in"),
-    (["--sparsity", "0.9", "--train-steps", "2"], "must come before the last training step"),
-    (["--sparsity", "0.9", "--fisher-from", "train"], r"update_every \(3\) < num_grads \(8\)"),
+    (["--sparsity", "0.9", "--train-steps", "1"], "must come before the last training step"),
+    (["--sparsity", "0.9", "--train-steps", "2", "--prune-end", "0.75"], "must come before the last training step"),
+    (["--sparsity", "0.9", "--fisher-from", "train"], r"update_every \(1\) < num_grads \(8\)"),
     (["--sparsity", "0.9", "--method", "random"], "invalid choice"),
 ])
 def test_cli_gradual_bad_input_fails_before_training(cli_ok, tmp_path, capsys, monkeypatch, extra, message):

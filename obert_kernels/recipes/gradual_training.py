@@ -45,6 +45,11 @@ __all__ = ["gradual_prune", "check_schedule", "finetune_with_masks", "GradualRun
            "GRADUAL_METHODS"]
 
 GRADUAL_METHODS = ("obs", "joint", "sequential", "magnitude")
+# The last pruning step, as a fraction of the steps (was 3/4). Measured 2026-11-30 (README, "Gradual
+# pruning with distillation"): MiniLM at 90%, 400 steps, mean cosine +0.007 for 1/2 over 3/4 and
+# +0.0012 for 2/5 over 1/2; the digits MLP, 1000 steps, seeds 3-5, gradual oBERT at 95/97/98%:
+# 96.0/94.4/92.3% at 2/5 against 95.8/93.7/92.1% at 3/4 (each a separate run; runs differ by ~1 point).
+PRUNE_END_FRACTION = 0.4
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, final_fraction: float = 0.0) -> float:
@@ -195,7 +200,7 @@ def check_schedule(steps: int, sparsity: float, *, method: str = "obs", init_spa
                    num_grads: int | None = None) -> tuple[list[tuple[int, float]], int, int]:
     """Check a gradual schedule against the steps before any training; returns (plan, prune_end, update_every).
 
-    Defaults: prune_end = 3/4 of the steps (the last quarter recovers with masks fixed),
+    Defaults: prune_end = 2/5 of the steps (``PRUNE_END_FRACTION``; the rest recovers with masks fixed),
     update_every = the pruning span / 9 (10 pruning steps). ValueError, saying what to change,
     when: the method is unknown, sparsity is outside [init_sparsity, 1), the pruning does not
     end before the last step, the schedule prunes nothing, or (gradients from the training
@@ -207,7 +212,7 @@ def check_schedule(steps: int, sparsity: float, *, method: str = "obs", init_spa
         raise ValueError(f"need 0 ≤ init_sparsity ≤ sparsity < 1, got {init_sparsity}, {sparsity}")
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
-    prune_end = (3 * steps) // 4 if prune_end is None else prune_end
+    prune_end = int(PRUNE_END_FRACTION * steps) if prune_end is None else prune_end
     if not 0 <= prune_start <= prune_end:
         raise ValueError(f"need 0 ≤ prune_start ≤ prune_end, got {prune_start}, {prune_end}")
     if prune_end >= steps - 1:
@@ -260,7 +265,7 @@ def gradual_prune(
 
     loss_fn(model, batch) -> scalar, on batches drawn from ``batches`` (one per step; may be
     endless). The schedule: pruning steps prune_start, prune_start + update_every, ...,
-    prune_end (default: 3/4 of the steps, so the last quarter recovers with masks fixed;
+    prune_end (default: 2/5 of the steps, so the rest recovers with masks fixed;
     update_every default: 10 pruning steps), cubic from init_sparsity to sparsity; steps
     whose cubic target is 0 are skipped. pattern/global_sparsity: as FisherPruner's (both
     methods); pruner_kwargs go to FisherPruner. Raises ValueError before training when the
