@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..specs import PRUNE_END_FRACTION
 from .options import BenchOptions, CheckOptions, DemoOptions, InfoOptions, PruneOptions
 
 __all__ = ["main", "build_parser", "add_demo_arguments"]
@@ -79,7 +80,7 @@ def add_gradual_arguments(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("gradual pruning with distillation (--gradual)")
     g.add_argument("--gradual", action="store_true", help="prune gradually while fine-tuning with distillation from the dense model")
     g.add_argument("--train-steps", type=int, default=600, help="optimizer steps in all (default: %(default)s)")
-    g.add_argument("--prune-end", type=float, default=0.4, help="last pruning step as a fraction of the steps; the rest "
+    g.add_argument("--prune-end", type=float, default=PRUNE_END_FRACTION, help="last pruning step as a fraction of the steps; the rest "
                    "recovers with masks fixed (default: %(default)s)")
     g.add_argument("--update-every", type=int, help="steps between pruning steps (default: 10 pruning steps)")
     g.add_argument("--init-sparsity", type=float, default=0.0, help="the cubic schedule's start (default: %(default)s)")

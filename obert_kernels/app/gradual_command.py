@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from ..integrations.export import MASKS_FILE, atomic_output_dir, save_encoder_dir, check_output_dir, require_safetensors, save_masks, save_tensors
-from ..recipes.gradual_training import GRADUAL_METHODS, check_schedule, gradual_prune
+from ..recipes.gradual_training import GRADUAL_METHODS, PRUNE_END_FRACTION, check_schedule, gradual_prune
 from .info import versions
 from .options import PruneOptions, read_texts
 
@@ -65,7 +65,7 @@ class GradualOptions:
 
     prune: PruneOptions
     train_steps: int = 600
-    prune_end: float = 0.4
+    prune_end: float = PRUNE_END_FRACTION
     update_every: int | None = None
     init_sparsity: float = 0.0
     lr: float | None = None

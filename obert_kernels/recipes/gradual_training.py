@@ -37,19 +37,15 @@ from torch import nn
 
 from ..core.profiling import peak_rss, reset_peak_rss
 from ..core.pruner import FisherPruner, named_tensors
+from ..specs import PRUNE_END_FRACTION
 from .baselines import magnitude_prune
 from .gradual import GradualSchedule, cubic_sparsity
 from .prune_model import grads_only_for
 
-__all__ = ["gradual_prune", "check_schedule", "finetune_with_masks", "GradualRun", "MaskKeeper", "lr_factor", "plan_pruning_steps",
+__all__ = ["PRUNE_END_FRACTION", "gradual_prune", "check_schedule", "finetune_with_masks", "GradualRun", "MaskKeeper", "lr_factor", "plan_pruning_steps",
            "GRADUAL_METHODS"]
 
 GRADUAL_METHODS = ("obs", "joint", "sequential", "magnitude")
-# The last pruning step, as a fraction of the steps (was 3/4). Measured 2026-11-30 (README, "Gradual
-# pruning with distillation"): MiniLM at 90%, 400 steps, mean cosine +0.007 for 1/2 over 3/4 and
-# +0.0012 for 2/5 over 1/2; the digits MLP, 1000 steps, seeds 3-5, gradual oBERT at 95/97/98%:
-# 96.0/94.4/92.3% at 2/5 against 95.8/93.7/92.1% at 3/4 (each a separate run; runs differ by ~1 point).
-PRUNE_END_FRACTION = 0.4
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, final_fraction: float = 0.0) -> float:
