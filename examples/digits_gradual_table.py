@@ -36,7 +36,7 @@ from obert_kernels.app.gradual_command import GRADUAL_DAMP  # noqa: E402
 from obert_kernels.app.info import cpu_name, versions  # noqa: E402
 from obert_kernels.core.pruner import prunable_weights  # noqa: E402
 from obert_kernels.recipes.distillation import DistillationLoss  # noqa: E402
-from obert_kernels.recipes.gradual_training import PRUNE_END_FRACTION, finetune_with_masks, gradual_prune  # noqa: E402
+from obert_kernels.recipes.gradual_training import PRUNE_END_FRACTION, finetune_with_masks, gradual_prune, prune_end_step  # noqa: E402
 from obert_kernels.recipes.prune_model import prune_model  # noqa: E402
 
 METHODS = ("gradual oBERT", "GMP", "one-shot oBERT R=4 + recovery", "dense fine-tune")
@@ -63,7 +63,7 @@ def run_method(method, dense, data, sparsity, seed, args):
         run = gradual_prune(model, params, loss, train_batches, sparsity, args.steps, method="obs" if obert else "magnitude",
                             fisher_loss=cross_entropy_loss if obert else None,
                             fisher_batches=endless_batches(data, 8, seed + 1) if obert else None,
-                            update_every=args.update_every, prune_end=int(args.prune_end * args.steps), **common, **(_pruner_kwargs(args) if obert else {}))
+                            update_every=args.update_every, prune_end=prune_end_step(args.prune_end, args.steps), **common, **(_pruner_kwargs(args) if obert else {}))
     elif method == "dense fine-tune":
         run = finetune_with_masks(model, params, None, loss, train_batches, args.steps, **common)
     elif method == "one-shot oBERT R=4 + recovery":

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from ..integrations.export import MASKS_FILE, atomic_output_dir, save_encoder_dir, check_output_dir, require_safetensors, save_masks, save_tensors
-from ..recipes.gradual_training import GRADUAL_METHODS, PRUNE_END_FRACTION, check_schedule, gradual_prune
+from ..recipes.gradual_training import GRADUAL_METHODS, PRUNE_END_FRACTION, check_schedule, gradual_prune, prune_end_step
 from .info import versions
 from .options import PruneOptions, read_texts
 
@@ -107,7 +107,7 @@ class GradualOptions:
     def schedule(self) -> dict:
         """gradual_prune's schedule arguments, checked (ValueError names the flag to change)."""
         p = self.prune.pruner
-        end = int(self.prune_end * self.train_steps)
+        end = prune_end_step(self.prune_end, self.train_steps)
         try:
             plan, end, every = check_schedule(self.train_steps, self.prune.sparsity, method=p.method, init_sparsity=self.init_sparsity,
                                               prune_end=end, update_every=self.update_every,

@@ -42,7 +42,7 @@ from .baselines import magnitude_prune
 from .gradual import GradualSchedule, cubic_sparsity
 from .prune_model import grads_only_for
 
-__all__ = ["PRUNE_END_FRACTION", "gradual_prune", "check_schedule", "finetune_with_masks", "GradualRun", "MaskKeeper", "lr_factor", "plan_pruning_steps",
+__all__ = ["PRUNE_END_FRACTION", "prune_end_step", "gradual_prune", "check_schedule", "finetune_with_masks", "GradualRun", "MaskKeeper", "lr_factor", "plan_pruning_steps",
            "GRADUAL_METHODS"]
 
 GRADUAL_METHODS = ("obs", "joint", "sequential", "magnitude")
@@ -55,6 +55,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, final_fraction
         return (step + 1) / warmup_steps
     span = max(total_steps - 1 - warmup_steps, 1)
     return 1.0 - (1.0 - final_fraction) * min((step - warmup_steps) / span, 1.0)
+
+
+def prune_end_step(fraction: float, steps: int) -> int:
+    """The last pruning step at ``fraction`` of ``steps`` (the default, the command line's
+    --prune-end and the example tables all count it this one way)."""
+    return int(fraction * steps)
 
 
 def plan_pruning_steps(start: int, end: int, update_every: int, init_sparsity: float, final_sparsity: float) -> list[tuple[int, float]]:
@@ -208,7 +214,7 @@ def check_schedule(steps: int, sparsity: float, *, method: str = "obs", init_spa
         raise ValueError(f"need 0 ≤ init_sparsity ≤ sparsity < 1, got {init_sparsity}, {sparsity}")
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
-    prune_end = int(PRUNE_END_FRACTION * steps) if prune_end is None else prune_end
+    prune_end = prune_end_step(PRUNE_END_FRACTION, steps) if prune_end is None else prune_end
     if not 0 <= prune_start <= prune_end:
         raise ValueError(f"need 0 ≤ prune_start ≤ prune_end, got {prune_start}, {prune_end}")
     if prune_end >= steps - 1:
