@@ -367,8 +367,10 @@ def python_info(python: str) -> dict:
 
 def build_ext(python: str, archs: str, dest: Path | None) -> int:
     """setup.py build_ext with nvcc on all cores: into dest (a build-lib), or in place when None."""
+    # The CPU extension (_cpu, issue 15) stays out: the manifest carries one module, the GPU steps
+    # never call it, and since setup.py builds it by default it had made --build-ext-only fail.
     env = dict(os.environ, OBERT_KERNELS_BUILD_CUDA="1", OBERT_KERNELS_CUDA_ARCHS=archs,
-               OBERT_KERNELS_NVCC_THREADS=str(os.cpu_count() or 1))
+               OBERT_KERNELS_NVCC_THREADS=str(os.cpu_count() or 1), OBERT_KERNELS_BUILD_CPU="0")
     if not (env.get("CUDA_HOME") or shutil.which("nvcc")) and Path("/usr/local/cuda/bin/nvcc").exists():
         env["CUDA_HOME"] = "/usr/local/cuda"  # the toolkit's usual home, when an image leaves it off PATH
     temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"obk-ext-build-{os.getpid()}"
