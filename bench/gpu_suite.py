@@ -59,8 +59,11 @@ TARGETS = {"fisher_build_s": 0.5, "vs_naive": 30.0, "read_ratio": 2.0, "packed_f
 DRY_CUDA_BENCH = ["--device", "cpu", "--d", "600", "--block-size", "12", "--num-grads", "16", "--chunk", "16",
                   "--ref-blocks", "8", "--repeats", "1", "--damp", "1e-5",
                   "--backends", "naive,cuda-dense,cuda-packed,triton,triton-packed,direct"]
-GPU_TEST_FILES = ("test_triton.py", "test_factors.py", "test_scores_update.py", "test_woodbury.py",
-                  "test_packed.py", "test_dispatch.py", "test_integrations.py")
+# Under python_tests/ (a folder runs all of it): the ones parametrized over CUDA devices or backends.
+# "ops" replaced test_factors/test_scores_update/test_woodbury, moved there and renamed: on the
+# first GPU run (H200, 2026-11-30) their steps failed "file not found" and the op tests never ran.
+GPU_TEST_FILES = ("test_triton.py", "ops", "test_packed.py", "test_dispatch.py", "test_sequential.py",
+                  "test_pruner_backends.py", "test_integrations.py")
 
 
 # ---- steps -----------------------------------------------------------------------------------

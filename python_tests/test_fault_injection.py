@@ -148,7 +148,7 @@ def run_uninterrupted(params0, grads, sparsity, steps=1, **kw):
 
 # ---- add_grads ----------------------------------------------------------------------------
 ADD_STAGES = [  # (owner, name, nth, after, pruner kwargs): a fault in the 5th add_grads, which flushes chunk 1
-    (pruner_mod, "check_finite", 2, False, {}),  # checking the 2nd tensor's gradient
+    (pruner_mod, "check_all_finite", 1, False, {}),  # checking the gradients, before anything is written
     (grad_buffer, "write_row", 2, False, {}),  # copying: the 1st tensor's row written
     (grad_buffer, "write_row", 3, True, {}),  # copying: all rows written, counters not yet
     (ops, "fisher_accumulate", 1, False, {}),  # the flush's one write (dense, direct, torch), before it

@@ -27,6 +27,11 @@ def load():
     return mod
 
 
+def test_every_gpu_test_path_exists():
+    missing = [f for f in load().GPU_TEST_FILES if not (ROOT / "python_tests" / f).exists()]
+    assert not missing, f"GPU_TEST_FILES names paths python_tests/ no longer has: {missing}"
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite") / "results"

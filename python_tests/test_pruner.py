@@ -131,6 +131,13 @@ def test_params_forms(seed):
     assert mapping.num_blocks == pairs.num_blocks == 64 // 4 + -(-24 // 4)
 
 
+def test_finite_gradient_whose_sum_overflows_is_accepted(seed):
+    params = make_params()
+    p = pruner_for(params)
+    huge = {n: torch.full_like(t, 3e38) for n, t in params.items()}  # every sum is +inf in float32
+    assert p.add_grads(huge) == 1
+
+
 def test_bad_input_is_rejected_and_changes_nothing(seed):
     params = make_params()
     p = pruner_for(params)
@@ -138,7 +145,7 @@ def test_bad_input_is_rejected_and_changes_nothing(seed):
     p.add_grads(good)
     before = p._state.buffer.clone()
     bad_nan = dict(good, t1=torch.full_like(good["t1"], float("nan")))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="gradient of 't1' has non-finite"):  # the bad tensor named
         p.add_grads(bad_nan)
     with pytest.raises(ValueError, match="shape"):
         p.add_grads(dict(good, t0=torch.randn(12, 7)))

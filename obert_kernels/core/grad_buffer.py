@@ -4,7 +4,7 @@ One pass per gradient (issue 15): each float32 gradient is copied into its buffe
 once, with the keep-mask applied in that same pass only when something of its tensor is
 pruned (other dtypes are converted to float32 first, which measured faster than
 converting in the strided copy); before anything is written, one sum per tracked tensor
-checks it is finite.
+checks it is finite (``check_all_finite``: one synchronization for all of them).
 Measured on the shared 2-core machine (OMP_NUM_THREADS=1, min of 40, d = 10⁶, B = 50,
 k = 32; 2026-11-30): copy into the strided row 1.2–1.5 ms; with the mask, addcmul
 (0 + g·keep) 1.8–3.0 ms where ``torch.where``/``masked_fill`` took 5–10 ms (not
@@ -29,7 +29,7 @@ import torch
 
 from .sharding import Piece
 
-__all__ = ["GradBuffer", "Counts", "check_finite", "write_row"]
+__all__ = ["GradBuffer", "Counts", "check_all_finite", "check_finite", "write_row"]
 
 
 def check_finite(name: str, grad: torch.Tensor) -> None:
@@ -40,9 +40,31 @@ def check_finite(name: str, grad: torch.Tensor) -> None:
     overflows (beyond ±3.4e38 in float32), which the exact ``isfinite`` pass then tells
     apart: a second pass only then.
     """
-    total = torch.sum(grad, dtype=torch.float64 if grad.dtype == torch.float64 else torch.float32)
-    if not bool(torch.isfinite(total)) and not bool(torch.isfinite(grad).all()):
+    if not bool(torch.isfinite(_total(grad))) and not bool(torch.isfinite(grad).all()):
         raise ValueError(f"gradient of {name!r} has non-finite values; nothing was added")
+
+
+def check_all_finite(names: list[str], grads: list[torch.Tensor]) -> None:
+    """Raise ValueError naming the first tensor whose gradient holds a NaN or ±inf.
+
+    The same sums as ``check_finite``, gathered and tested together: one device
+    synchronization per gradient sample instead of one per tensor. On an H200 (2026-11-30,
+    MiniLM's 36 tensors, m = 256) add_grads took 0.74-0.93 s of which the Fisher kernels were
+    0.03-0.18 s, with 36 such synchronizations per call. Only when a sum is non-finite is each
+    tensor checked on its own, to name it (and to tell an overflowing sum from a NaN).
+    """
+    if not grads:
+        return
+    device = grads[0].device
+    totals = torch.stack([_total(g).to(device, torch.float64) for g in grads])
+    if bool(torch.isfinite(totals).all()):
+        return
+    for name, grad in zip(names, grads):
+        check_finite(name, grad)
+
+
+def _total(grad: torch.Tensor) -> torch.Tensor:
+    return torch.sum(grad, dtype=torch.float64 if grad.dtype == torch.float64 else torch.float32)
 
 
 def write_row(rows: torch.Tensor, flat: torch.Tensor, keep: torch.Tensor | None) -> None:
