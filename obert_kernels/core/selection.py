@@ -27,12 +27,25 @@ def count_for(sparsity: float, total: int) -> int:
 
 
 def select_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Bool mask of the ``count`` lowest scores (ties broken by position, so exactly count)."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if count > 0:
-        order = torch.argsort(scores.reshape(-1), stable=True)
-        mask[order[:count]] = True
-    return mask.reshape(scores.shape)
+    """Bool mask of the ``count`` lowest scores (ties broken by position, so exactly count):
+    what a stable argsort's first ``count`` would pick, on the scores' device. scores: any
+    shape, float, no NaN (the callers check).
+
+    By the count-th smallest value (``kthvalue``, one pass) instead of a sort: every score
+    below it, then the first of those equal to it by position. At MiniLM's 10.6M weights
+    (2026-11-30) a stable argsort took 1.95 s on our CPU, kthvalue 0.31 s; on an H200 the
+    selection had been 1.49 of a 1.59 s prune step, the scores sorted on the host.
+    """
+    flat = scores.reshape(-1)
+    if count <= 0 or count >= flat.numel():
+        return torch.full(scores.shape, count > 0, dtype=torch.bool, device=scores.device)
+    kth = torch.kthvalue(flat, count).values
+    mask = flat < kth
+    need = count - int(mask.sum())  # ≥ 1: kth itself is among the count lowest
+    ties = flat == kth
+    if int(ties.sum()) > need:  # more equal to kth than fit: the first ones by position
+        ties &= torch.cumsum(ties, 0) <= need
+    return (mask | ties).reshape(scores.shape)
 
 
 def _check_scores(name: str, scores: torch.Tensor) -> None:
@@ -49,12 +62,12 @@ def select_global(scores: dict[str, torch.Tensor], sparsity: float,
     for name, s in scores.items():
         _check_scores(name, s)
     names = list(scores)
-    flat = torch.cat([scores[n].reshape(-1).float().cpu() for n in names]) if names else torch.zeros(0)
+    flat = torch.cat([scores[n].reshape(-1).float() for n in names]) if names else torch.zeros(0)
     count = count_for(sparsity, flat.numel())
     if max_tensor_sparsity is None:
         chosen = select_lowest(flat, count)
-    else:
-        chosen = select_lowest_capped(flat, [scores[n].numel() for n in names], count, max_tensor_sparsity)
+    else:  # on the host: its index bookkeeping is CPU tensors
+        chosen = select_lowest_capped(flat.cpu(), [scores[n].numel() for n in names], count, max_tensor_sparsity)
     out, start = {}, 0
     for n in names:
         size = scores[n].numel()

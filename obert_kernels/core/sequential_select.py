@@ -17,7 +17,7 @@ import torch
 
 from ..ops.blocks import unit_size
 from ..ops.patterns import Pattern
-from .selection import count_for
+from .selection import count_for, select_lowest
 
 __all__ = ["CRITERIA", "CRITERION", "step_ranks", "prefix_counts", "block_counts", "prefix_mask", "pruned_units"]
 
@@ -51,11 +51,9 @@ def prefix_counts(cumloss: torch.Tensor, count: int, criterion: str | None = Non
     """(num_blocks,) int64 c_b with Σ c_b = count (at most the finite entries): the count lowest-ranked
     steps over all blocks (``step_ranks``). cumloss: (num_blocks, U) float, +inf past each block's
     last candidate."""
-    nb, U = cumloss.shape
-    ranks = step_ranks(cumloss, criterion).reshape(-1).cpu()
+    ranks = step_ranks(cumloss, criterion)
     count = min(max(0, int(count)), int(torch.isfinite(ranks).sum()))
-    chosen = torch.argsort(ranks, stable=True)[:count]
-    return torch.bincount(chosen // U, minlength=nb).to(cumloss.device)
+    return select_lowest(ranks, count).sum(1)  # on the device: no host sort (see select_lowest)
 
 
 def pruned_units(pruned: torch.Tensor, pattern: Pattern) -> int:

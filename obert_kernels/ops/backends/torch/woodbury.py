@@ -167,7 +167,12 @@ def fisher_invert_torch(fisher: torch.Tensor, damp: float, max_retries: int = 6)
         for first in torch.unique(failed // step).tolist():
             part = slice(first * step, (first + 1) * step)
             out[part] = torch.cholesky_inverse(out[part], upper=True)
-    fisher.copy_(out)
+    if fisher.device.type == "cpu":
+        fisher.copy_(out)  # LAPACK's potri fills one triangle, torch mirrors it: exactly symmetric
+    else:
+        # CUDA's cholesky_inverse is symmetric only to rounding (H200, torch 2.11, 2026-11-30:
+        # python_tests/ops caught it); the mean of it and its transpose is, bit for bit (a+b = b+a)
+        torch.add(out, out.transpose(1, 2), out=fisher).mul_(0.5)
     return fisher
 
 
