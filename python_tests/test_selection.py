@@ -38,6 +38,13 @@ def test_select_lowest_is_a_stable_argsort_prefix(seed, device, kind, n):
         assert torch.equal(got.cpu(), argsort_reference(scores, count)), (kind, n, count)
 
 
+@pytest.mark.parametrize("way", [selection.lowest_by_kth, selection.lowest_by_sort], ids=lambda f: f.__name__)
+def test_both_ways_agree_on_every_device(seed, device, way):  # select_lowest picks one per device type
+    scores = scores_with_ties(3001, "zeros-and-infs").to(device)
+    for count in (1, 1000, 3000):
+        assert torch.equal(way(scores, count).cpu(), argsort_reference(scores, count))
+
+
 def test_select_lowest_keeps_the_shape(seed, device):
     scores = torch.randint(0, 3, (13, 6)).float().to(device)
     got = selection.select_lowest(scores, 40)
