@@ -309,6 +309,15 @@ def nvidia_smi() -> list[dict]:
     return [dict(zip(keys, (x.strip() for x in line.split(",")))) for line in (text or "").splitlines() if line.strip()]
 
 
+def commit_line(env: dict) -> str:
+    """--commit wins: the device tool's copy of the tree carried a .git from the session's start
+    (H200 runs of 2026-11-30 said "4e82b69 (uncommitted changes)" for commits made later)."""
+    given, seen = env.get("commit_given"), env.get("commit")
+    if given:
+        return given + (f" (given; the .git there says {seen})" if seen and not given.startswith(seen) else " (given)")
+    return (seen or "unknown (no .git; pass --commit)") + (" (uncommitted changes)" if env.get("dirty") else "")
+
+
 def collect_env() -> dict:
     """Everything the results depend on: device, driver, versions, commit, date."""
     import platform
@@ -592,8 +601,7 @@ def markdown(record: dict) -> str:
     lines = [f"# GPU suite{' (DRY RUN on a CPU)' if s['dry_run'] else ''}: {env.get('device', '?')} ({s['started']})", "",
              f"driver {gpu.get('driver_version', env.get('driver'))}, torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), "
              f"triton {env.get('triton')}, Python {env.get('python')}, {env.get('nvcc')}, {env.get('cpus')} CPUs; "
-             f"commit {env.get('commit') or env.get('commit_given') or 'unknown (no .git; pass --commit)'}"
-             f"{' (uncommitted changes)' if env.get('dirty') else ''}", "",
+             f"commit {commit_line(env)}", "",
              f"Command: `{s['command']}`; budget {s['budget_s']:.0f} s, used {s.get('elapsed_s', 0):.0f} s."
              + (f" **{s['interrupted']}**." if s.get("interrupted") else ""), "",
              "## Targets (issue 16)", "", "| target | measured | verdict | at |", "|---|---|---|---|"]

@@ -168,3 +168,25 @@ def test_auto_damp_bench_reports_the_difference_of_the_medians():
     text = mod.report_text(res, "cmd")
     assert "| auto | auto: λ=0.1 | 4.00 | 3.00, 5.00, 4.00 |" in text and "auto adds 2.50 s" in text
     assert "m=16 gradients" in text and "3 runs each" in text
+
+
+def _script(name: str):
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_selection_bench_runs_tiny_on_the_cpu(capsys):
+    _script("bench_selection").main(["--device", "cpu", "--n", "1000", "--repeats", "5"])
+    out = capsys.readouterr().out
+    assert "of 1,000 on CPU" in out and "select_lowest" in out and "kthvalue" in out
+
+
+def test_prune_profile_dry_run_writes_both_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _script("profile_prune_gpu").main(["--dry-run", "--config", "woodbury:dense:torch", "--out", str(tmp_path)])
+    text = (tmp_path / "profile-woodbury-dense-torch.txt").read_text()
+    assert "## add_grads × 16" in text and "## prune" in text and "pruner.py" in text and text.count("### by ") == 4
