@@ -25,10 +25,12 @@ def scores_with_ties(n: int, kind: str) -> torch.Tensor:
     s[torch.rand(n) < 0.2] = -0.0
     s[torch.rand(n) < 0.1] = float("inf")
     s[torch.rand(n) < 0.05] = float("-inf")
+    if kind == "with-nan":
+        s[torch.rand(n) < 0.3] = float("nan")  # a sort puts them last
     return s
 
 
-@pytest.mark.parametrize("kind", ["distinct", "ties", "zeros-and-infs"])
+@pytest.mark.parametrize("kind", ["distinct", "ties", "zeros-and-infs", "with-nan"])
 @pytest.mark.parametrize("n", [1, 7, 1000, 4099])
 def test_select_lowest_is_a_stable_argsort_prefix(seed, device, kind, n):
     scores = scores_with_ties(n, kind).to(device)
@@ -40,7 +42,7 @@ def test_select_lowest_is_a_stable_argsort_prefix(seed, device, kind, n):
 
 @pytest.mark.parametrize("way", [selection.lowest_by_kth, selection.lowest_by_sort], ids=lambda f: f.__name__)
 def test_both_ways_agree_on_every_device(seed, device, way):  # select_lowest picks one per device type
-    scores = scores_with_ties(3001, "zeros-and-infs").to(device)
+    scores = scores_with_ties(3001, "with-nan").to(device)
     for count in (1, 1000, 3000):
         assert torch.equal(way(scores, count).cpu(), argsort_reference(scores, count))
 

@@ -28,8 +28,8 @@ def count_for(sparsity: float, total: int) -> int:
 
 def select_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Bool mask of the ``count`` lowest scores (ties broken by position, so exactly count):
-    what a stable argsort's first ``count`` would pick, on the scores' device. scores: any
-    shape, float, no NaN (the callers check).
+    what a stable argsort's first ``count`` would pick (NaN last), on the scores' device.
+    scores: any shape, float (the pruner refuses NaN scores before it selects).
 
     The way depends on the device, by measurement at MiniLM's 10.6M scores (2026-11-30): on
     our CPU a stable argsort took 1.95 s, the count-th value (kthvalue) 0.31 s; on an H200 the
@@ -53,6 +53,8 @@ def lowest_by_kth(flat: torch.Tensor, count: int) -> torch.Tensor:
     """(n,) -> (n,) bool, the same as ``lowest_by_sort`` in one selection pass: every score below
     the count-th smallest, then the first of those equal to it by position (0 < count < n)."""
     kth = torch.kthvalue(flat, count).values
+    if bool(torch.isnan(kth)):  # the count lowest reach into the NaNs, which a sort puts last
+        return lowest_by_sort(flat, count)
     mask = flat < kth
     need = count - int(mask.sum())  # ≥ 1: kth itself is among the count lowest
     ties = flat == kth
