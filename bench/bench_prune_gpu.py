@@ -134,15 +134,27 @@ def make_inputs(shapes, pool: int, device, seed: int, scale: float = 1e-3):
     return weights, grads
 
 
+def parse_config(text: str) -> dict:
+    """'method:storage:backend' -> the config dict every run records."""
+    method, storage, backend = text.split(":")
+    return {"config": text, "method": method, "storage": storage, "backend": backend}
+
+
+def make_pruner(ok, weights, cfg: dict, args, num_grads: int):
+    """(fresh copies of ``weights``, a FisherPruner over them) for one configuration."""
+    params = {n: w.clone() for n, w in weights.items()}
+    pruner = ok.FisherPruner(params, block_size=args.block_size, num_grads=num_grads, damp=args.damp,
+                             chunk_size=args.chunk, fisher_method=cfg["method"], fisher_storage=cfg["storage"],
+                             backend=cfg["backend"], verbose=False)
+    return params, pruner
+
+
 def run_prune(ok, weights, grads, cfg: dict, args, num_grads: int, device) -> dict:
     """One prune step over fresh copies of ``weights``; phase times and memory."""
     import torch
 
     cuda = torch.device(device).type == "cuda"
-    params = {n: w.clone() for n, w in weights.items()}
-    pruner = ok.FisherPruner(params, block_size=args.block_size, num_grads=num_grads, damp=args.damp,
-                             chunk_size=args.chunk, fisher_method=cfg["method"], fisher_storage=cfg["storage"],
-                             backend=cfg["backend"], verbose=False)
+    params, pruner = make_pruner(ok, weights, cfg, args, num_grads)
     sync(device)
     before = torch.cuda.memory_allocated(device) if cuda else None
     samples = itertools.cycle(grads)
@@ -206,8 +218,7 @@ def finv_memory(ok, d: int, B: int, device) -> dict:
 
 
 def run_config(ok, weights, grads, text: str, args, device) -> dict:
-    method, storage, backend = text.split(":")
-    cfg = {"config": text, "method": method, "storage": storage, "backend": backend}
+    cfg = parse_config(text)
     try:
         run_prune(ok, weights, grads, cfg, args, args.chunk, device)  # warm-up: compiles every kernel
         cfg.update(run_prune(ok, weights, grads, cfg, args, args.num_grads, device))

@@ -56,13 +56,9 @@ def profiled(fn, device) -> tuple[cProfile.Profile, float]:
 
 def profile_config(ok, weights, grads, text: str, args, device) -> str:
     """Warm up (compiles), then profile add_grads × m and prune once."""
-    method, storage, backend = text.split(":")
-    cfg = {"config": text, "method": method, "storage": storage, "backend": backend}
+    cfg = bp.parse_config(text)
     bp.run_prune(ok, weights, grads, cfg, args, args.chunk, device)  # warm-up
-    params = {n: w.clone() for n, w in weights.items()}
-    pruner = ok.FisherPruner(params, block_size=args.block_size, num_grads=args.num_grads, damp=args.damp,
-                             chunk_size=args.chunk, fisher_method=method, fisher_storage=storage,
-                             backend=backend, verbose=False)
+    _, pruner = bp.make_pruner(ok, weights, cfg, args, args.num_grads)
     samples = itertools.cycle(grads)
     add_prof, add_s = profiled(lambda: [pruner.add_grads(next(samples)) for _ in range(args.num_grads)], device)
     prune_prof, prune_s = profiled(lambda: pruner.prune(args.sparsity), device)

@@ -14,11 +14,17 @@ TINY = ["--rows", "24", "--cols", "35", "--block-size", "10", "--num-grads", "12
         "--damp", "1e-3", "--gemm-n", "64", "--copy-mib", "1"]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("bench_pruner_cpu", BENCH)
+def load_script(path: Path):
+    """A bench/ or examples/ script imported as a module (registered, for its dataclasses)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def load():
+    return load_script(BENCH)
 
 
 def test_tiny_fisher_build_writes_json_and_text(tmp_path):
@@ -72,10 +78,7 @@ HEADER = "all-MiniLM-L6-v2, 36 encoder Linear weights; a synthetic protocol"
 
 
 def load_gradual_table():
-    spec = importlib.util.spec_from_file_location("minilm_gradual_table", GRADUAL_TABLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(GRADUAL_TABLE)
 
 
 def gradual_part(path, table, sparsity, steps="400", dense=False, n=13):
@@ -157,9 +160,7 @@ AUTO_BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_auto_damp_cp
 
 def test_auto_damp_bench_reports_the_difference_of_the_medians():
     """bench_auto_damp_cpu.py's report from a result dict (the run itself needs MiniLM and minutes)."""
-    spec = importlib.util.spec_from_file_location("bench_auto_damp_cpu", AUTO_BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(AUTO_BENCH)
     args = mod.parse_args(["--num-grads", "16", "--repeats", "3", "--no-save"])
     res = {"date": "d", "load_start": (0.1, 0, 0), "load_end": (0.2, 0, 0), "threads": 2, "torch": "t", "python": "p",
            "cores": 2, "args": vars(args), "seconds": {"auto": [3.0, 5.0, 4.0], "rel:0.01": [1.0, 2.0, 1.5]},
@@ -170,23 +171,14 @@ def test_auto_damp_bench_reports_the_difference_of_the_medians():
     assert "m=16 gradients" in text and "3 runs each" in text
 
 
-def _script(name: str):
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_selection_bench_runs_tiny_on_the_cpu(capsys):
-    _script("bench_selection").main(["--device", "cpu", "--n", "1000", "--repeats", "5"])
+    load_script(BENCH.parent / "bench_selection.py").main(["--device", "cpu", "--n", "1000", "--repeats", "5"])
     out = capsys.readouterr().out
     assert "of 1,000 on CPU" in out and "select_lowest" in out and "kthvalue" in out
 
 
 def test_prune_profile_dry_run_writes_both_tables(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    _script("profile_prune_gpu").main(["--dry-run", "--config", "woodbury:dense:torch", "--out", str(tmp_path)])
+    load_script(BENCH.parent / "profile_prune_gpu.py").main(["--dry-run", "--config", "woodbury:dense:torch", "--out", str(tmp_path)])
     text = (tmp_path / "profile-woodbury-dense-torch.txt").read_text()
     assert "## add_grads × 16" in text and "## prune" in text and "pruner.py" in text and text.count("### by ") == 4
