@@ -24,6 +24,7 @@ the summary as passed / failed / timeout / skipped (with why).
   prune_e2e            one prune step at all-MiniLM-L6-v2 size, time per phase, F⁻¹ memory dense vs packed
   sequential_pass      a GPU benchmark of the sequential pass, if one exists (else skipped: bench_triton times it)
   tests:<file>         the other test files that run on a GPU, each with its own cap
+  bench_ops            `pytest bench --benchmark-only` at the GPU sizes (bench-ops-gpu.json)
 
 The targets of the issue are printed beside the measured numbers, judged only where measured at
 the target's size. Results: bench/results/gpu-<device>-<date>/ (--out): suite.json, SUMMARY.md,
@@ -203,7 +204,17 @@ def make_steps(args, out: Path) -> list[Step]:
     files = ("test_dispatch.py",) if dry else GPU_TEST_FILES  # the dry run proves the plumbing with one file
     steps += [Step(f"tests:{f}", f"pytest -x python_tests/{f}", pytest_cmd(f), cap(120, 60), when=not_again(f))
               for f in files]
+    steps.append(bench_ops_step(dry, out, cap(150, 60)))
     return steps
+
+
+def bench_ops_step(dry: bool, out: Path, cap: float) -> Step:
+    """The pytest-benchmark op suite at its GPU sizes (d = 10^6, 10^7), JSON beside the logs."""
+    cmd = py() + ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "bench" / "test_bench_ops.py"),
+                  "--benchmark-only", "-k", "cuda-d", f"--benchmark-json={out / 'bench-ops-gpu.json'}"]
+    skip = (lambda r: "the dry run has no GPU sizes") if dry else None
+    return Step("bench_ops", "pytest bench --benchmark-only, GPU sizes: every op × backend, GFLOP/s and GB/s",
+                cmd, cap, when=skip)
 
 
 # ---- running ---------------------------------------------------------------------------------
