@@ -96,3 +96,60 @@ def test_auto_takes_cpp_for_float32_on_the_cpu_and_torch_for_float64():
     assert ops.resolve_backend("fisher_invert", "auto", f64) == "torch"
     assert "float32 only" in ops.not_supported_reasons("fisher_invert", "cpp", finv=f64)[0]
     assert "no obs_scores" in ops.not_supported_reasons("obs_scores", "cpp", finv=torch.zeros(2, 5, 5))[0]
+
+
+# ---- the gradient buffer's one-pass copy (ops.copy_rows) ---------------------------------------
+def rows_reference(buffer, row, sources, keeps, first_blocks):
+    """What the pruner's per-tensor path writes: each source into its blocks' row, 0 + g·keep."""
+    out = buffer.clone()
+    B = buffer.shape[2]
+    for src, keep, first in zip(sources, keeps, first_blocks):
+        flat = src if keep is None else torch.where(keep, src, torch.zeros(()))
+        nb = -(-src.numel() // B)
+        padded = torch.cat([flat, out[first + nb - 1, row, src.numel() - (nb - 1) * B:]])  # the padding kept
+        out[first:first + nb, row] = padded.view(nb, B)
+    return out
+
+
+@pytest.mark.parametrize("B,k", [(1, 1), (5, 3), (8, 2), (32, 32), (50, 7)])
+def test_copy_rows_writes_what_the_per_tensor_copy_writes_bit_for_bit(seed, threads, B, k):
+    sizes = [3 * B + B // 2 + 1, 1, 17, 2 * B]  # partial last blocks, a one-weight tensor, a remainder past 8
+    first = [0]
+    for n in sizes[:-1]:
+        first.append(first[-1] + -(-n // B) + 1)  # a gap of one block between tensors
+    nb = first[-1] + -(-sizes[-1] // B) + 1
+    buffer = torch.randn(nb, k, B)
+    sources = [torch.randn(n) for n in sizes]
+    keeps = [None, torch.rand(1) < 0.5, torch.rand(17) < 0.5, torch.rand(2 * B) < 0.5]
+    row = k - 1
+    expected = rows_reference(buffer, row, sources, keeps, first)
+    assert ops.copy_rows(buffer, row, sources, keeps, first) == -1
+    assert torch.equal(buffer.view(torch.int32), expected.view(torch.int32))  # +0.0 where pruned, every bit
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["vector part", "tail", "pruned"])
+def test_copy_rows_names_the_first_tensor_with_a_non_finite_value(seed, threads, value, where):
+    B, sizes = 50, [120, 333, 64]
+    sources = [torch.randn(n) for n in sizes]
+    keeps = [None, torch.ones(333, dtype=torch.bool), None]
+    index = {"vector part": 8, "tail": 332, "pruned": 100}[where]  # 332: past the last multiple of 8 in its block
+    sources[1][index] = value
+    if where == "pruned":
+        keeps[1][index] = False  # refused even where the mask zeroes it, as the per-tensor check does
+    sources[2][3] = value
+    buffer = torch.zeros(3 + 7 + 2, 4, B)
+    assert ops.copy_rows(buffer, 2, sources, keeps, [0, 3, 10]) == 1
+    assert ops.copy_rows(buffer, 2, sources[:1], keeps[:1], [0]) == -1
+
+
+def test_copy_rows_refuses_bad_arguments_before_writing():
+    buffer = torch.zeros(4, 2, 8)
+    src = torch.randn(20)
+    for bad, match in [((buffer, 2, [src], [None], [0]), "row 2"), ((buffer, 0, [src], [None], [2]), "outside"),
+                       ((buffer, 0, [src.double()], [None], [0]), "float32"),
+                       ((buffer, 0, [src], [torch.ones(20)], [0]), "bool"),
+                       ((buffer[:, :1], 0, [src], [None], [0]), "contiguous")]:
+        with pytest.raises(ValueError, match=match):
+            ops.copy_rows(*bad)
+    assert torch.equal(buffer, torch.zeros(4, 2, 8))

@@ -199,6 +199,44 @@ def test_add_grads_fault_changes_nothing_and_retry_works(seed, monkeypatch, owne
     assert_final_equal(final(p, params), expected)
 
 
+@pytest.mark.parametrize("backend,pruned,fault", [("torch", False, "nan"), ("auto", False, "nan"), ("auto", True, "nan"),
+                                                  ("auto", True, "copy_checked")])
+def test_a_bad_gradient_after_a_full_chunk_changes_nothing(seed, monkeypatch, backend, pruned, fault):
+    """Once keep-masks apply (pruned: a second step), the C++ copy ("auto" on the CPU) checks while
+    it copies, after the full chunk's flush: the flush stays (it resumes nothing and loses
+    nothing), the refused row is scratch; the result is the same as without the refused call.
+    fault "copy_checked": the copy raises after writing the row, before the counters move."""
+    kw = take_sliced({"backend": backend}, monkeypatch)
+    params0 = make_params()
+    grads = make_grads(params0)
+    expected = run_uninterrupted(params0, grads, 0.5, steps=2 if pruned else 1, **kw)
+    params = copy.deepcopy(params0)
+    p = make_pruner(params, **kw)
+    if pruned:
+        for g in grads:
+            p.add_grads(g)
+        p.prune(0.25)
+    for g in grads[:K]:
+        p.add_grads(g)
+    before = snapshot(p, params)
+    bad = {n: t.clone() for n, t in grads[K].items()}
+    name = sorted(bad)[-1]
+    with monkeypatch.context() as mp:
+        if fault == "nan":
+            bad[name].view(-1)[-1] = float("nan")
+            raises = pytest.raises(ValueError, match=f"gradient of {name!r} has non-finite")
+        else:
+            inject(mp, grad_buffer, "copy_checked", after=True)
+            raises = pytest.raises(Injected)
+        with raises:
+            p.add_grads(bad)
+    assert_same(snapshot(p, params), before)
+    for g in grads[K:]:
+        p.add_grads(g)
+    p.prune(0.5)
+    assert_final_equal(final(p, params), expected)
+
+
 @pytest.mark.parametrize("owner,name,nth,after", [
     (grad_buffer, "write_row", 3, True),  # the first gradient copied, counters not yet set
     (pruner_mod, "refuse_if_too_big", 1, False),  # the memory check before the Fisher state is allocated

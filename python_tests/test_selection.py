@@ -60,3 +60,23 @@ def test_prefix_counts_match_the_argsort_counts(seed, device):
     ranks = sequential_select.step_ranks(cum)
     expected = argsort_reference(ranks, 20).sum(1)
     assert counts.device.type == torch.device(device).type and torch.equal(counts.cpu(), expected)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 3e38])
+def test_all_finite_quick_on_every_device(device, value):
+    """The gradient check's quick pass (a max-|g| over all tensors off the CPU, sums on it) says
+    non-finite for any NaN or ±inf and never for finite values, however large (3e38: the sums
+    overflow, so the CPU path answers "maybe not" and the exact per-tensor check decides)."""
+    from obert_kernels.core.grad_buffer import all_finite_quick, check_all_finite
+
+    grads = [torch.randn(37, device=device), torch.randn(5, 7, device=device), torch.randn(1, device=device)]
+    assert all_finite_quick(grads)
+    grads[1][2, 3] = value
+    finite = value == 3e38
+    assert all_finite_quick(grads) == finite  # one huge value: no sum overflows yet
+    if finite:
+        grads[1].fill_(value)
+        check_all_finite(["a", "b", "c"], grads)  # finite: accepted
+    else:
+        with pytest.raises(ValueError, match="gradient of 'b' has non-finite"):
+            check_all_finite(["a", "b", "c"], grads)

@@ -8,10 +8,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -198,6 +204,42 @@ static void invert_group(float* fisher, int64_t b, int lanes, int B, double damp
     if (bad >> l & 1) failed[(*num_failed)++] = b + l;
 }
 
+
+// One gradient tensor into its rows of the block buffer, in one pass: src (n floats) → block b's B
+// values at dst + b·block_stride, the last block partly (its padding is never written); keep
+// (n bytes, or null): 0 writes +0.0 (all bits clear, as masked_fill wrote). Returns whether every
+// source value was finite, the pruned ones included (v − v is NaN exactly for NaN and ±inf).
+static bool copy_tensor_rows(const float* src, const uint8_t* keep, int64_t n, float* dst, int64_t block_stride,
+                             int B, int64_t block_begin, int64_t block_end) {
+  f8 acc = splat8(0.0f);
+  float tail_acc = 0.0f;
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const float* s = src + b * B;
+    float* d = dst + b * block_stride;
+    const int len = (int)std::min<int64_t>(B, n - b * B);
+    int c = 0;
+    for (; c + 8 <= len; c += 8) {
+      f8 v = load8(s + c);
+      acc += v - v;
+      if (keep) {  // 8 keep bytes → 8 lanes of all-ones / all-zeros
+        const __m256i on = _mm256_cmpgt_epi32(
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(keep + b * B + c))),
+            _mm256_setzero_si256());
+        v = (f8)_mm256_and_ps((__m256)v, _mm256_castsi256_ps(on));
+      }
+      store8(d + c, v);
+    }
+    for (; c < len; ++c) {
+      const float v = s[c];
+      tail_acc += v - v;
+      d[c] = (keep && !keep[b * B + c]) ? 0.0f : v;
+    }
+  }
+  bool finite = tail_acc == 0.0f;
+  for (int l = 0; l < 8; ++l) finite = finite && acc[l] == 0.0f;
+  return finite;
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC pop_options
 #endif
@@ -213,6 +255,37 @@ void fisher_accumulate(uintptr_t fisher, uintptr_t grads, int64_t num_blocks, in
   parallel_ranges(num_blocks, threads, 1, [=](int64_t begin, int64_t end) {
     accumulate_range(f, g, block_stride, row_stride, begin, end, k, B, (float)scale, upper_only);
   });
+}
+
+// Gradient tensors t = 0..T−1 into one row of the block buffer (SPEC §2a's chunk, block-major):
+// tensor t's n_t floats at srcs[t] go to blocks starting at dsts[t] (its first block's row; blocks
+// block_stride floats apart), zeroed where keeps[t] (n_t bytes, 0 = pruned; 0 = no mask) is 0.
+// One pass over each gradient; threads split the blocks of all tensors. Returns the first t
+// holding a NaN or ±inf (its rows are written all the same: the caller refuses the gradient and
+// leaves the row as scratch), or −1. Measured against torch's per-tensor sum and strided copy in
+// random order, medians of 150-1000, 2 threads (2026-12-01): with keep-masks 19.8 against 26.4 ms
+// (MiniLM's 36 tensors, B = 32) and 2.5 against 3.0 ms (d = 10⁶, B = 50); without, no faster (15.0-17.0
+// against 14.0-15.9; 1.4-2.5 against 1.1-1.9), so the pruner calls it only where a mask applies.
+// Neither streaming stores (movntps) nor prefetching the destination rows ahead helped.
+int64_t copy_rows(std::vector<uintptr_t> srcs, std::vector<uintptr_t> keeps, std::vector<int64_t> sizes,
+                  std::vector<uintptr_t> dsts, int64_t block_stride, int B, int threads) {
+  const size_t T = srcs.size();
+  std::vector<int64_t> first(T + 1, 0);  // tensor t's blocks are [first[t], first[t+1]) of all blocks
+  for (size_t t = 0; t < T; ++t) first[t + 1] = first[t] + (sizes[t] + B - 1) / B;
+  std::unique_ptr<std::atomic<bool>[]> bad(new std::atomic<bool>[T]);
+  for (size_t t = 0; t < T; ++t) bad[t].store(false);
+  parallel_ranges(first[T], threads, 1, [&](int64_t begin, int64_t end) {
+    size_t t = std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
+    for (; t < T && first[t] < end; ++t) {
+      const int64_t lo = std::max(begin, first[t]) - first[t], hi = std::min(end, first[t + 1]) - first[t];
+      if (!copy_tensor_rows(reinterpret_cast<const float*>(srcs[t]), reinterpret_cast<const uint8_t*>(keeps[t]),
+                            sizes[t], reinterpret_cast<float*>(dsts[t]), block_stride, B, lo, hi))
+        bad[t].store(true, std::memory_order_relaxed);
+    }
+  });
+  for (size_t t = 0; t < T; ++t)
+    if (bad[t].load()) return (int64_t)t;
+  return -1;
 }
 
 // Blocks [0, num_blocks) ← (F + λI)⁻¹; returns the indices of the blocks whose factorization
@@ -242,6 +315,8 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("num_blocks"), py::arg("k"), py::arg("B"), py::arg("block_stride"), py::arg("row_stride"),
         py::arg("scale"), py::arg("upper_only"), py::arg("threads"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("copy_rows", &obk_cpu::copy_rows, py::arg("srcs"), py::arg("keeps"), py::arg("sizes"), py::arg("dsts"),
+        py::arg("block_stride"), py::arg("B"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
   m.def("fisher_invert", &obk_cpu::fisher_invert, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
         py::arg("damp"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
 }

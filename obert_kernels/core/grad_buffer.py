@@ -4,7 +4,11 @@ One pass per gradient (issue 15): each float32 gradient is copied into its buffe
 once, with the keep-mask applied in that same pass only when something of its tensor is
 pruned (other dtypes are converted to float32 first, which measured faster than
 converting in the strided copy); before anything is written, one sum per tracked tensor
-checks it is finite (``check_all_finite``: one synchronization for all of them).
+checks it is finite (``check_all_finite``: one synchronization for all of them). Once
+keep-masks apply, on the CPU with the C++ extension (backend "auto" or "cpp"), one C++
+pass copies, masks and checks every tensor (``copy_checked``; 19.8 against 26.4 ms a
+MiniLM gradient, see ``ops.copy_rows``) and refuses a non-finite gradient after writing
+the scratch row, which no count covers.
 Measured on the shared 2-core machine (OMP_NUM_THREADS=1, min of 40, d = 10⁶, B = 50,
 k = 32; 2026-11-30): copy into the strided row 1.2–1.5 ms; with the mask, addcmul
 (0 + g·keep) 1.8–3.0 ms where ``torch.where``/``masked_fill`` took 5–10 ms (not
@@ -27,9 +31,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .. import ops
 from .sharding import Piece
 
-__all__ = ["GradBuffer", "Counts", "check_all_finite", "check_finite", "write_row"]
+__all__ = ["GradBuffer", "Counts", "all_finite_quick", "check_all_finite", "check_finite", "copy_checked", "write_row"]
 
 
 def check_finite(name: str, grad: torch.Tensor) -> None:
@@ -55,12 +60,26 @@ def check_all_finite(names: list[str], grads: list[torch.Tensor]) -> None:
     """
     if not grads:
         return
-    device = grads[0].device
-    totals = torch.stack([_total(g).to(device, torch.float64) for g in grads])
-    if bool(torch.isfinite(totals).all()):
+    if all_finite_quick(grads):
         return
     for name, grad in zip(names, grads):
         check_finite(name, grad)
+
+
+def all_finite_quick(grads: list[torch.Tensor]) -> bool:
+    """True if every value is finite; False if one may not be (then check each tensor).
+
+    On an accelerator, one multi-tensor max-|g| reduction (``get_total_norm`` with the ∞-norm:
+    a NaN or ±inf makes it non-finite, finite values never overflow it): a few kernel launches
+    for all tensors where a float32 sum, a cast and a stack per tensor took three each (the H200
+    profile of 2026-11-30: ~110 launches per MiniLM gradient, copies included). On the CPU the
+    per-tensor sums (no launches to save; a sum measured cheaper than abs-and-max there)."""
+    device = grads[0].device
+    if device.type != "cpu" and hasattr(torch.nn.utils, "get_total_norm") and all(g.device == device for g in grads):
+        total = torch.nn.utils.get_total_norm(grads, norm_type=float("inf"), foreach=True)
+        return bool(torch.isfinite(total))
+    totals = torch.stack([_total(g).to(device, torch.float64) for g in grads])
+    return bool(torch.isfinite(totals).all())
 
 
 def _total(grad: torch.Tensor) -> torch.Tensor:
@@ -80,6 +99,18 @@ def write_row(rows: torch.Tensor, flat: torch.Tensor, keep: torch.Tensor | None)
     if full < rows.shape[0]:
         tail = flat.numel() - full * B
         _copy_masked(rows[full, :tail], flat[full * B :], None if keep is None else keep[full * B :])
+
+
+def copy_checked(buffer: torch.Tensor, row: int, pieces: list[Piece], grads: Mapping[str, torch.Tensor],
+                 keep: Mapping[str, torch.Tensor | None]) -> None:
+    """buffer (num_blocks, k, B) row ``row`` ← every piece's whole gradient in one C++ pass
+    (``ops.copy_rows``), which also checks each value; ValueError naming the first tensor holding a
+    NaN or ±inf (the row is then scratch: the caller changes no count)."""
+    names = [p.slot.name for p in pieces]
+    bad = ops.copy_rows(buffer, row, [grads[n].detach().reshape(-1) for n in names], [keep[n] for n in names],
+                        [p.local_block for p in pieces])
+    if bad >= 0:
+        raise ValueError(f"gradient of {names[bad]!r} has non-finite values; nothing was added")
 
 
 def _copy_masked(dst: torch.Tensor, src: torch.Tensor, keep: torch.Tensor | None) -> None:
@@ -139,12 +170,38 @@ class GradBuffer:
     def full(self) -> bool:
         return self.buffer is not None and self.filled == self.buffer.shape[1]
 
-    def add(self, pieces: list[Piece], grads: Mapping[str, torch.Tensor], keep: Mapping[str, torch.Tensor | None]) -> None:
-        """Write one gradient (name -> tensor shaped like its weight, already checked) into row
-        ``filled``: this rank's pieces of it. keep: name -> (d,) bool keep-mask, or None when
-        nothing of that tensor is pruned. All or nothing: ``counts`` changes only after the
-        last piece is written."""
+    @staticmethod
+    def checks_while_copying(device, pieces: list[Piece], grads: Mapping[str, torch.Tensor],
+                             keep: Mapping[str, torch.Tensor | None], backend: str) -> bool:
+        """Whether ``add`` copies and checks these in one pass into a buffer on ``device``
+        (``ops.copy_rows``, the C++ CPU extension): a keep-mask applies to some tensor (without
+        one the C++ pass measured no faster than torch's copies), backend "auto" or "cpp",
+        contiguous float32 CPU gradients, one piece per tensor covering all of it (sharded, every
+        rank checks the whole gradient and copies only its pieces: that stays two passes)."""
+        if backend not in ("auto", "cpp") or len(pieces) != len(grads):
+            return False
+        if all(keep[p.slot.name] is None for p in pieces):
+            return False
+        if any(p.start != 0 or p.stop != grads[p.slot.name].numel() for p in pieces):
+            return False
+        return not ops.copy_rows_reasons(device, [grads[p.slot.name] for p in pieces], [keep[p.slot.name] for p in pieces])
+
+    def add(self, pieces: list[Piece], grads: Mapping[str, torch.Tensor], keep: Mapping[str, torch.Tensor | None],
+            backend: str = "torch") -> None:
+        """Write one gradient (name -> tensor shaped like its weight) into row ``filled``: this
+        rank's pieces of it. keep: name -> (d,) bool keep-mask, or None when nothing of that
+        tensor is pruned. Where ``checks_while_copying``, one C++ pass copies and checks it
+        (ValueError naming the first non-finite tensor); otherwise it was checked before.
+        All or nothing: ``counts`` changes only after the last piece is written."""
         row = self.filled
+        if self.checks_while_copying(self.buffer.device, pieces, grads, keep, backend):
+            copy_checked(self.buffer, row, pieces, grads, keep)
+        else:
+            self._copy_pieces(row, pieces, grads, keep)
+        self.counts = replace(self.counts, filled=row + 1, collected=self.collected + 1)
+
+    def _copy_pieces(self, row: int, pieces: list[Piece], grads: Mapping[str, torch.Tensor],
+                     keep: Mapping[str, torch.Tensor | None]) -> None:
         for piece in pieces:
             name = piece.slot.name
             # a no-op for float32 gradients on the buffer's device; others are converted first,
@@ -159,7 +216,6 @@ class GradBuffer:
                 flat.masked_fill_(~mask, 0.0)
                 mask = None
             write_row(self.buffer[piece.blocks, row], flat, mask)
-        self.counts = replace(self.counts, filled=row + 1, collected=self.collected + 1)
 
     def chunk(self) -> torch.Tensor:
         """(num_blocks, filled, B): the gradients not yet applied."""

@@ -21,7 +21,7 @@ from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_m
 from .damping import BlockLayout
 from .damping_cv import prune_step
 from .fisher_state import FisherBuild, FisherKind, config_with_damp
-from .grad_buffer import check_all_finite
+from .grad_buffer import GradBuffer, check_all_finite
 from .masks import PrunedMasks
 from .memory import MemoryEstimate, estimate_memory, refuse_if_too_big
 from .report import PruneReport, reports_from_dicts, warn_collapsed
@@ -200,8 +200,10 @@ class FisherPruner:
         All or nothing: a call that raises (a NaN or ±inf gradient: ValueError; an interrupt)
         added nothing. A full chunk is applied by the next call (or prune()), before its own.
         """
-        got = self._tracked.gradients(grads)
-        check_all_finite(self.names, got)
+        got = dict(zip(self.names, self._tracked.gradients(grads)))
+        pieces, keep, backend = self._tracked.pieces, self._masks.keep_or_none, self.config.backend
+        if not GradBuffer.checks_while_copying(self.device, pieces, got, keep, backend):
+            check_all_finite(self.names, list(got.values()))  # else checked in the copy's one pass
         if self.num_collected >= self.num_grads:
             raise RuntimeError(f"already collected {self.num_grads} of {self.num_grads} gradients: call prune() "
                                "first (or reset() to discard them)")
@@ -209,7 +211,7 @@ class FisherPruner:
             state = self._state_or_new()
             if state.grads.full:
                 state.flush(self._layout)
-            state.grads.add(self._tracked.pieces, dict(zip(self.names, got)), self._masks.keep_or_none)
+            state.grads.add(pieces, got, keep, backend)
         return state.collected
 
     def reset(self) -> None:
