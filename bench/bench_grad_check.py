@@ -8,7 +8,8 @@ for all-MiniLM-L6-v2's 36 encoder Linear weights (10.6M float32): the per-tensor
 sum per tensor, cast to float64, stacked, one ``isfinite(...).all()`` and one synchronization:
 ~3 launches a tensor) against ``all_finite_quick`` (off the CPU: ``get_total_norm`` with the
 ∞-norm, a multi-tensor kernel, then one synchronization). Median of --repeats (CUDA events
-around the call and its synchronization on a GPU, the host clock on the CPU).
+around the call and its synchronization on a GPU, the host clock on the CPU). ``--add-grads N``
+also times whole ``add_grads`` calls with either check (see ``add_grads_per_call``).
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--add-grads", type=int, default=0, metavar="N",
+                    help="also time N add_grads calls each way (a FisherPruner on the same tensors)")
     args = ap.parse_args(argv)
 
     import torch
@@ -71,6 +74,46 @@ def main(argv=None) -> None:
           f"median of {args.repeats}")
     for label, fn in ways.items():
         print(f"  {label}: {median_ms(fn, device, args.repeats):.3f} ms")
+    if args.add_grads:
+        add_grads_per_call(grads, device, args.add_grads)
+
+
+def add_grads_per_call(grads, device: str, calls: int) -> None:
+    """``FisherPruner.add_grads`` on the same 36 gradients (B = 50, m = 256, k = 32, the pruner's
+    defaults otherwise), the check done either way (the module's quick pass swapped for the
+    per-tensor sums), alternating in rounds of 8 calls; per-call median over ``calls`` calls each,
+    the flushes (every 32nd call) included, wall clock after a synchronization."""
+    import torch
+
+    from obert_kernels import FisherPruner
+    from obert_kernels.core import grad_buffer
+
+    quick = grad_buffer.all_finite_quick
+    ways = {"per-tensor sums": per_tensor_sums, "all_finite_quick": quick}
+    params = {f"w{i}": torch.nn.Parameter(g.clone()) for i, g in enumerate(grads)}
+    pruners = {w: FisherPruner(params, block_size=50, num_grads=256, damp=1e-7, verbose=False) for w in ways}
+    sample = {f"w{i}": g for i, g in enumerate(grads)}
+    times = {w: [] for w in ways}
+    try:
+        for r in range(-1, calls // 8):
+            for way, check in ways.items():
+                grad_buffer.all_finite_quick = check
+                for _ in range(8):
+                    if pruners[way].num_collected == 256:
+                        pruners[way].reset()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    pruners[way].add_grads(sample)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    if r >= 0:  # round -1 warms up (allocations, the first flush's kernels)
+                        times[way].append(1e3 * (time.perf_counter() - t))
+    finally:
+        grad_buffer.all_finite_quick = quick
+    for way, ms in times.items():
+        print(f"  add_grads with {way}: median {statistics.median(ms):.3f} ms a call, mean {statistics.mean(ms):.3f} "
+              f"({len(ms)} calls)")
 
 
 if __name__ == "__main__":

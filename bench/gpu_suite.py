@@ -367,13 +367,15 @@ def device_slug() -> str:
 
 # ---- the CUDA extension -------------------------------------------------------------------------
 def sources_digest() -> str:
-    """sha256 of what the extension is built from (csrc/ and setup.py): a carried .so built from
-    other sources is stale."""
+    """sha256 of what the CUDA extension is built from (csrc/ but its cpu/ folder, and setup.py): a
+    carried .so built from other sources is stale. csrc/cpu/ is the CPU extension's, which the GPU
+    build skips (OBERT_KERNELS_BUILD_CPU=0): a change there once marked a current .so stale."""
     import hashlib
 
     h = hashlib.sha256()
+    cpu_only = ROOT / "csrc" / "cpu"
     for p in sorted((ROOT / "csrc").rglob("*")) + [ROOT / "setup.py"]:
-        if p.is_file():
+        if p.is_file() and cpu_only not in p.parents:
             h.update(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
 
