@@ -1,4 +1,5 @@
-"""The finiteness check of one gradient sample: a sum per tensor against one multi-tensor max-|g|.
+"""The finiteness check of one gradient sample (a sum per tensor against one multi-tensor max-|g|),
+and whole ``add_grads`` calls with and without the one-pass copy.
 
     python bench/bench_grad_check.py                  # on a GPU if there is one, else the CPU
     python bench/bench_grad_check.py --device cpu
@@ -80,24 +81,30 @@ def main(argv=None) -> None:
 
 def add_grads_per_call(grads, device: str, calls: int) -> None:
     """``FisherPruner.add_grads`` on the same 36 gradients (B = 50, m = 256, k = 32, the pruner's
-    defaults otherwise), the check done either way (the module's quick pass swapped for the
-    per-tensor sums), alternating in rounds of 8 calls; per-call median over ``calls`` calls each,
-    the flushes (every 32nd call) included, wall clock after a synchronization."""
+    defaults otherwise) three ways: the per-tensor path with the per-tensor sums (as on
+    2026-11-30), the per-tensor path with ``all_finite_quick``, and the one-pass ``ops.copy_rows``
+    (where it serves: on CUDA always, on the CPU once keep-masks apply, so not here). Alternating in
+    rounds of 8 calls; per-call median over ``calls`` calls each, the flushes (every 32nd call)
+    included, wall clock between synchronizations."""
     import torch
 
     from obert_kernels import FisherPruner
     from obert_kernels.core import grad_buffer
 
-    quick = grad_buffer.all_finite_quick
-    ways = {"per-tensor sums": per_tensor_sums, "all_finite_quick": quick}
+    quick, one_pass = grad_buffer.all_finite_quick, grad_buffer.GradBuffer.__dict__["checks_while_copying"]
+    never = staticmethod(lambda *args: False)
+    ways = {"per-tensor copies, per-tensor sums": (per_tensor_sums, never),
+            "per-tensor copies, all_finite_quick": (quick, never),
+            "one pass (ops.copy_rows) where it serves": (quick, one_pass)}
     params = {f"w{i}": torch.nn.Parameter(g.clone()) for i, g in enumerate(grads)}
     pruners = {w: FisherPruner(params, block_size=50, num_grads=256, damp=1e-7, verbose=False) for w in ways}
     sample = {f"w{i}": g for i, g in enumerate(grads)}
     times = {w: [] for w in ways}
     try:
         for r in range(-1, calls // 8):
-            for way, check in ways.items():
+            for way, (check, copies) in ways.items():
                 grad_buffer.all_finite_quick = check
+                grad_buffer.GradBuffer.checks_while_copying = copies
                 for _ in range(8):
                     if pruners[way].num_collected == 256:
                         pruners[way].reset()
@@ -111,8 +118,9 @@ def add_grads_per_call(grads, device: str, calls: int) -> None:
                         times[way].append(1e3 * (time.perf_counter() - t))
     finally:
         grad_buffer.all_finite_quick = quick
+        grad_buffer.GradBuffer.checks_while_copying = one_pass
     for way, ms in times.items():
-        print(f"  add_grads with {way}: median {statistics.median(ms):.3f} ms a call, mean {statistics.mean(ms):.3f} "
+        print(f"  add_grads, {way}: median {statistics.median(ms):.3f} ms a call, mean {statistics.mean(ms):.3f} "
               f"({len(ms)} calls)")
 
 

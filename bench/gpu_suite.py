@@ -63,8 +63,8 @@ DRY_CUDA_BENCH = ["--device", "cpu", "--d", "600", "--block-size", "12", "--num-
 # Under python_tests/ (a folder runs all of it): the ones parametrized over CUDA devices or backends.
 # "ops" replaced test_factors/test_scores_update/test_woodbury, moved there and renamed: on the
 # first GPU run (H200, 2026-11-30) their steps failed "file not found" and the op tests never ran.
-GPU_TEST_FILES = ("test_triton.py", "ops", "test_selection.py", "test_packed.py", "test_dispatch.py", "test_sequential.py",
-                  "test_pruner_backends.py", "test_integrations.py")
+GPU_TEST_FILES = ("test_triton.py", "ops", "test_selection.py", "test_copy_rows.py", "test_packed.py", "test_dispatch.py",
+                  "test_sequential.py", "test_pruner_backends.py", "test_integrations.py")
 
 
 # ---- steps -----------------------------------------------------------------------------------

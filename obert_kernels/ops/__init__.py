@@ -26,12 +26,13 @@ from .backends.torch.scores import obs_scores_torch  # noqa: F401,E402
 from .backends.torch.update import obs_apply_torch, obs_update_torch  # noqa: F401,E402
 from .backends.torch.woodbury import fisher_accumulate_torch, fisher_invert_torch, woodbury_update_torch  # noqa: F401,E402
 from . import library  # noqa: F401  (declares torch.ops.obert_kernels.*)
-# the gradient buffer's one-pass copy and finiteness check (C++ CPU extension; not a Fisher op)
-from .backends.cpp import copy_rows_cpp as copy_rows, copy_rows_reasons  # noqa: E402
+# the gradient buffer's one-pass copy and finiteness check (C++ on the CPU, Triton on CUDA; not a Fisher op)
+from .rows import copy_rows, copy_rows_backend, copy_rows_reasons  # noqa: E402
 
 __all__ = [
     "BACKENDS",
     "copy_rows",
+    "copy_rows_backend",
     "copy_rows_reasons",
     "PREFERENCE",
     "BackendNotSupported",
