@@ -366,6 +366,9 @@ def device_slug() -> str:
 
 
 # ---- the CUDA extension -------------------------------------------------------------------------
+CUDA_SOURCE_SUFFIXES = (".cu", ".cuh", ".cpp", ".h", ".py")  # csrc/README.md changes nothing built
+
+
 def sources_digest() -> str:
     """sha256 of what the CUDA extension is built from (csrc/ but its cpu/ folder, and setup.py): a
     carried .so built from other sources is stale. csrc/cpu/ is the CPU extension's, which the GPU
@@ -375,7 +378,7 @@ def sources_digest() -> str:
     h = hashlib.sha256()
     cpu_only = ROOT / "csrc" / "cpu"
     for p in sorted((ROOT / "csrc").rglob("*")) + [ROOT / "setup.py"]:
-        if p.is_file() and cpu_only not in p.parents:
+        if p.is_file() and cpu_only not in p.parents and p.suffix in CUDA_SOURCE_SUFFIXES:
             h.update(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
 
