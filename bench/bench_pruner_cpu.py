@@ -35,6 +35,7 @@ run exceeds 0.5 (someone else was running): only a quiet machine's figures are f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -218,7 +219,11 @@ def build_rates(ph: dict, naive_s: float | None, d: int, B: int, m: int, nb: int
 
 # ---- 2. MiniLM gradient passes ---------------------------------------------------------
 def minilm_overhead(args) -> dict:
-    """Bare forward+backward vs the same followed by pruner.add_grads(), alternating, same batches."""
+    """Bare forward+backward vs the same followed by pruner.add_grads(), alternating, same batches.
+
+    With --minilm-pruned S, the tensors first get magnitude keep-masks at sparsity S (a later
+    step of gradual pruning: the gradient copies apply masks), and two pruners alternate on the
+    same gradients: the one-pass C++ copy (``ops.copy_rows``) and the per-tensor path."""
     from obert_kernels.app.text import stdlib_sentences
     from obert_kernels.integrations.hf_models import encoder_weights, load_sentence_encoder, sentence_batches
     from obert_kernels.recipes.probes import GaussNewtonProbe
@@ -228,7 +233,14 @@ def minilm_overhead(args) -> dict:
     probe = GaussNewtonProbe(encoder.embed, seed=args.seed)
     batches = list(islice(sentence_batches(encoder, stdlib_sentences(2000), args.minilm_batch, seed=args.seed), n))
     weights = dict(encoder_weights(model))
-    pruner = FisherPruner(weights, block_size=args.minilm_block_size, num_grads=n, damp=args.damp, verbose=False)
+    ways = ["one pass", "per tensor"] if args.minilm_pruned else ["default"]
+    pruners = {w: FisherPruner(weights, block_size=args.minilm_block_size, num_grads=n, damp=args.damp, verbose=False)
+               for w in ways}
+    if args.minilm_pruned:
+        masks = {name: w.detach().abs() > w.detach().abs().flatten().kthvalue(max(1, int(args.minilm_pruned * w.numel()))).values
+                 for name, w in weights.items()}
+        for pruner in pruners.values():
+            pruner.load_state_dict({"masks": masks})
 
     def backward(batch) -> float:
         start = time.perf_counter()
@@ -237,19 +249,42 @@ def minilm_overhead(args) -> dict:
         return time.perf_counter() - start
 
     backward(batches[0])  # warm-up
-    bare, attached, add = [], [], []
+    bare, attached, add = [], {w: [] for w in ways}, {w: [] for w in ways}
     for batch in batches:
         bare.append(backward(batch))
-        attached.append(backward(batch))
-        start = time.perf_counter()
-        pruner.add_grads()
-        add.append(time.perf_counter() - start)
-    return {"weights": sum(w.numel() for w in weights.values()), "tensors": len(weights), "grads": n,
-            "batch": args.minilm_batch, "max_length": args.minilm_max_length, "B": args.minilm_block_size,
-            "chunk": pruner.chunk_size, "bare_backward_s": sum(bare), "attached_backward_s": sum(attached),
-            "add_grads_s": sum(add), "add_grads_ms_per_grad": 1e3 * sum(add) / n, **add_grads_parts(add, pruner.chunk_size),
-            "overhead_vs_bare": sum(add) / sum(bare),
-            "overhead_end_to_end": (sum(attached) + sum(add)) / sum(bare) - 1.0}
+        for way in ways:
+            attached[way].append(backward(batch))
+            with one_pass_copies(way != "per tensor"):
+                start = time.perf_counter()
+                pruners[way].add_grads()
+                add[way].append(time.perf_counter() - start)
+    out = {"weights": sum(w.numel() for w in weights.values()), "tensors": len(weights), "grads": n,
+           "batch": args.minilm_batch, "max_length": args.minilm_max_length, "B": args.minilm_block_size,
+           "chunk": pruners[ways[0]].chunk_size, "pruned": args.minilm_pruned, "bare_backward_s": sum(bare)}
+    for way in ways:
+        part = {"attached_backward_s": sum(attached[way]), "add_grads_s": sum(add[way]),
+                "add_grads_ms_per_grad": 1e3 * sum(add[way]) / n, **add_grads_parts(add[way], out["chunk"]),
+                "overhead_vs_bare": sum(add[way]) / sum(bare),
+                "overhead_end_to_end": (sum(attached[way]) + sum(add[way])) / sum(bare) - 1.0}
+        if way == "default":
+            out.update(part)
+        else:
+            out[way] = part
+    return out
+
+
+@contextlib.contextmanager
+def one_pass_copies(allowed: bool):
+    """The pruner's one-pass copy as it decides (allowed), or never (the per-tensor path)."""
+    from obert_kernels.core import grad_buffer
+
+    saved = grad_buffer.GradBuffer.__dict__["checks_while_copying"]
+    if not allowed:
+        grad_buffer.GradBuffer.checks_while_copying = staticmethod(lambda *a: False)
+    try:
+        yield
+    finally:
+        grad_buffer.GradBuffer.checks_while_copying = saved
 
 
 def add_grads_parts(add: list[float], chunk: int) -> dict:
@@ -291,6 +326,16 @@ def report_text(res: dict) -> str:
                      + (f", naive {b['naive_rel_err']:.2e} (SPEC §4: pruner <= ~2x naive: "
                         f"{'PASS' if b['pruner_rel_err'] <= 2 * b['naive_rel_err'] + 1e-6 else 'FAIL'})" if b["naive_rel_err"] else ""))
     mini = res.get("minilm")
+    if mini and mini.get("pruned"):
+        lines += ["", f"MiniLM gradient passes with magnitude keep-masks at {mini['pruned']:.0%} (a later gradual step): "
+                  f"{mini['grads']} gradients of {mini['batch']} sentences, {mini['tensors']} tensors, B={mini['B']}, "
+                  f"k={mini['chunk']}; bare forward+backward {mini['bare_backward_s']:.2f} s"]
+        for way in ("one pass", "per tensor"):
+            w = mini[way]
+            lines.append(f"  {way}: add_grads {w['add_grads_s']:.2f} s (+{100 * w['overhead_vs_bare']:.1f}%), of which "
+                         f"first call {w['first_call_s']:.2f} s, {w['flush_calls']} flushing calls {w['flush_calls_s']:.2f} s, "
+                         f"{w['copy_calls']} copying calls {w['copy_calls_s']:.2f} s (median {w['copy_call_ms_median']:.1f} ms)")
+        mini = None
     if mini:
         lines += ["", f"MiniLM gradient passes: {mini['grads']} gradients of {mini['batch']} sentences (max {mini['max_length']} "
                   f"tokens), pruner on {mini['tensors']} tensors ({mini['weights']:,} weights), B={mini['B']}, k={mini['chunk']}",
@@ -336,6 +381,8 @@ def parse_args(argv=None):
     ap.add_argument("--minilm-batch", type=int, default=4)
     ap.add_argument("--minilm-max-length", type=int, default=64)
     ap.add_argument("--minilm-block-size", type=int, default=32)
+    ap.add_argument("--minilm-pruned", type=float, default=0.0, metavar="S",
+                    help="magnitude keep-masks at sparsity S first; then the one-pass copy against the per-tensor path")
     ap.add_argument("--gemm-n", type=int, default=2048, help="n of the n×n×n matmul that measures the GEMM rate")
     ap.add_argument("--copy-mib", type=int, default=256, help="MiB copied to measure the copy bandwidth")
     ap.add_argument("--quick", action="store_true", help="a smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
