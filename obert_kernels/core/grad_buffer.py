@@ -104,8 +104,8 @@ def write_row(rows: torch.Tensor, flat: torch.Tensor, keep: torch.Tensor | None)
 
 def copy_checked(buffer: torch.Tensor, row: int, pieces: list[Piece], grads: Mapping[str, torch.Tensor],
                  keep: Mapping[str, torch.Tensor | None]) -> None:
-    """buffer (num_blocks, k, B) row ``row`` ← every piece's whole gradient in one C++ pass
-    (``ops.copy_rows``), which also checks each value; ValueError naming the first tensor holding a
+    """buffer (num_blocks, k, B) row ``row`` ← every piece's whole gradient in one pass
+    (``ops.copy_rows``: C++ on the CPU, one Triton launch on CUDA), which also checks each value; ValueError naming the first tensor holding a
     NaN or ±inf (the row is then scratch: the caller changes no count)."""
     names = [p.slot.name for p in pieces]
     bad = ops.copy_rows(buffer, row, [grads[n].detach().reshape(-1) for n in names], [keep[n] for n in names],
@@ -192,7 +192,7 @@ class GradBuffer:
             backend: str = "torch") -> None:
         """Write one gradient (name -> tensor shaped like its weight) into row ``filled``: this
         rank's pieces of it. keep: name -> (d,) bool keep-mask, or None when nothing of that
-        tensor is pruned. Where ``checks_while_copying``, one C++ pass copies and checks it
+        tensor is pruned. Where ``checks_while_copying``, one pass (``copy_checked``) copies and checks it
         (ValueError naming the first non-finite tensor); otherwise it was checked before.
         All or nothing: ``counts`` changes only after the last piece is written."""
         row = self.filled

@@ -14,6 +14,7 @@ applies the keep-masks and checks that every value it read is finite, in one pas
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -51,12 +52,17 @@ def copy_rows_reasons(device, sources: list[torch.Tensor], keeps: list[torch.Ten
     device = torch.device(device)
     kernel, why = _kernel(device)
     out = [] if kernel is not None else [why]
-    if any(s.device.type != device.type or s.dtype != torch.float32 or not s.is_contiguous() for s in sources):
+    if any(not _on(s, device) or s.dtype != torch.float32 or not s.is_contiguous() for s in sources):
         out.append(f"every gradient must be a contiguous float32 tensor on {device} (others are converted first)")
-    if any(k is not None and (k.dtype != torch.bool or not k.is_contiguous() or k.device.type != device.type)
-           for k in keeps):
+    if any(k is not None and (k.dtype != torch.bool or not k.is_contiguous() or not _on(k, device)) for k in keeps):
         out.append(f"keep-masks must be contiguous bool tensors on {device}")
     return out
+
+
+def _on(t: torch.Tensor, device: torch.device) -> bool:
+    """t is on ``device`` (a device without an index: on one of that type; the kernel reads raw
+    addresses, so a gradient on another GPU than the buffer must not pass)."""
+    return t.device.type == device.type and (device.index is None or t.device.index == device.index)
 
 
 def copy_rows(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], keeps: list[torch.Tensor | None],
@@ -84,4 +90,6 @@ def copy_rows(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], keeps
     if not 0 <= row < k:
         raise ValueError(f"row {row} is outside the buffer's {k} rows")
     kernel, _ = _kernel(buffer.device)
-    return kernel(buffer, row, sources, keeps, first_blocks)
+    # the launch and its flags on the buffer's GPU, whichever is current
+    with torch.cuda.device(buffer.device) if buffer.device.type == "cuda" else contextlib.nullcontext():
+        return kernel(buffer, row, sources, keeps, first_blocks)
