@@ -32,7 +32,7 @@ DAMP_PER_CHOICES = ("tensor", "block", "global")
 PRUNE_END_FRACTION = 0.4
 # damp="auto"'s criterion and rule (core/damping.AutoDamp)
 AUTO_CRITERIA = ("full", "block", "likelihood")
-AUTO_RULES = ("min", "1se")
+AUTO_RULES = ("min", "1se", "1se1d")
 
 
 class ArgumentTypeError(TypeError, ValueError):

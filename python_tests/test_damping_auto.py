@@ -171,6 +171,11 @@ def test_one_standard_error_rule():
     assert dmp._pick(values, terms, "1se") == 1e-2
     terms[2] = base + torch.tensor([0.3, -0.3, 0.3, -0.1])  # excess 0.05 ± 0.15: within
     assert dmp._pick(dict(zip(cands, terms.mean(1).tolist())), terms, "1se") == 1e-1
+    # "1se1d": the same, but never more than a decade above the least (1e-3 → at most 1e-2)
+    assert dmp._pick(dict(zip(cands, terms.mean(1).tolist())), terms, "1se1d") == 1e-2
+    terms[3] = base + torch.tensor([0.1, -0.1, 0.1, 0.0])  # 1: excess 0.025 ± 0.048, within, but three decades up
+    values = dict(zip(cands, terms.mean(1).tolist()))
+    assert dmp._pick(values, terms, "1se") == 1.0 and dmp._pick(values, terms, "1se1d") == 1e-2
 
 
 def _greedy_capped(flat, sizes, count, cap):

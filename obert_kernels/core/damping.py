@@ -77,7 +77,8 @@ FIT_SLICE = 1024
 # string forms resolve to under global selection: see ``parse_damp``)
 PER_CHOICES = DAMP_PER_CHOICES
 # AUTO_RULES: "min": the candidate with the least criterion; "1se": the largest α within one
-# standard error (over the held-out gradients) of the least, the usual cross-validation rule for a noisy score
+# standard error (over the held-out gradients) of the least, the usual cross-validation rule for a noisy score;
+# "1se1d": 1se, but at most one decade above the least (an experiment of 2026-12-01, see the README)
 # α grid for AutoDamp: half decades from 1e-6 to 1 of the mean Fisher diagonal.
 AUTO_CANDIDATES = tuple(10.0 ** (e / 2) for e in range(-12, 1))
 # the relative damp a failed absolute one falls back to (then raised 10x per retry by fisher_invert)
@@ -317,7 +318,8 @@ def _pick(values: dict[float, float], terms: torch.Tensor | None, rule: str) -> 
     cands = list(values)
     diff = terms - terms[cands.index(best)]
     excess, se = diff.mean(1), diff.std(1) / math.sqrt(terms.shape[1])
-    return max(a for i, a in enumerate(cands) if a >= best and bool(excess[i] <= se[i]))
+    ceiling = 10.0 * best * (1 + 1e-9) if rule == "1se1d" else math.inf  # "1se1d": at most a decade above the least
+    return max(a for i, a in enumerate(cands) if best <= a <= ceiling and bool(excess[i] <= se[i]))
 
 
 def _rest_of(fisher, heldout, num_grads, sel):
