@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_selection import median_ms  # noqa: E402  (CUDA events on a GPU, the host clock on the CPU)
+
 MINILM_SHAPES = ([(384, 384)] * 4 + [(1536, 384), (384, 1536)]) * 6
 
 
@@ -31,26 +33,6 @@ def per_tensor_sums(grads) -> bool:
 
     totals = torch.stack([torch.sum(g, dtype=torch.float32).to(torch.float64) for g in grads])
     return bool(torch.isfinite(totals).all())
-
-
-def median_ms(fn, device: str, repeats: int) -> float:
-    import torch
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
 
 
 def main(argv=None) -> None:
