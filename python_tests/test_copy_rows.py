@@ -102,3 +102,9 @@ def test_copy_rows_names_its_backend_per_device():
     assert ops.copy_rows_backend("cpu") == "cpp" and ops.copy_rows_backend("cuda") == "triton"
     assert ops.copy_rows_backend("meta") is None
     assert "no one-pass copy kernel" in " ".join(ops.copy_rows_reasons("meta", [], []))
+    try:
+        from obert_kernels.ops.backends import triton as triton_backend
+    except ImportError:
+        return
+    if triton_backend.INTERPRETED:  # kernels decorated for the host cannot serve a GPU buffer
+        assert "interpreter" in " ".join(ops.copy_rows_reasons("cuda", [], []))

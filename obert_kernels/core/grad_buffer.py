@@ -70,13 +70,14 @@ def check_all_finite(names: list[str], grads: list[torch.Tensor]) -> None:
 def all_finite_quick(grads: list[torch.Tensor]) -> bool:
     """True if every value is finite; False if one may not be (then check each tensor).
 
-    On an accelerator, one multi-tensor max-|g| reduction (``get_total_norm`` with the ∞-norm:
+    On CUDA, one multi-tensor max-|g| reduction (``get_total_norm`` with the ∞-norm:
     a NaN or ±inf makes it non-finite, finite values never overflow it): a few kernel launches
     for all tensors where a float32 sum, a cast and a stack per tensor took three each (the H200
-    profile of 2026-11-30: ~110 launches per MiniLM gradient, copies included). On the CPU the
-    per-tensor sums (no launches to save; a sum measured cheaper than abs-and-max there)."""
+    profile of 2026-11-30: ~110 launches per MiniLM gradient, copies included). Elsewhere the
+    per-tensor sums (on the CPU no launches to save; a sum measured cheaper than abs-and-max there)."""
     device = grads[0].device
-    if device.type != "cpu" and hasattr(torch.nn.utils, "get_total_norm") and all(g.device == device for g in grads):
+    # CUDA only: foreach=True raises on devices without foreach kernels (MPS, for one)
+    if device.type == "cuda" and hasattr(torch.nn.utils, "get_total_norm") and all(g.device == device for g in grads):
         total = torch.nn.utils.get_total_norm(grads, norm_type=float("inf"), foreach=True)
         return bool(torch.isfinite(total))
     totals = torch.stack([_total(g).to(device, torch.float64) for g in grads])

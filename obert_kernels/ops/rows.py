@@ -26,9 +26,12 @@ __all__ = ["copy_rows", "copy_rows_reasons", "copy_rows_backend"]
 
 def _triton_kernel() -> tuple[Callable | None, str]:
     try:
+        from .backends import triton as triton_backend
         from .backends.triton import rows
     except ImportError as exc:  # pragma: no cover - depends on the installation
         return None, f"the Triton backend is not available ({exc})"
+    if triton_backend.INTERPRETED:  # kernels decorated under TRITON_INTERPRET=1 run on the host
+        return None, "the Triton kernels run under the interpreter (TRITON_INTERPRET=1): not on a GPU"
     return rows.copy_rows_triton, ""
 
 
