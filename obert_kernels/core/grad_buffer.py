@@ -190,14 +190,14 @@ class GradBuffer:
         return not ops.copy_rows_reasons(device, [grads[p.slot.name] for p in pieces], [keep[p.slot.name] for p in pieces])
 
     def add(self, pieces: list[Piece], grads: Mapping[str, torch.Tensor], keep: Mapping[str, torch.Tensor | None],
-            backend: str = "torch") -> None:
+            one_pass: bool = False) -> None:
         """Write one gradient (name -> tensor shaped like its weight) into row ``filled``: this
         rank's pieces of it. keep: name -> (d,) bool keep-mask, or None when nothing of that
-        tensor is pruned. Where ``checks_while_copying``, one pass (``copy_checked``) copies and checks it
-        (ValueError naming the first non-finite tensor); otherwise it was checked before.
-        All or nothing: ``counts`` changes only after the last piece is written."""
+        tensor is pruned. one_pass (what ``checks_while_copying`` said): one pass (``copy_checked``)
+        copies and checks it (ValueError naming the first non-finite tensor); otherwise it was
+        checked before. All or nothing: ``counts`` changes only after the last piece is written."""
         row = self.filled
-        if self.checks_while_copying(self.buffer.device, pieces, grads, keep, backend):
+        if one_pass:
             copy_checked(self.buffer, row, pieces, grads, keep)
         else:
             self._copy_pieces(row, pieces, grads, keep)

@@ -201,8 +201,9 @@ class FisherPruner:
         added nothing. A full chunk is applied by the next call (or prune()), before its own.
         """
         got = dict(zip(self.names, self._tracked.gradients(grads)))
-        pieces, keep, backend = self._tracked.pieces, self._masks.keep_or_none, self.config.backend
-        if not GradBuffer.checks_while_copying(self.device, pieces, got, keep, backend):
+        pieces, keep = self._tracked.pieces, self._masks.keep_or_none
+        one_pass = GradBuffer.checks_while_copying(self.device, pieces, got, keep, self.config.backend)
+        if not one_pass:
             check_all_finite(self.names, list(got.values()))  # else checked in the copy's one pass
         if self.num_collected >= self.num_grads:
             raise RuntimeError(f"already collected {self.num_grads} of {self.num_grads} gradients: call prune() "
@@ -211,7 +212,7 @@ class FisherPruner:
             state = self._state_or_new()
             if state.grads.full:
                 state.flush(self._layout)
-            state.grads.add(pieces, got, keep, backend)
+            state.grads.add(pieces, got, keep, one_pass)
         return state.collected
 
     def reset(self) -> None:
