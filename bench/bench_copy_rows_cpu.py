@@ -40,8 +40,6 @@ def case(sizes: list[int], B: int, k: int, masked: bool, seed: int):
 def time_pair(sizes, B, k, masked, repeats, seed) -> dict[str, list[float]]:
     import time
 
-    import torch
-
     from obert_kernels import ops
     from obert_kernels.core.grad_buffer import check_all_finite, write_row
 
