@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MINILM_SHAPES = ([(384, 384)] * 4 + [(1536, 384), (384, 1536)]) * 6  # the encoder's 36 Linear weights
+from bench.bench_prune_gpu import minilm_shapes  # noqa: E402  (the encoder's 36 Linear weights)
+
 
 
 def case(sizes: list[int], B: int, k: int, masked: bool, seed: int):
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
 
     if not cpp.available():
         raise SystemExit(f"bench_copy_rows_cpu: {cpp.status()}")
-    configs = [("MiniLM, 36 tensors, B=32", [a * b for a, b in MINILM_SHAPES], 32),
+    configs = [("MiniLM, 36 tensors, B=32", [a * b for _, (a, b) in minilm_shapes()], 32),
                ("d=1e6, one tensor, B=50", [1_000_000], 50)]
     lines = [f"gradient buffer copy, k = 32, {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"{args.repeats} repeats in random order", "",

@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_prune_gpu import minilm_shapes  # noqa: E402
+from bench.bench_pruner_cpu import one_pass_copies  # noqa: E402  (the pruner's one-pass copy allowed, or never)
 from bench.bench_selection import median_ms  # noqa: E402  (CUDA events on a GPU, the host clock on the CPU)
 
-MINILM_SHAPES = ([(384, 384)] * 4 + [(1536, 384), (384, 1536)]) * 6
 
 
 def per_tensor_sums(grads) -> bool:
@@ -49,7 +50,7 @@ def main(argv=None) -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator().manual_seed(0)
-    grads = [torch.randn(*s, generator=gen).to(device) for s in MINILM_SHAPES]
+    grads = [torch.randn(*s, generator=gen).to(device) for _, s in minilm_shapes()]
     assert per_tensor_sums(grads) and all_finite_quick(grads)
     ways = {"per-tensor sums": lambda: per_tensor_sums(grads), "all_finite_quick": lambda: all_finite_quick(grads)}
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
@@ -73,34 +74,32 @@ def add_grads_per_call(grads, device: str, calls: int) -> None:
     from obert_kernels import FisherPruner
     from obert_kernels.core import grad_buffer
 
-    quick, one_pass = grad_buffer.all_finite_quick, grad_buffer.GradBuffer.__dict__["checks_while_copying"]
-    never = staticmethod(lambda *args: False)
-    ways = {"per-tensor copies, per-tensor sums": (per_tensor_sums, never),
-            "per-tensor copies, all_finite_quick": (quick, never),
-            "one pass (ops.copy_rows) where it serves": (quick, one_pass)}
+    quick = grad_buffer.all_finite_quick
+    ways = {"per-tensor copies, per-tensor sums": (per_tensor_sums, False),
+            "per-tensor copies, all_finite_quick": (quick, False),
+            "one pass (ops.copy_rows) where it serves": (quick, True)}
     params = {f"w{i}": torch.nn.Parameter(g.clone()) for i, g in enumerate(grads)}
     pruners = {w: FisherPruner(params, block_size=50, num_grads=256, damp=1e-7, verbose=False) for w in ways}
     sample = {f"w{i}": g for i, g in enumerate(grads)}
     times = {w: [] for w in ways}
     try:
         for r in range(-1, calls // 8):
-            for way, (check, copies) in ways.items():
+            for way, (check, allowed) in ways.items():
                 grad_buffer.all_finite_quick = check
-                grad_buffer.GradBuffer.checks_while_copying = copies
                 for _ in range(8):
                     if pruners[way].num_collected == 256:
                         pruners[way].reset()
                     if device == "cuda":
                         torch.cuda.synchronize()
-                    t = time.perf_counter()
-                    pruners[way].add_grads(sample)
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                    if r >= 0:  # round -1 warms up (allocations, the first flush's kernels)
-                        times[way].append(1e3 * (time.perf_counter() - t))
+                    with one_pass_copies(allowed):
+                        t = time.perf_counter()
+                        pruners[way].add_grads(sample)
+                        if device == "cuda":
+                            torch.cuda.synchronize()
+                        if r >= 0:  # round -1 warms up (allocations, the first flush's kernels)
+                            times[way].append(1e3 * (time.perf_counter() - t))
     finally:
         grad_buffer.all_finite_quick = quick
-        grad_buffer.GradBuffer.checks_while_copying = one_pass
     for way, ms in times.items():
         print(f"  add_grads, {way}: median {statistics.median(ms):.3f} ms a call, mean {statistics.mean(ms):.3f} "
               f"({len(ms)} calls)")

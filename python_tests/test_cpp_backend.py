@@ -96,4 +96,3 @@ def test_auto_takes_cpp_for_float32_on_the_cpu_and_torch_for_float64():
     assert ops.resolve_backend("fisher_invert", "auto", f64) == "torch"
     assert "float32 only" in ops.not_supported_reasons("fisher_invert", "cpp", finv=f64)[0]
     assert "no obs_scores" in ops.not_supported_reasons("obs_scores", "cpp", finv=torch.zeros(2, 5, 5))[0]
-

@@ -204,7 +204,6 @@ static void invert_group(float* fisher, int64_t b, int lanes, int B, double damp
     if (bad >> l & 1) failed[(*num_failed)++] = b + l;
 }
 
-
 // One gradient tensor into its rows of the block buffer, in one pass: src (n floats) → block b's B
 // values at dst + b·block_stride, the last block partly (its padding is never written); keep
 // (n bytes, or null): 0 writes +0.0 (all bits clear, as masked_fill wrote). Returns whether every

@@ -106,8 +106,9 @@ def write_row(rows: torch.Tensor, flat: torch.Tensor, keep: torch.Tensor | None)
 def copy_checked(buffer: torch.Tensor, row: int, pieces: list[Piece], grads: Mapping[str, torch.Tensor],
                  keep: Mapping[str, torch.Tensor | None]) -> None:
     """buffer (num_blocks, k, B) row ``row`` ← every piece's whole gradient in one pass
-    (``ops.copy_rows``: C++ on the CPU, one Triton launch on CUDA), which also checks each value; ValueError naming the first tensor holding a
-    NaN or ±inf (the row is then scratch: the caller changes no count)."""
+    (``ops.copy_rows``: C++ on the CPU, one Triton launch on CUDA), which also checks each value;
+    ValueError naming the first tensor holding a NaN or ±inf (the row is then scratch: the
+    caller changes no count)."""
     names = [p.slot.name for p in pieces]
     bad = ops.copy_rows(buffer, row, [grads[n].detach().reshape(-1) for n in names], [keep[n] for n in names],
                         [p.local_block for p in pieces])

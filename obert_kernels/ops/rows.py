@@ -52,14 +52,18 @@ def _kernel(device) -> tuple[Callable | None, str]:
 
 def copy_rows_reasons(device, sources: list[torch.Tensor], keeps: list[torch.Tensor | None]) -> list[str]:
     """Why ``copy_rows`` cannot copy these into a buffer on ``device`` (an empty list: it can)."""
-    device = torch.device(device)
+    return _kernel_and_reasons(torch.device(device), sources, keeps)[1]
+
+
+def _kernel_and_reasons(device: torch.device, sources, keeps) -> tuple[Callable | None, list[str]]:
+    """(the device's kernel or None, why this call cannot be served)."""
     kernel, why = _kernel(device)
     out = [] if kernel is not None else [why]
     if any(not _on(s, device) or s.dtype != torch.float32 or not s.is_contiguous() for s in sources):
         out.append(f"every gradient must be a contiguous float32 tensor on {device} (others are converted first)")
     if any(k is not None and (k.dtype != torch.bool or not k.is_contiguous() or not _on(k, device)) for k in keeps):
         out.append(f"keep-masks must be contiguous bool tensors on {device}")
-    return out
+    return kernel, out
 
 
 def _on(t: torch.Tensor, device: torch.device) -> bool:
@@ -80,7 +84,7 @@ def copy_rows(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], keeps
     if buffer.dim() != 3 or buffer.dtype != torch.float32 or not buffer.is_contiguous():
         raise ValueError("the buffer must be a contiguous float32 (num_blocks, k, B) tensor")
     nb, k, B = buffer.shape
-    reasons = copy_rows_reasons(buffer.device, sources, keeps)
+    kernel, reasons = _kernel_and_reasons(buffer.device, sources, keeps)
     if reasons:
         raise ValueError("; ".join(reasons))
     if not (len(sources) == len(keeps) == len(first_blocks)):
@@ -92,7 +96,6 @@ def copy_rows(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], keeps
             raise ValueError(f"a keep-mask of {keep.numel()} values for a gradient of {src.numel()}")
     if not 0 <= row < k:
         raise ValueError(f"row {row} is outside the buffer's {k} rows")
-    kernel, _ = _kernel(buffer.device)
     # the launch and its flags on the buffer's GPU, whichever is current
     with torch.cuda.device(buffer.device) if buffer.device.type == "cuda" else contextlib.nullcontext():
         return kernel(buffer, row, sources, keeps, first_blocks)
