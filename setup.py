@@ -236,8 +236,8 @@ def cpu_extension() -> list[Extension]:
         include_dirs=[pybind11.get_include()],
         # the kernels' AVX2/FMA code is enabled per function (a GCC pragma in the source) and
         # runs only after the CPU says it has them: no -march here
-        extra_compile_args=["-std=c++17", "-O3", "-pthread"],
-        extra_link_args=["-pthread"],
+        extra_compile_args=["-std=c++17", "-O3", "-pthread", "-fopenmp"],
+        extra_link_args=["-pthread", "-fopenmp"],
         language="c++",
     )]
 

@@ -6,8 +6,9 @@
 What ``GradBuffer.add`` does with one gradient, without the pruner around it: the per-tensor
 path (``check_all_finite``'s sums, then ``write_row`` per tensor: a strided copy, with a
 keep-mask ``addcmul``) against ``ops.copy_rows`` (one C++ pass that copies, masks and checks
-every value). Both write the same row of a (num_blocks, k, B) float32 buffer; the two run in a
-random order each repeat (the one that runs after the other measured differently, whichever
+every value), on torch's OpenMP threads and on threads of its own (``cpp.use_openmp``; the first
+only where the process has one OpenMP runtime). All write the same row of a (num_blocks, k, B)
+float32 buffer; they run in a random order each repeat (the one that runs after the other measured differently, whichever
 it was), three gradients in turn so neither reads from cache what the other just read.
 Reports median and quartiles in ms and the GB/s of the bytes either must move (read the
 gradient and the mask, write the row). Needs the C++ CPU extension (``pip install -e .``).
@@ -43,6 +44,7 @@ def time_pair(sizes, B, k, masked, repeats, seed) -> dict[str, list[float]]:
 
     from obert_kernels import ops
     from obert_kernels.core.grad_buffer import check_all_finite, write_row
+    from obert_kernels.ops.backends import cpp
 
     buffer, first, grads, keeps = case(sizes, B, k, masked, seed)
     names = [str(i) for i in range(len(sizes))]
@@ -52,11 +54,14 @@ def time_pair(sizes, B, k, masked, repeats, seed) -> dict[str, list[float]]:
         for i, x in enumerate(g):
             write_row(buffer[first[i]:first[i] + -(-x.numel() // B), row], x, keeps[i])
 
-    def one_pass(row, g):
-        if ops.copy_rows(buffer, row, g, keeps, first) != -1:
-            raise RuntimeError("a finite gradient was refused")
+    def one_pass(openmp: bool):
+        def run(row, g):
+            cpp.use_openmp(openmp)
+            if ops.copy_rows(buffer, row, g, keeps, first) != -1:
+                raise RuntimeError("a finite gradient was refused")
+        return run
 
-    ways = {"torch per tensor": per_tensor, "C++ one pass": one_pass}
+    ways = {"torch per tensor": per_tensor, "C++ one pass": one_pass(True), "C++ one pass, own threads": one_pass(False)}
     times = {name: [] for name in ways}
     order = random.Random(seed)
     for r in range(repeats + 1):
@@ -67,6 +72,7 @@ def time_pair(sizes, B, k, masked, repeats, seed) -> dict[str, list[float]]:
             ways[name](r % k, grads[r % 3])
             if r:  # the first round warms up
                 times[name].append(1e3 * (time.perf_counter() - start))
+    cpp.use_openmp(True)
     return times
 
 
@@ -96,8 +102,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"bench_copy_rows_cpu: {cpp.status()}")
     configs = [("MiniLM, 36 tensors, B=32", [a * b for _, (a, b) in minilm_shapes()], 32),
                ("d=1e6, one tensor, B=50", [1_000_000], 50)]
+    cpp.use_openmp(True)
     lines = [f"gradient buffer copy, k = 32, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-             f"{args.repeats} repeats in random order", "",
+             f"{args.repeats} repeats in random order; C++ one pass on {cpp.threads()}", "",
              "| gradient | keep-masks | path | median ms | quartiles ms | GB/s |", "| --- | --- | --- | ---: | --- | ---: |"]
     for label, sizes, B in configs:
         for masked in (False, True):

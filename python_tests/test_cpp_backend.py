@@ -2,6 +2,7 @@
 threading and remainders, exact symmetry, accuracy against torch's LAPACK path, the failed-block
 hand-off, and that CI really built them (OBERT_KERNELS_BUILD_CPU=1)."""
 import os
+import sys
 
 import pytest
 import torch
@@ -17,19 +18,68 @@ def rel_err(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
-@pytest.fixture(params=[1, 3])
+@pytest.fixture(params=[(1, True), (3, True), (3, False)], ids=["1", "3-openmp", "3-own"])
 def threads(request):
-    """The kernels split blocks over torch.get_num_threads() threads: one, and more than blocks/4."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
+    """The kernels split blocks over torch.get_num_threads() threads (one, and more than blocks/4),
+    on torch's OpenMP threads where this process allows it, and on threads of their own."""
+    n, openmp = request.param
+    before, before_openmp = torch.get_num_threads(), cpp.threads() == "torch's OpenMP threads"
+    torch.set_num_threads(n)
+    cpp.use_openmp(openmp)
+    yield n
     torch.set_num_threads(before)
+    cpp.use_openmp(before_openmp)
 
 
 def test_ci_built_the_extension():
     if os.environ.get("OBERT_KERNELS_BUILD_CPU") != "1":
         pytest.skip("OBERT_KERNELS_BUILD_CPU is not 1: the build may have skipped the extension")
     assert cpp.extension is not None and "ready" in cpp.status()
+
+
+def test_openmp_runtimes_reads_every_runtime_mapped(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/libgomp.so.1\n"
+                    "7f01-7f02 r--p 00001000 08:01 1 /usr/lib/libgomp.so.1\n"
+                    "7f02-7f03 r-xp 00000000 08:01 2 /opt/torch/lib/libiomp5.so\n"
+                    "7f03-7f04 rw-p 00000000 00:00 0\n"
+                    "7f04-7f05 r-xp 00000000 08:01 3 /usr/lib/libcomposite.so\n")
+    assert cpp.openmp_runtimes(maps) == {"/usr/lib/libgomp.so.1", "/opt/torch/lib/libiomp5.so"}
+    assert cpp.openmp_runtimes(tmp_path / "absent") == set()
+
+
+def test_the_kernels_take_torchs_openmp_threads_only_where_it_is_the_one_runtime():
+    on = cpp.use_openmp()
+    try:
+        assert on == (bool(cpp.extension.openmp_built()) and len(cpp.openmp_runtimes()) == 1)
+        assert cpp.threads() in cpp.status()
+        assert not cpp.use_openmp(False) and cpp.threads() == "their own"
+    finally:
+        cpp.use_openmp(on)
+    if os.environ.get("OBERT_KERNELS_BUILD_CPU") == "1" and sys.platform == "linux":
+        assert on, f"CI builds with OpenMP and torch brings libgomp: {cpp.openmp_runtimes()}"
+
+
+def test_both_kinds_of_threads_give_the_same_bits(seed):
+    nb, k, B = 23, 9, 13
+    chunk = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1).contiguous()
+    start = torch.rand(nb, B, B)
+    sources = [torch.randn(40), torch.randn(19 * B - 1)]  # blocks 0-3 and 4-22, each with padding
+    out = {}
+    on, before = cpp.use_openmp(), torch.get_num_threads()
+    torch.set_num_threads(2)  # both kinds split the blocks in two
+    try:
+        for openmp in (True, False):
+            cpp.use_openmp(openmp)
+            fisher, buffer = start.clone(), torch.zeros(nb, k, B)
+            ops.fisher_accumulate(fisher, chunk, 7, backend="cpp")
+            ops.fisher_invert(fisher, 0.5, backend="cpp")
+            assert ops.copy_rows(buffer, 4, sources, [None, None], [0, 4]) == -1
+            out[openmp] = (fisher, buffer)
+    finally:
+        cpp.use_openmp(on)
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(out[True], out[False]))
 
 
 @pytest.mark.parametrize("B,k", [(1, 1), (7, 3), (13, 5), (32, 32), (50, 17)])

