@@ -51,7 +51,7 @@ def test_openmp_runtimes_reads_every_runtime_mapped(tmp_path):
 def test_the_kernels_take_torchs_openmp_threads_only_where_it_is_the_one_runtime():
     on = cpp.use_openmp()
     try:
-        assert on == (bool(cpp.extension.openmp_built()) and len(cpp.openmp_runtimes()) == 1)
+        assert on == cpp.SHARES_TORCH_OPENMP == (bool(cpp.extension.openmp_built()) and len(cpp.openmp_runtimes()) == 1)
         assert cpp.threads() in cpp.status()
         assert not cpp.use_openmp(False) and cpp.threads() == "their own"
     finally:

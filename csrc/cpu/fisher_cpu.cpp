@@ -56,12 +56,12 @@ void set_openmp(bool on) { use_openmp.store(on && openmp_built()); }
 bool openmp_on() { return use_openmp.load(); }
 
 // Run fn(begin, end) over [0, n) in `threads` contiguous ranges, each a multiple of `align`.
-// On torch's OpenMP threads where it can: after a torch op, libgomp's worker spins on its core
-// for milliseconds, and two fresh std::threads then shared the cores with it. Measured on the
-// 2-core CI machine (MiniLM's 36 gradient tensors into the block buffer, the two in random order
-// with torch's copies between, medians of 100, 2026-12-01): the one-pass copy took 16.1 ms on
-// std::threads against 12.5 ms with OMP_WAIT_POLICY=PASSIVE (nobody spinning), which is what
-// running on the spinning threads themselves avoids.
+// On torch's OpenMP threads where it can: after a torch op, libgomp's idle worker spins on its
+// core for milliseconds, and two fresh std::threads then shared the cores with it. The one-pass
+// copy of MiniLM's gradient (2 threads, 2026-12-01, see copy_rows) took 11.5 ms on torch's
+// threads against 17.2 on its own, and 12.5 on its own with OMP_WAIT_POLICY=PASSIVE (nobody
+// spinning); the accumulation of a Fisher build at d = 10⁶, m = 1024 (bench/bench_pruner_cpu.py,
+// five runs each, alternated) 1.39-1.58 s against 1.66-1.81 s (one outlier at 1.89).
 template <class Fn>
 void parallel_ranges(int64_t n, int threads, int64_t align, Fn fn) {
   const int64_t units = (n + align - 1) / align;
@@ -297,10 +297,11 @@ void fisher_accumulate(uintptr_t fisher, uintptr_t grads, int64_t num_blocks, in
 // One pass over each gradient; threads split the blocks of all tensors. Returns the first t
 // holding a NaN or ±inf (its rows are written all the same: the caller refuses the gradient and
 // leaves the row as scratch), or −1. Measured against torch's per-tensor sum and strided copy in
-// random order, medians of 100, 2 threads on torch's OpenMP threads (2026-12-01): MiniLM's 36
-// tensors, B = 32, 13.3 against 15.7 ms without keep-masks and 13.5 against 25.8 ms with them (on
-// std::threads: 17.2 and 18.3 ms, no faster than torch without masks); d = 10⁶, B = 50, 1.0
-// against 1.4 ms. Neither streaming stores (movntps) nor prefetching the destination rows helped.
+// random order, medians of 80-150, 2 threads (bench/bench_copy_rows_cpu.py, 2026-12-01): MiniLM's
+// 36 tensors, B = 32, 11.5 against 14.2-15.1 ms without keep-masks, 14.1-15.1 against 25.5-42.3
+// with them; d = 10⁶, B = 50, 0.8-0.9 against 1.2-1.3 ms. On std::threads instead of torch's
+// OpenMP threads: 17.2-19.0, 19.4-20.4 and 1.5-2.0 ms (parallel_ranges says why). Neither
+// streaming stores (movntps) nor prefetching the destination rows helped.
 int64_t copy_rows(std::vector<uintptr_t> srcs, std::vector<uintptr_t> keeps, std::vector<int64_t> sizes,
                   std::vector<uintptr_t> dsts, int64_t block_stride, int B, int threads) {
   const size_t T = srcs.size();

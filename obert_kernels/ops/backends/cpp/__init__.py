@@ -39,7 +39,7 @@ extension, _IMPORT_ERROR = optional_extension("obert_kernels._cpu")
 CPU_SUPPORTED = extension is not None and bool(extension.supported())
 
 __all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp", "openmp_runtimes", "threads",
-           "use_openmp"]
+           "use_openmp", "SHARES_TORCH_OPENMP"]
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
 
@@ -72,14 +72,24 @@ def openmp_runtimes(maps: Path = Path("/proc/self/maps")) -> set[str]:
     return {line.split()[-1] for line in lines if _OPENMP_LIBRARY.search(line.split()[-1] if line.split() else "")}
 
 
+def _shares_torch_openmp() -> bool:
+    """Whether the module was built with OpenMP and exactly one OpenMP runtime is in the process:
+    then the module bound to torch's (the loader reuses a loaded library of the same name), and
+    its threads are torch's intra-op threads. Asked once, at import (torch is imported first)."""
+    return extension is not None and hasattr(extension, "openmp_built") and bool(extension.openmp_built()) \
+        and len(openmp_runtimes()) == 1
+
+
+SHARES_TORCH_OPENMP = _shares_torch_openmp()
+
+
 def use_openmp(on: bool = True) -> bool:
-    """Run the kernels on the OpenMP runtime's threads (``on``) or on threads of their own; returns
-    whether they now do. Only where the module was built with OpenMP and exactly one OpenMP runtime
-    is in the process: then it is torch's, and its threads are torch's intra-op threads. A second
-    runtime would bring its own threads, which spin on the cores after each kernel while torch works."""
+    """Run the kernels on torch's OpenMP threads (``on``) or on threads of their own; returns
+    whether they now do (only where ``SHARES_TORCH_OPENMP``: a second runtime would bring its own
+    threads, which spin on the cores after each kernel while torch works)."""
     if extension is None or not hasattr(extension, "set_openmp"):
         return False
-    extension.set_openmp(bool(on) and bool(extension.openmp_built()) and len(openmp_runtimes()) == 1)
+    extension.set_openmp(bool(on) and SHARES_TORCH_OPENMP)
     return threads() == "torch's OpenMP threads"
 
 
@@ -179,11 +189,11 @@ def copy_rows_cpp(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], k
                   first_blocks: list[int]) -> int:
     """``ops.copy_rows`` on the CPU: one C++ pass over every tensor (threads split the blocks).
 
-    Measured (2 threads, against the per-tensor sums and copies in random order, medians of 100,
-    2026-12-01, the method of ``bench/bench_copy_rows_cpu.py``), MiniLM's 36 tensors, 10.6M
-    weights, B = k = 32: 13.3 against 15.7 ms without keep-masks, 13.5 against 25.8 ms with them
-    (``addcmul`` copies). On threads of its own instead of torch's OpenMP threads it took 17.2 and
-    18.3 ms: torch's idle worker spins on its core after each op (``use_openmp``).
+    Measured (``bench/bench_copy_rows_cpu.py``: against the per-tensor sums and copies in random
+    order, 2 threads, medians of 80-150, two runs, 2026-12-01), MiniLM's 36 tensors, 10.6M weights,
+    B = k = 32: 11.5 against 14.2-15.1 ms without keep-masks, 14.1-15.1 against 25.5-42.3 ms with
+    them (``addcmul`` copies); d = 10⁶, B = 50: 0.8-0.9 against 1.2-1.3 ms. On threads of its own
+    instead of torch's OpenMP threads 17.2-19.0 ms and 19.4-20.4 ms (``use_openmp``).
     """
     k, B = buffer.shape[1], buffer.shape[2]
     base, item = buffer.data_ptr(), buffer.element_size()
@@ -200,4 +210,4 @@ def register_all() -> None:
     register("fisher_invert", "cpp", fisher_invert_cpp, _invert_reasons)
 
 
-use_openmp()  # torch is imported above, so a shared runtime is already mapped
+use_openmp()
