@@ -4,8 +4,8 @@ Not a Fisher op (no schema, no torch backend: the pruner's per-tensor torch path
 fallback, ``core/grad_buffer.py``): each device has one kernel, which copies every tensor,
 applies the keep-masks and checks that every value it read is finite, in one pass.
 
-- CPU: the C++ extension (``backends/cpp``; used once keep-masks apply: without them it
-  measured no faster than torch's copies, see ``copy_rows_cpp``);
+- CPU: the C++ extension (``backends/cpp``, on torch's OpenMP threads where it can; faster than
+  torch's per-tensor copies with keep-masks and without, see ``copy_rows_cpp``);
 - CUDA: one Triton launch for all tensors (``backends/triton/rows.py``), where the per-tensor
   path launched a copy a tensor.
 
