@@ -117,6 +117,27 @@ def archs() -> list[str]:
     return [a.strip() for a in os.environ.get("OBERT_KERNELS_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a.strip()]
 
 
+OPENMP_FLAG = "-fopenmp"
+
+
+def with_openmp_or_without(ext, build) -> bool:
+    """build() the CPU extension with OpenMP (its kernels then run on torch's OpenMP threads); where
+    the compiler has none (clang without libomp), again without it (threads of their own).
+    Returns whether OpenMP is in."""
+    try:
+        build()
+        return OPENMP_FLAG in ext.extra_compile_args
+    except Exception as exc:
+        if OPENMP_FLAG not in ext.extra_compile_args:
+            raise
+        say(f"CPU extension: the build with {OPENMP_FLAG} failed ({type(exc).__name__}: {exc}); "
+            "building it without OpenMP (its kernels then start threads of their own)")
+        ext.extra_compile_args = [a for a in ext.extra_compile_args if a != OPENMP_FLAG]
+        ext.extra_link_args = [a for a in ext.extra_link_args if a != OPENMP_FLAG]
+        build()
+        return False
+
+
 class BuildCudaExt(build_ext):
     """Compiles csrc/*.cu with nvcc (in parallel), then links them with the pybind11 binding."""
 
@@ -135,8 +156,9 @@ class BuildCudaExt(build_ext):
         super().build_extension(ext)
 
     def _build_cpu(self, ext):
+        build = lambda: super(BuildCudaExt, self).build_extension(ext)  # noqa: E731
         seconds = self._optional("CPU", CPU_MODE, "the torch backend serves the CPU",
-                                 lambda: super(BuildCudaExt, self).build_extension(ext))
+                                 lambda: with_openmp_or_without(ext, build))
         if seconds is not None:
             say(f"built the CPU extension in {seconds:.0f} s")
 
@@ -236,8 +258,10 @@ def cpu_extension() -> list[Extension]:
         include_dirs=[pybind11.get_include()],
         # the kernels' AVX2/FMA code is enabled per function (a GCC pragma in the source) and
         # runs only after the CPU says it has them: no -march here
-        extra_compile_args=["-std=c++17", "-O3", "-pthread", "-fopenmp"],
-        extra_link_args=["-pthread", "-fopenmp"],
+        # OpenMP: the kernels run on torch's own threads (ops/backends/cpp: use_openmp); a
+        # compiler without it builds the module without (with_openmp_or_without)
+        extra_compile_args=["-std=c++17", "-O3", "-pthread", OPENMP_FLAG],
+        extra_link_args=["-pthread", OPENMP_FLAG],
         language="c++",
     )]
 

@@ -66,3 +66,28 @@ def test_setup_py_prints_one_line_saying_why():
     lines = [line for line in proc.stderr.splitlines() if line.startswith("obert_kernels:")]
     assert len(lines) == 1, proc.stderr
     assert ("OBERT_KERNELS_BUILD_CUDA=0" in lines[0]) if mode == "0" else ("GPU driver" in lines[0])
+
+
+def test_the_cpu_extension_is_built_without_openmp_where_the_compiler_has_none(setup_module, capsys):
+    ext = setup_module.cpu_extension()[0]
+    assert setup_module.OPENMP_FLAG in ext.extra_compile_args and setup_module.OPENMP_FLAG in ext.extra_link_args
+    tried = []
+
+    def build():
+        tried.append(list(ext.extra_compile_args))
+        if setup_module.OPENMP_FLAG in ext.extra_compile_args:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+
+    assert setup_module.with_openmp_or_without(ext, build) is False
+    assert len(tried) == 2 and setup_module.OPENMP_FLAG not in ext.extra_compile_args + ext.extra_link_args
+    assert "without OpenMP" in capsys.readouterr().err
+
+
+def test_a_cpu_build_that_fails_without_openmp_too_raises(setup_module):
+    ext = setup_module.cpu_extension()[0]
+
+    def build():
+        raise RuntimeError("no compiler")
+
+    with pytest.raises(RuntimeError, match="no compiler"):
+        setup_module.with_openmp_or_without(ext, build)
