@@ -37,27 +37,20 @@ def test_ci_built_the_extension():
     assert cpp.extension is not None and "ready" in cpp.status()
 
 
-def test_openmp_runtimes_reads_every_runtime_mapped(tmp_path):
-    maps = tmp_path / "maps"
-    maps.write_text("7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/libgomp.so.1\n"
-                    "7f01-7f02 r--p 00001000 08:01 1 /usr/lib/libgomp.so.1\n"
-                    "7f02-7f03 r-xp 00000000 08:01 2 /opt/torch/lib/libiomp5.so\n"
-                    "7f03-7f04 rw-p 00000000 00:00 0\n"
-                    "7f04-7f05 r-xp 00000000 08:01 3 /usr/lib/libcomposite.so\n")
-    assert cpp.openmp_runtimes(maps) == {"/usr/lib/libgomp.so.1", "/opt/torch/lib/libiomp5.so"}
-    assert cpp.openmp_runtimes(tmp_path / "absent") == set()
-
-
-def test_the_kernels_take_torchs_openmp_threads_only_where_it_is_the_one_runtime():
+def test_the_kernels_take_torchs_openmp_threads_only_where_the_runtime_is_torchs(monkeypatch):
     on = cpp.use_openmp()
     try:
-        assert on == cpp.SHARES_TORCH_OPENMP == (bool(cpp.extension.openmp_built()) and len(cpp.openmp_runtimes()) == 1)
+        assert on == cpp.SHARES_TORCH_OPENMP == (bool(cpp.extension.openmp_built())
+                                                 and cpp.extension.openmp_symbol() == cpp.torch_openmp_symbol())
         assert cpp.threads() in cpp.status()
         assert not cpp.use_openmp(False) and cpp.threads() == "their own"
+        monkeypatch.setattr(cpp, "SHARES_TORCH_OPENMP", False)  # another runtime: never its threads
+        assert not cpp.use_openmp(True) and cpp.threads() == "their own"
     finally:
+        monkeypatch.undo()
         cpp.use_openmp(on)
     if os.environ.get("OBERT_KERNELS_BUILD_CPU") == "1" and sys.platform == "linux":
-        assert on, f"CI builds with OpenMP and torch brings libgomp: {cpp.openmp_runtimes()}"
+        assert on, "CI builds with OpenMP, and torch's Linux wheel brings libgomp.so.1, which the module must share"
 
 
 def test_both_kinds_of_threads_give_the_same_bits(seed):

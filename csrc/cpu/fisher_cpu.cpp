@@ -1,6 +1,6 @@
 // CPU kernels of the direct Fisher build (SPEC §2a): the chunk accumulation and the blocked
 // inversion, float32 storage, AVX2 + FMA, threaded over blocks (torch's OpenMP threads where the
-// process has one OpenMP runtime, else std::thread; see parallel_ranges).
+// module's OpenMP is torch's runtime, else std::thread; see parallel_ranges).
 // pybind11 binding of raw host pointers (as the CUDA binding): no torch headers, so it builds
 // in seconds; obert_kernels/ops/backends/cpp/ checks every argument before calling in.
 //
@@ -48,6 +48,16 @@ bool openmp_built() {
   return true;
 #else
   return false;
+#endif
+}
+
+// Where this module resolved omp_get_num_threads (0 without OpenMP): the Python side compares it
+// with where torch's libraries resolve it, to know whether the runtime (and its threads) is torch's.
+uintptr_t openmp_symbol() {
+#ifdef _OPENMP
+  return reinterpret_cast<uintptr_t>(&omp_get_num_threads);
+#else
+  return 0;
 #endif
 }
 
@@ -347,6 +357,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "obert_kernels CPU kernels (raw-pointer binding; use obert_kernels.ops, not this module)";
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
   m.def("openmp_built", &obk_cpu::openmp_built, "whether this module was compiled with OpenMP");
+  m.def("openmp_symbol", &obk_cpu::openmp_symbol, "the address this module resolved omp_get_num_threads to (0: none)");
   m.def("set_openmp", &obk_cpu::set_openmp, py::arg("on"),
         "run the kernels' threads on the OpenMP runtime (only where it is torch's own; see ops/backends/cpp)");
   m.def("openmp_on", &obk_cpu::openmp_on, "whether the kernels' threads are the OpenMP runtime's");

@@ -22,7 +22,8 @@ else threads of their own.
 """
 from __future__ import annotations
 
-import re
+import ctypes
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ extension, _IMPORT_ERROR = optional_extension("obert_kernels._cpu")
 # asked once: the reasons run while torch.compile traces, which cannot call into the extension
 CPU_SUPPORTED = extension is not None and bool(extension.supported())
 
-__all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp", "openmp_runtimes", "threads",
+__all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp", "torch_openmp_symbol", "threads",
            "use_openmp", "SHARES_TORCH_OPENMP"]
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
@@ -59,25 +60,25 @@ def status() -> str:
 
 
 # ---- whose threads ---------------------------------------------------------------------
-_OPENMP_LIBRARY = re.compile(r"lib(g|i|)omp[^/]*\.so")
-
-
-def openmp_runtimes(maps: Path = Path("/proc/self/maps")) -> set[str]:
-    """Paths of the OpenMP runtime libraries mapped into this process (libgomp, libiomp,
-    libomp), read from ``maps``; empty where that cannot be read (not Linux)."""
+def torch_openmp_symbol() -> int | None:
+    """Where torch's CPU library resolves ``omp_get_num_threads`` (its OpenMP runtime's), or None
+    where that cannot be asked (not Linux, torch without OpenMP). Loads nothing: the library is
+    only looked up (RTLD_NOLOAD), and the lookup searches its dependencies, the runtime among them."""
+    library = Path(torch.__file__).resolve().parent / "lib" / "libtorch_cpu.so"
     try:
-        lines = maps.read_text().splitlines()
-    except OSError:
-        return set()
-    return {line.split()[-1] for line in lines if _OPENMP_LIBRARY.search(line.split()[-1] if line.split() else "")}
+        handle = ctypes.CDLL(str(library), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        return ctypes.cast(handle.omp_get_num_threads, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
 
 
 def _shares_torch_openmp() -> bool:
-    """Whether the module was built with OpenMP and exactly one OpenMP runtime is in the process:
-    then the module bound to torch's (the loader reuses a loaded library of the same name), and
-    its threads are torch's intra-op threads. Asked once, at import (torch is imported first)."""
-    return extension is not None and hasattr(extension, "openmp_built") and bool(extension.openmp_built()) \
-        and len(openmp_runtimes()) == 1
+    """Whether the module was built with OpenMP and resolved it to torch's runtime (the loader
+    reuses a loaded library of the same name): then its threads are torch's intra-op threads.
+    Another runtime (an Intel libiomp5 under torch, a differently named libgomp) would not be."""
+    if extension is None or not hasattr(extension, "openmp_symbol") or not extension.openmp_built():
+        return False
+    return extension.openmp_symbol() == torch_openmp_symbol()
 
 
 SHARES_TORCH_OPENMP = _shares_torch_openmp()
@@ -85,7 +86,7 @@ SHARES_TORCH_OPENMP = _shares_torch_openmp()
 
 def use_openmp(on: bool = True) -> bool:
     """Run the kernels on torch's OpenMP threads (``on``) or on threads of their own; returns
-    whether they now do (only where ``SHARES_TORCH_OPENMP``: a second runtime would bring its own
+    whether they now do (only where ``SHARES_TORCH_OPENMP``: another runtime would bring its own
     threads, which spin on the cores after each kernel while torch works)."""
     if extension is None or not hasattr(extension, "set_openmp"):
         return False
