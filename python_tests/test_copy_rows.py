@@ -64,6 +64,25 @@ def test_copy_rows_writes_what_the_per_tensor_copy_writes_bit_for_bit(seed, kern
     assert torch.equal(buffer.view(torch.int32), expected.view(torch.int32))  # +0.0 where pruned, every bit
 
 
+@pytest.mark.skipif(not cpp.available(), reason=cpp.status())
+@pytest.mark.parametrize("B,k", [(16, 3), (32, 32), (48, 5), (50, 4)])  # 50: rows not whole lines, stored as before
+def test_the_cpp_copy_with_streaming_stores_writes_the_same_bits(seed, monkeypatch, B, k):
+    """Streaming stores (whole-line rows of a large buffer) bypass the cache: the bits, the refusal
+    of a non-finite value and the padding must be what the cached stores give."""
+    monkeypatch.setattr(cpp, "STREAM_MIN_BYTES", 0)  # every buffer counts as large
+    sizes = [3 * B + 5, 7, 2 * B]
+    first = [0, 5, 7]
+    buffer = torch.randn(10, k, B)
+    assert buffer.data_ptr() % 64 == 0  # torch's CPU allocator: the rows of B % 16 == 0 start cache lines
+    sources = [torch.randn(n) for n in sizes]
+    keeps = [torch.rand(sizes[0]) < 0.5, None, torch.rand(2 * B) < 0.5]
+    expected = rows_reference(buffer, 1, sources, keeps, first)
+    assert ops.copy_rows(buffer, 1, sources, keeps, first) == -1
+    assert torch.equal(buffer.view(torch.int32), expected.view(torch.int32))
+    sources[2][B + 3] = float("nan")
+    assert ops.copy_rows(buffer, 0, sources, keeps, first) == 2
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf − inf in the interpreter
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("where", ["vector part", "tail", "pruned"])

@@ -253,6 +253,7 @@ static void invert_group(float* fisher, int64_t b, int lanes, int B, double damp
 // values at dst + b·block_stride, the last block partly (its padding is never written); keep
 // (n bytes, or null): 0 writes +0.0 (all bits clear, as masked_fill wrote). Returns whether every
 // source value was finite, the pruned ones included (v − v is NaN exactly for NaN and ±inf).
+template <bool STREAM>
 static bool copy_tensor_rows(const float* src, const uint8_t* keep, int64_t n, float* dst, int64_t block_stride,
                              int B, int64_t block_begin, int64_t block_end) {
   f8 acc = splat8(0.0f);
@@ -271,7 +272,10 @@ static bool copy_tensor_rows(const float* src, const uint8_t* keep, int64_t n, f
             _mm256_setzero_si256());
         v = (f8)_mm256_and_ps((__m256)v, _mm256_castsi256_ps(on));
       }
-      store8(d + c, v);
+      if (STREAM)  // d + c is 32-byte aligned: the caller checked the row starts
+        _mm256_stream_ps(d + c, (__m256)v);
+      else
+        store8(d + c, v);
     }
     for (; c < len; ++c) {
       const float v = s[c];
@@ -279,6 +283,7 @@ static bool copy_tensor_rows(const float* src, const uint8_t* keep, int64_t n, f
       d[c] = (keep && !keep[b * B + c]) ? 0.0f : v;
     }
   }
+  if (STREAM) _mm_sfence();  // the streamed rows visible before the flush reads them
   bool finite = tail_acc == 0.0f;
   for (int l = 0; l < 8; ++l) finite = finite && acc[l] == 0.0f;
   return finite;
@@ -310,10 +315,14 @@ void fisher_accumulate(uintptr_t fisher, uintptr_t grads, int64_t num_blocks, in
 // random order, medians of 80-150, 2 threads (bench/bench_copy_rows_cpu.py, 2026-12-01): MiniLM's
 // 36 tensors, B = 32, 11.5 against 14.2-15.1 ms without keep-masks, 14.1-15.1 against 25.5-42.3
 // with them; d = 10⁶, B = 50, 0.8-0.9 against 1.2-1.3 ms. On std::threads instead of torch's
-// OpenMP threads: 17.2-19.0, 19.4-20.4 and 1.5-2.0 ms (parallel_ranges says why). Neither
-// streaming stores (movntps) nor prefetching the destination rows helped.
+// OpenMP threads: 17.2-19.0, 19.4-20.4 and 1.5-2.0 ms (parallel_ranges says why). stream: rows
+// that are whole cache lines (B % 16 == 0, line-aligned) are written with streaming stores
+// (movntps), which skip reading each destination line first; the caller asks for it for buffers
+// far larger than the cache. MiniLM's copy then took 7.7-8.8 ms against 11.1-11.9 with cached
+// stores (random order, medians of 120, 2026-12-01). On std::threads streaming stores had not
+// helped (the spinning worker was the bottleneck then).
 int64_t copy_rows(std::vector<uintptr_t> srcs, std::vector<uintptr_t> keeps, std::vector<int64_t> sizes,
-                  std::vector<uintptr_t> dsts, int64_t block_stride, int B, int threads) {
+                  std::vector<uintptr_t> dsts, int64_t block_stride, int B, bool stream, int threads) {
   const size_t T = srcs.size();
   std::vector<int64_t> first(T + 1, 0);  // tensor t's blocks are [first[t], first[t+1]) of all blocks
   for (size_t t = 0; t < T; ++t) first[t + 1] = first[t] + (sizes[t] + B - 1) / B;
@@ -323,9 +332,14 @@ int64_t copy_rows(std::vector<uintptr_t> srcs, std::vector<uintptr_t> keeps, std
     size_t t = std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
     for (; t < T && first[t] < end; ++t) {
       const int64_t lo = std::max(begin, first[t]) - first[t], hi = std::min(end, first[t + 1]) - first[t];
-      if (!copy_tensor_rows(reinterpret_cast<const float*>(srcs[t]), reinterpret_cast<const uint8_t*>(keeps[t]),
-                            sizes[t], reinterpret_cast<float*>(dsts[t]), block_stride, B, lo, hi))
-        bad[t].store(true, std::memory_order_relaxed);
+      const float* src = reinterpret_cast<const float*>(srcs[t]);
+      const uint8_t* keep = reinterpret_cast<const uint8_t*>(keeps[t]);
+      float* dst = reinterpret_cast<float*>(dsts[t]);
+      // streaming stores only where every row starts a cache line (whole lines, no read for ownership)
+      const bool lines = stream && B % 16 == 0 && block_stride % 16 == 0 && dsts[t] % 64 == 0;
+      const bool ok = lines ? copy_tensor_rows<true>(src, keep, sizes[t], dst, block_stride, B, lo, hi)
+                            : copy_tensor_rows<false>(src, keep, sizes[t], dst, block_stride, B, lo, hi);
+      if (!ok) bad[t].store(true, std::memory_order_relaxed);
     }
   });
   for (size_t t = 0; t < T; ++t)
@@ -366,7 +380,8 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("scale"), py::arg("upper_only"), py::arg("threads"),
         py::call_guard<py::gil_scoped_release>());
   m.def("copy_rows", &obk_cpu::copy_rows, py::arg("srcs"), py::arg("keeps"), py::arg("sizes"), py::arg("dsts"),
-        py::arg("block_stride"), py::arg("B"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+        py::arg("block_stride"), py::arg("B"), py::arg("stream"), py::arg("threads"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("fisher_invert", &obk_cpu::fisher_invert, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
         py::arg("damp"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
 }

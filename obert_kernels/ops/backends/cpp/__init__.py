@@ -186,6 +186,16 @@ def fisher_invert_cpp(fisher: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 # ---- the gradient buffer's one-pass copy (ops/rows.py checks the arguments) -----------------
+# From this buffer size on the copy writes whole-cache-line rows with streaming stores (where B
+# is a multiple of 16), skipping the read for ownership of each destination line: a row written
+# now is read by the flush only k gradients later, long evicted from a cache this much smaller
+# (the CI machine: 32 MiB of L3 per CCX). A smaller buffer may still be cached at its flush.
+# MiniLM (1.36 GB buffer, B = k = 32): 7.7-8.8 ms a gradient against 11.1-11.9 ms with cached stores;
+# through bench_pruner_cpu's MiniLM passes, add_grads 5.1 s against 5.9-6.1 s for 256 gradients
+# (alternated, 2026-12-01, bench/results/cpu-copy-stream-ab-2026-12-01.txt).
+STREAM_MIN_BYTES = 256 << 20
+
+
 def copy_rows_cpp(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], keeps: list[torch.Tensor | None],
                   first_blocks: list[int]) -> int:
     """``ops.copy_rows`` on the CPU: one C++ pass over every tensor (threads split the blocks).
@@ -199,8 +209,9 @@ def copy_rows_cpp(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], k
     k, B = buffer.shape[1], buffer.shape[2]
     base, item = buffer.data_ptr(), buffer.element_size()
     dsts = [base + item * (first * k * B + row * B) for first in first_blocks]
+    stream = buffer.numel() * item >= STREAM_MIN_BYTES
     return extension.copy_rows([s.data_ptr() for s in sources], [0 if m is None else m.data_ptr() for m in keeps],
-                               [s.numel() for s in sources], dsts, k * B, B, torch.get_num_threads())
+                               [s.numel() for s in sources], dsts, k * B, B, stream, torch.get_num_threads())
 
 
 def register_all() -> None:
