@@ -66,7 +66,7 @@ def add_grads_per_call(grads, device: str, calls: int) -> None:
     """``FisherPruner.add_grads`` on the same 36 gradients (B = 50, m = 256, k = 32, the pruner's
     defaults otherwise) three ways: the per-tensor path with the per-tensor sums (as on
     2026-11-30), the per-tensor path with ``all_finite_quick``, and the one-pass ``ops.copy_rows``
-    (where it serves: on CUDA always, on the CPU once keep-masks apply, so not here). Alternating in
+    (where it serves: on CUDA always, on the CPU with backend auto or cpp). Alternating in
     rounds of 8 calls; per-call median over ``calls`` calls each, the flushes (every 32nd call)
     included, wall clock between synchronizations."""
     import torch

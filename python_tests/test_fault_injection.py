@@ -200,9 +200,9 @@ def test_add_grads_fault_changes_nothing_and_retry_works(seed, monkeypatch, owne
 
 
 @pytest.mark.parametrize("backend,pruned,fault", [("torch", False, "nan"), ("auto", False, "nan"), ("auto", True, "nan"),
-                                                  ("auto", True, "copy_checked")])
+                                                  ("auto", False, "copy_checked"), ("auto", True, "copy_checked")])
 def test_a_bad_gradient_after_a_full_chunk_changes_nothing(seed, monkeypatch, backend, pruned, fault):
-    """Once keep-masks apply (pruned: a second step), the C++ copy ("auto" on the CPU) checks while
+    """The C++ copy ("auto" on the CPU; with keep-masks when pruned, a second step) checks while
     it copies, after the full chunk's flush: the flush stays (it resumes nothing and loses
     nothing), the refused row is scratch; the result is the same as without the refused call.
     fault "copy_checked": the copy raises after writing the row, before the counters move."""

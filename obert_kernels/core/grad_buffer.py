@@ -8,8 +8,9 @@ checks it is finite (``check_all_finite``: one synchronization for all of them).
 ``GradBuffer.checks_while_copying``, one pass copies, masks and checks every tensor instead
 (``copy_checked`` → ``ops.copy_rows``) and refuses a non-finite gradient after writing the
 scratch row, which no count covers: on CUDA one Triton launch (an H200 ``add_grads`` call on
-MiniLM's tensors 2.02 → 0.44 ms), on the CPU the C++ pass once keep-masks apply (18.9 against
-26.0 ms a MiniLM gradient; without masks it is no faster than the copies below).
+MiniLM's tensors 2.02 → 0.44 ms), on the CPU the C++ pass on torch's OpenMP threads (a MiniLM
+gradient 11.5 against 14.2-15.1 ms without keep-masks, 14.1-15.1 against 25.5-42.3 ms with them;
+``ops.backends.cpp.copy_rows_cpp``).
 Measured on the shared 2-core machine (OMP_NUM_THREADS=1, min of 40, d = 10⁶, B = 50,
 k = 32; 2026-11-30): copy into the strided row 1.2–1.5 ms; with the mask, addcmul
 (0 + g·keep) 1.8–3.0 ms where ``torch.where``/``masked_fill`` took 5–10 ms (not
