@@ -8,7 +8,8 @@ path (``check_all_finite``'s sums, then ``write_row`` per tensor: a strided copy
 keep-mask ``addcmul``) against ``ops.copy_rows`` (one C++ pass that copies, masks and checks
 every value), on torch's OpenMP threads and on threads of its own (``cpp.use_openmp``; the first
 only where the module's OpenMP is torch's runtime). All write the same row of a (num_blocks, k, B)
-float32 buffer; they run in a random order each repeat (the one that runs after the other measured differently, whichever
+float32 buffer (MiniLM's, 1.36 GB, is past ``cpp.STREAM_MIN_BYTES``: the C++ pass streams its rows);
+they run in a random order each repeat (the one that runs after the other measured differently, whichever
 it was), three gradients in turn so neither reads from cache what the other just read.
 Reports median and quartiles in ms and the GB/s of the bytes either must move (read the
 gradient and the mask, write the row). Needs the C++ CPU extension (``pip install -e .``).

@@ -204,7 +204,10 @@ def copy_rows_cpp(buffer: torch.Tensor, row: int, sources: list[torch.Tensor], k
     order, 2 threads, medians of 80-150, two runs, 2026-12-01), MiniLM's 36 tensors, 10.6M weights,
     B = k = 32: 11.5 against 14.2-15.1 ms without keep-masks, 14.1-15.1 against 25.5-42.3 ms with
     them (``addcmul`` copies); d = 10⁶, B = 50: 0.8-0.9 against 1.2-1.3 ms. On threads of its own
-    instead of torch's OpenMP threads 17.2-19.0 ms and 19.4-20.4 ms (``use_openmp``).
+    instead of torch's OpenMP threads 17.2-19.0 ms and 19.4-20.4 ms (``use_openmp``). With the
+    streaming stores (``STREAM_MIN_BYTES``; MiniLM's buffer is 1.36 GB) 8.2 ms without masks and
+    11.7 ms with them, against 14.9 and 38.6 ms (one run, medians of 150, same day,
+    bench/results/copy-rows-cpu-stream-2026-12-01.txt).
     """
     k, B = buffer.shape[1], buffer.shape[2]
     base, item = buffer.data_ptr(), buffer.element_size()
