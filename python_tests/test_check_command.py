@@ -13,6 +13,7 @@ from obert_kernels import ops
 from obert_kernels.app import check as check_mod
 from obert_kernels.app.cli import main
 from obert_kernels.ops import dispatch
+from obert_kernels.ops.backends import cpp
 
 ROOT = Path(__file__).resolve().parents[1]
 # (op, variant prefix) of every case the full check runs
@@ -156,4 +157,6 @@ def test_float64_check_runs_torch_and_says_why_the_float32_kernels_do_not(tmp_pa
 
 def test_info_points_to_check(capsys):
     assert main(["info"]) == 0
-    assert "python -m obert_kernels check" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "python -m obert_kernels check" in out
+    assert f"  cpp backend: {cpp.status()}" in out  # built or not, and whose threads its kernels use

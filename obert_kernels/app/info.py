@@ -11,6 +11,7 @@ import torch
 from .. import ops
 from ..core.memory import available_memory, estimate_memory, format_bytes
 from ..ops import dispatch
+from ..ops.backends import cpp as cpp_backend
 from ..ops.patterns import parse_pattern
 from ..core.pruner import auto_fisher_method
 
@@ -118,6 +119,8 @@ def info_text(d: "int | list[int] | None" = None, block_size: int = 50, chunk_si
                 detail = "" if not reasons else ": " + "; ".join(reasons)
                 lines.append(f"  {op:<18} {backend:<7} {status}{detail}")
         lines.append(f"  Fisher build, fisher_method='auto': {auto_fisher_method(torch.device(dev))}")
+        if torch.device(dev).type == "cpu":
+            lines.append(f"  cpp backend: {cpp_backend.status()}")
     if d is not None:
         dev = device or devices()[-1]
         sizes = [d] if isinstance(d, int) else list(d)
