@@ -129,22 +129,37 @@ static void gram_tile(const float* g, int k, int ld, int r0, int c0, float* out)
 // few at a time between the tiles of the current one: all at once, they filled the core's miss
 // buffers and stalled it (perf: ~14% of the kernel's samples on the prefetch loop, 2026-11-30).
 struct Prefetcher {
-  std::vector<const char*> lines;
-  size_t next = 0;
+  const char* grads = nullptr;   // the coming block's first gradient row
+  const char* fisher = nullptr;  // and its Fisher block
+  int64_t row_bytes = 0;         // between its gradient rows
+  int64_t row_lines = 0, rows = 0, fisher_lines = 0;
+  int64_t next = 0;              // lines [0, rows·row_lines) are gradient rows', the rest F's
 
-  void plan(const float* fisher, const float* grads, int64_t row_stride, int k, int B) {
-    lines.clear();
+  void plan(const float* f, const float* g, int64_t row_stride, int k, int B) {
+    grads = reinterpret_cast<const char*>(g);
+    fisher = reinterpret_cast<const char*>(f);
+    row_bytes = (int64_t)sizeof(float) * row_stride;
+    row_lines = ((int64_t)sizeof(float) * B + 63) / 64;
+    rows = k;
+    fisher_lines = ((int64_t)sizeof(float) * B * B + 63) / 64;
     next = 0;
-    for (int i = 0; i < k; ++i) {
-      const char* g = reinterpret_cast<const char*>(grads + i * row_stride);
-      for (int64_t off = 0; off < (int64_t)sizeof(float) * B; off += 64) lines.push_back(g + off);
-    }
-    const char* f = reinterpret_cast<const char*>(fisher);
-    for (int64_t off = 0; off < (int64_t)sizeof(float) * B * B; off += 64) lines.push_back(f + off);
   }
 
-  void step(size_t n) {
-    for (const size_t stop = std::min(lines.size(), next + n); next < stop; ++next) __builtin_prefetch(lines[next], 1, 3);
+  void clear() { rows = fisher_lines = next = 0; }
+
+  int64_t size() const { return rows * row_lines + fisher_lines; }
+
+  // The next n lines, computed as they are asked for: a list of ~130 pointers rebuilt per block
+  // had ~4% of the kernel's perf samples on blocks in cache; on MiniLM's whole flush the two
+  // measured alike (2026-12-01, bench/results/cpu-prefetcher-ab-2026-12-01.txt).
+  void step(int64_t n) {
+    const int64_t stop = std::min(size(), next + n);
+    for (; next < stop; ++next) {
+      const int64_t grad_lines = rows * row_lines;
+      const char* line = next < grad_lines ? grads + (next / row_lines) * row_bytes + (next % row_lines) * 64
+                                           : fisher + (next - grad_lines) * 64;
+      __builtin_prefetch(line, 1, 3);
+    }
   }
 };
 
@@ -163,7 +178,7 @@ static void accumulate_block(float* fisher, const float* g, int64_t row_stride, 
                              bool upper_only, float* gpad, float* gram, Prefetcher& ahead) {
   const int P = (B + 7) / 8 * 8;
   for (int i = 0; i < k; ++i) std::memcpy(gpad + (int64_t)i * P, g + i * row_stride, sizeof(float) * B);
-  const size_t per_row = ahead.lines.size() / (P / 4) + 1;  // the coming block's lines spread over the tile rows
+  const int64_t per_row = ahead.size() / (P / 4) + 1;  // the coming block's lines spread over the tile rows
   for (int r0 = 0; r0 < P; r0 += 4) {
     int c0 = r0 / 8 * 8;
     for (; c0 + 16 <= P; c0 += 16) gram_tile<2>(gpad, k, P, r0, c0, gram);
@@ -191,7 +206,7 @@ static void accumulate_range(float* fisher, const float* grads, int64_t block_st
   for (int64_t b = begin; b < end; ++b) {
     const int64_t coming = b + PREFETCH_BLOCKS_AHEAD;
     if (coming < end) ahead.plan(fisher + coming * B * B, grads + coming * block_stride, row_stride, k, B);
-    else ahead.lines.clear();
+    else ahead.clear();
     accumulate_block(fisher + b * B * B, grads + b * block_stride, row_stride, k, B, scale, upper_only, gpad.data(),
                      gram.data(), ahead);
   }
