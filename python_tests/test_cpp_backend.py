@@ -3,6 +3,7 @@ threading and remainders, exact symmetry, accuracy against torch's LAPACK path, 
 hand-off, and that CI really built them (OBERT_KERNELS_BUILD_CPU=1)."""
 import os
 import sys
+import types
 import warnings
 
 import pytest
@@ -36,6 +37,12 @@ def test_ci_built_the_extension():
     if os.environ.get("OBERT_KERNELS_BUILD_CPU") != "1":
         pytest.skip("OBERT_KERNELS_BUILD_CPU is not 1: the build may have skipped the extension")
     assert cpp.extension is not None and "ready" in cpp.status()
+
+
+def test_a_module_built_from_older_sources_is_refused_with_a_reason():
+    assert cpp.stale_reason(cpp.extension) == ""  # the one built from these sources
+    for built in (types.SimpleNamespace(), types.SimpleNamespace(ABI=cpp.ABI - 1)):  # before ABI existed; older
+        assert "predates csrc/cpu/fisher_cpu.cpp" in cpp.stale_reason(built) and "rebuild" in cpp.stale_reason(built)
 
 
 def test_the_kernels_take_torchs_openmp_threads_only_where_the_runtime_is_torchs(monkeypatch):

@@ -351,7 +351,7 @@ int64_t copy_rows(std::vector<uintptr_t> srcs, std::vector<uintptr_t> keeps, std
       const uint8_t* keep = reinterpret_cast<const uint8_t*>(keeps[t]);
       float* dst = reinterpret_cast<float*>(dsts[t]);
       // streaming stores only where every row starts a cache line (whole lines, no read for ownership)
-      const bool lines = stream && B % 16 == 0 && block_stride % 16 == 0 && dsts[t] % 64 == 0;
+      const bool lines = stream && B % 16 == 0 && dsts[t] % 64 == 0;  // then block_stride = k·B is too
       const bool ok = lines ? copy_tensor_rows<true>(src, keep, sizes[t], dst, block_stride, B, lo, hi)
                             : copy_tensor_rows<false>(src, keep, sizes[t], dst, block_stride, B, lo, hi);
       if (!ok) bad[t].store(true, std::memory_order_relaxed);
@@ -384,6 +384,10 @@ std::vector<int64_t> fisher_invert(uintptr_t fisher, int64_t num_blocks, int B, 
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "obert_kernels CPU kernels (raw-pointer binding; use obert_kernels.ops, not this module)";
+  // Raised whenever a binding below changes: ops/backends/cpp refuses a module built from older
+  // sources with that reason instead of meeting a TypeError at its first call. 2: copy_rows takes
+  // `stream`, the OpenMP functions exist.
+  m.attr("ABI") = 2;
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
   m.def("openmp_built", &obk_cpu::openmp_built, "whether this module was compiled with OpenMP");
   m.def("openmp_symbol", &obk_cpu::openmp_symbol, "the address this module resolved omp_get_num_threads to (0: none)");

@@ -35,14 +35,27 @@ from .. import optional_extension
 from ...dispatch import register
 from ..torch.woodbury import fisher_invert_torch
 
-extension, _IMPORT_ERROR = optional_extension("obert_kernels._cpu")
-# asked once: the reasons run while torch.compile traces, which cannot call into the extension
-CPU_SUPPORTED = extension is not None and bool(extension.supported())
-
 __all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp", "torch_openmp_symbol", "threads",
-           "use_openmp", "SHARES_TORCH_OPENMP"]
+           "use_openmp", "SHARES_TORCH_OPENMP", "ABI", "stale_reason"]
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
+# The binding version this module calls (the ``ABI`` of csrc/cpu/fisher_cpu.cpp).
+ABI = 2
+
+
+def stale_reason(module) -> str:
+    """Why ``module`` was built from older sources than this code calls ("" when it was not)."""
+    built = getattr(module, "ABI", 1)
+    if built == ABI:
+        return ""
+    return (f"the built CPU extension predates csrc/cpu/fisher_cpu.cpp (binding version {built}, this code calls "
+            f"{ABI}): rebuild it ({BUILD_HINT})")
+
+
+extension, _IMPORT_ERROR = optional_extension("obert_kernels._cpu")
+_STALE = stale_reason(extension) if extension is not None else ""
+# asked once: the reasons run while torch.compile traces, which cannot call into the extension
+CPU_SUPPORTED = extension is not None and not _STALE and bool(extension.supported())
 
 
 def available() -> bool:
@@ -54,6 +67,8 @@ def status() -> str:
     """One line on the extension: not built (and how to build it), unsupported CPU, or ready."""
     if extension is None:
         return f"the CPU extension obert_kernels._cpu is not built ({_IMPORT_ERROR}); {BUILD_HINT}"
+    if _STALE:
+        return _STALE
     if not CPU_SUPPORTED:
         return "the CPU extension is built, but this CPU lacks AVX2/FMA: the torch backend serves the CPU"
     return f"CPU extension ready (AVX2/FMA; threads: {threads()})"
@@ -76,7 +91,7 @@ def _shares_torch_openmp() -> bool:
     """Whether the module was built with OpenMP and resolved it to torch's runtime (the loader
     reuses a loaded library of the same name): then its threads are torch's intra-op threads.
     Another runtime (an Intel libiomp5 under torch, a differently named libgomp) would not be."""
-    if extension is None or not hasattr(extension, "openmp_symbol") or not extension.openmp_built():
+    if not CPU_SUPPORTED or not extension.openmp_built():
         return False
     return extension.openmp_symbol() == torch_openmp_symbol()
 
@@ -88,22 +103,21 @@ def use_openmp(on: bool = True) -> bool:
     """Run the kernels on torch's OpenMP threads (``on``) or on threads of their own; returns
     whether they now do (only where ``SHARES_TORCH_OPENMP``: another runtime would bring its own
     threads, which spin on the cores after each kernel while torch works)."""
-    if extension is None or not hasattr(extension, "set_openmp"):
+    if not CPU_SUPPORTED:
         return False
     extension.set_openmp(bool(on) and SHARES_TORCH_OPENMP)
-    return threads() == "torch's OpenMP threads"
+    return bool(extension.openmp_on())
 
 
 def threads() -> str:
     """Whose threads the kernels run on: "torch's OpenMP threads" or "their own"."""
-    on = extension is not None and hasattr(extension, "openmp_on") and bool(extension.openmp_on())
-    return "torch's OpenMP threads" if on else "their own"
+    return "torch's OpenMP threads" if CPU_SUPPORTED and extension.openmp_on() else "their own"
 
 
 # ---- reasons -------------------------------------------------------------------------
 def _common_reasons(finv: torch.Tensor) -> list[str]:
     if not CPU_SUPPORTED:
-        return ["this CPU lacks AVX2/FMA, which the CPU extension's kernels need"]
+        return [_STALE or "this CPU lacks AVX2/FMA, which the CPU extension's kernels need"]
     out = []
     if finv.device.type != "cpu":
         out.append(f"fisher is on {finv.device}: the C++ kernels run on the CPU")
