@@ -33,6 +33,16 @@ def threads(request):
     cpp.use_openmp(before_openmp)
 
 
+@pytest.fixture(params=["avx2", "avx512"])
+def isa(request):
+    """The accumulation's Gram tiles: AVX2, and AVX-512 where this CPU has it (skipped elsewhere)."""
+    if request.param not in cpp.isas():
+        pytest.skip(f"this CPU runs the tiles with {cpp.isas()} only")
+    before = cpp.use_isa(request.param)
+    yield request.param
+    cpp.use_isa(before)
+
+
 def test_ci_built_the_extension():
     if os.environ.get("OBERT_KERNELS_BUILD_CPU") != "1":
         pytest.skip("OBERT_KERNELS_BUILD_CPU is not 1: the build may have skipped the extension")
@@ -86,8 +96,40 @@ def test_both_kinds_of_threads_give_the_same_bits(seed):
     assert all(torch.equal(a, b) for a, b in zip(out[True], out[False]))
 
 
+@pytest.mark.parametrize("upper_only", [False, True])
+def test_avx512_tiles_give_avx2_bits(seed, upper_only):
+    """Every entry is the same chain of fused multiply-adds over the chunk's rows in both ISAs;
+    block sizes cover each tile shape (8/16-wide, one or two zmm columns, padding rows)."""
+    if "avx512" not in cpp.isas():
+        pytest.skip(f"this CPU runs the tiles with {cpp.isas()} only")
+    before = cpp.isa()
+    try:
+        for B in (1, 7, 8, 9, 16, 24, 31, 32, 40, 50, 64, 71):
+            nb, k = 5, int(torch.randint(1, 40, ()).item())
+            chunk = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1)
+            start = torch.rand(nb, B, B)
+            out = {}
+            for name in ("avx2", "avx512"):
+                cpp.use_isa(name)
+                out[name] = start.clone()
+                ops.fisher_accumulate(out[name], chunk, 3, backend="cpp", upper_only=upper_only)
+            assert torch.equal(out["avx2"], out["avx512"]), (B, k)
+            assert not torch.equal(out["avx2"], start)
+    finally:
+        cpp.use_isa(before)
+
+
+def test_use_isa_refuses_what_this_cpu_lacks():
+    with pytest.raises(ValueError, match="not 'sse'"):
+        cpp.use_isa("sse")
+    assert cpp.isa() in cpp.isas() and f"accumulation tiles: {cpp.isa()}" in cpp.status()
+    if "avx512" not in cpp.isas():
+        with pytest.raises(ValueError, match="not 'avx512'"):
+            cpp.use_isa("avx512")
+
+
 @pytest.mark.parametrize("B,k", [(1, 1), (7, 3), (13, 5), (32, 32), (50, 17)])
-def test_accumulate_is_exactly_symmetric_and_matches_float64(seed, threads, B, k):
+def test_accumulate_is_exactly_symmetric_and_matches_float64(seed, threads, isa, B, k):
     nb, filled = 9, max(1, k - 2)
     buffer = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1).contiguous()  # (nb, k, B), like the pruner's
     chunk = buffer[:, :filled]  # rows [0, filled) of a k-row buffer: block stride k·B, not filled·B
@@ -100,7 +142,7 @@ def test_accumulate_is_exactly_symmetric_and_matches_float64(seed, threads, B, k
 
 
 @pytest.mark.parametrize("B", [5, 32, 50])
-def test_upper_only_adds_to_the_upper_triangles_and_mirror_completes_them(seed, threads, B):
+def test_upper_only_adds_to_the_upper_triangles_and_mirror_completes_them(seed, threads, isa, B):
     nb, k = 7, 6
     chunk = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1)
     start = torch.rand(nb, B, B)

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -129,37 +130,37 @@ static void gram_tile(const float* g, int k, int ld, int r0, int c0, float* out)
 // few at a time between the tiles of the current one: all at once, they filled the core's miss
 // buffers and stalled it (perf: ~14% of the kernel's samples on the prefetch loop, 2026-11-30).
 struct Prefetcher {
-  const char* grads = nullptr;   // the coming block's first gradient row
-  const char* fisher = nullptr;  // and its Fisher block
-  int64_t row_bytes = 0;         // between its gradient rows
-  int64_t row_lines = 0, rows = 0, fisher_lines = 0;
-  int64_t next = 0;              // lines [0, rows·row_lines) are gradient rows', the rest F's
+  const char* row = nullptr;     // the coming block's current gradient row
+  const char* fisher = nullptr;  // its Fisher block's next line
+  int64_t row_bytes = 0, row_lines = 0;
+  int64_t rows_left = 0, line_in_row = 0, fisher_left = 0;
 
   void plan(const float* f, const float* g, int64_t row_stride, int k, int B) {
-    grads = reinterpret_cast<const char*>(g);
+    row = reinterpret_cast<const char*>(g);
     fisher = reinterpret_cast<const char*>(f);
     row_bytes = (int64_t)sizeof(float) * row_stride;
     row_lines = ((int64_t)sizeof(float) * B + 63) / 64;
-    rows = k;
-    fisher_lines = ((int64_t)sizeof(float) * B * B + 63) / 64;
-    next = 0;
+    rows_left = k;
+    line_in_row = 0;
+    fisher_left = ((int64_t)sizeof(float) * B * B + 63) / 64;
   }
 
-  void clear() { rows = fisher_lines = next = 0; }
+  void clear() { rows_left = fisher_left = 0; }
 
-  int64_t size() const { return rows * row_lines + fisher_lines; }
+  int64_t size() const { return rows_left * row_lines - line_in_row + fisher_left; }
 
-  // The next n lines, computed as they are asked for: a list of ~130 pointers rebuilt per block
-  // had ~4% of the kernel's perf samples on blocks in cache; on MiniLM's whole flush the two
-  // measured alike (2026-12-01, bench/results/cpu-prefetcher-ab-2026-12-01.txt).
+  // The next n lines, walked with counters: a division per line (line → row, column) took
+  // ~20% of the kernel's perf samples on blocks in cache (AVX-512 tiles, 2026-12-01).
   void step(int64_t n) {
-    const int64_t stop = std::min(size(), next + n);
-    for (; next < stop; ++next) {
-      const int64_t grad_lines = rows * row_lines;
-      const char* line = next < grad_lines ? grads + (next / row_lines) * row_bytes + (next % row_lines) * 64
-                                           : fisher + (next - grad_lines) * 64;
-      __builtin_prefetch(line, 1, 3);
+    for (; n > 0 && rows_left > 0; --n) {
+      __builtin_prefetch(row + 64 * line_in_row, 1, 3);
+      if (++line_in_row == row_lines) {
+        line_in_row = 0;
+        row += row_bytes;
+        --rows_left;
+      }
     }
+    for (; n > 0 && fisher_left > 0; --n, --fisher_left, fisher += 64) __builtin_prefetch(fisher, 1, 3);
   }
 };
 
@@ -168,16 +169,19 @@ struct Prefetcher {
 // of the next block at once 115 / 66 | 692 / 428; spread, 1 ahead 104 / 63 | 676 / 419;
 // 2 ahead 82 / 62 | 589 / 378; 4 ahead 85 / 63 | 652 / 390 (torch's baddbmm_, two threads, in another
 // run that hour: 63 | 593).
-constexpr int64_t PREFETCH_BLOCKS_AHEAD = 2;
+#ifndef OBK_PREFETCH_AHEAD
+#define OBK_PREFETCH_AHEAD 2
+#endif
+constexpr int64_t PREFETCH_BLOCKS_AHEAD = OBK_PREFETCH_AHEAD;
 
-// fisher_b += scale · g_bᵀ g_b for one block: g (k rows of B, `row_stride` apart) copied into a zero-padded
-// k × P scratch (P = B rounded up to 8), the upper tiles of the P × P Gram matrix computed,
-// mirrored, and added row by row: the result is exactly symmetric. upper_only: no mirror, and
-// each row adds its entries c ≥ r only (the strict lower triangle is left as it was).
-static void accumulate_block(float* fisher, const float* g, int64_t row_stride, int k, int B, float scale,
-                             bool upper_only, float* gpad, float* gram, Prefetcher& ahead) {
-  const int P = (B + 7) / 8 * 8;
+// The k gradient rows of a block (B values each, `row_stride` apart) into a zero-padded k × P scratch
+// (P = B rounded up to 8): the tiles below read whole vectors of it.
+static void pad_rows(const float* g, int64_t row_stride, int k, int B, int P, float* gpad) {
   for (int i = 0; i < k; ++i) std::memcpy(gpad + (int64_t)i * P, g + i * row_stride, sizeof(float) * B);
+}
+
+// The upper tiles of a block's P × P Gram matrix (gpad's k rows), AVX2: 4-row × 16/8-column tiles.
+static void gram_upper_avx2(const float* gpad, int k, int P, float* gram, Prefetcher& ahead) {
   const int64_t per_row = ahead.size() / (P / 4) + 1;  // the coming block's lines spread over the tile rows
   for (int r0 = 0; r0 < P; r0 += 4) {
     int c0 = r0 / 8 * 8;
@@ -185,6 +189,12 @@ static void accumulate_block(float* fisher, const float* g, int64_t row_stride, 
     if (c0 < P) gram_tile<1>(gpad, k, P, r0, c0, gram);
     ahead.step(per_row);
   }
+}
+
+// fisher_b += scale · gram for one block (its B × B corner), after mirroring the upper tiles into
+// the lower triangle: the result is exactly symmetric. upper_only: no mirror, and each row adds its
+// entries c ≥ r only (the strict lower triangle is left as it was).
+static void add_gram(float* fisher, int B, int P, float scale, bool upper_only, float* gram) {
   if (!upper_only)
     for (int r = 0; r < B; ++r)
       for (int c = r + 1; c < B; ++c) gram[(int64_t)c * P + r] = gram[(int64_t)r * P + c];
@@ -198,18 +208,21 @@ static void accumulate_block(float* fisher, const float* g, int64_t row_stride, 
   }
 }
 
-static void accumulate_range(float* fisher, const float* grads, int64_t block_stride, int64_t row_stride,
-                             int64_t begin, int64_t end, int k, int B, float scale, bool upper_only) {
-  const int P = (B + 7) / 8 * 8;
-  std::vector<float> gpad((size_t)k * P, 0.0f), gram((size_t)P * P, 0.0f);
-  Prefetcher ahead;
-  for (int64_t b = begin; b < end; ++b) {
-    const int64_t coming = b + PREFETCH_BLOCKS_AHEAD;
-    if (coming < end) ahead.plan(fisher + coming * B * B, grads + coming * block_stride, row_stride, k, B);
-    else ahead.clear();
-    accumulate_block(fisher + b * B * B, grads + b * block_stride, row_stride, k, B, scale, upper_only, gpad.data(),
-                     gram.data(), ahead);
+// Σ_q x[q·xs] y[q·ys], q < n, lane-wise, in four partial sums instead of one chain of dependent
+// FMAs. ops.fisher_invert, two threads, medians of 7, four alternated runs each (2026-12-01, Xeon,
+// bench/results/cpu-kernels-ab-2026-12-01.txt): 20,000 blocks of 50×50 181-191 → 150 ms, 8,192 of
+// 32×32 22-23 → 20 ms; the largest relative error against float64 unchanged (5.5e-8).
+static inline d4 dot_lanes(const d4* x, int64_t xs, const d4* y, int64_t ys, int n) {
+  d4 s0 = {0.0, 0.0, 0.0, 0.0}, s1 = s0, s2 = s0, s3 = s0;
+  int q = 0;
+  for (; q + 4 <= n; q += 4) {
+    s0 += x[q * xs] * y[q * ys];
+    s1 += x[(q + 1) * xs] * y[(q + 1) * ys];
+    s2 += x[(q + 2) * xs] * y[(q + 2) * ys];
+    s3 += x[(q + 3) * xs] * y[(q + 3) * ys];
   }
+  for (; q < n; ++q) s0 += x[q * xs] * y[q * ys];
+  return (s0 + s1) + (s2 + s3);
 }
 
 // Four blocks at once, one per double lane: a[i][j] lane l = block l's (i, j), lower triangle.
@@ -218,23 +231,17 @@ static void accumulate_range(float* fisher, const float* grads, int64_t block_st
 static int invert_lanes(d4* a, int B) {
   int bad = 0;
   for (int j = 0; j < B; ++j) {
-    d4 d = a[j * B + j];
-    for (int q = 0; q < j; ++q) d -= a[j * B + q] * a[j * B + q];
+    d4 d = a[j * B + j] - dot_lanes(a + j * B, 1, a + j * B, 1, j);
     for (int l = 0; l < 4; ++l)
       if (!(d[l] > 0.0)) { bad |= 1 << l; d[l] = 1.0; }
     d4 r;
     for (int l = 0; l < 4; ++l) r[l] = 1.0 / std::sqrt(d[l]);
     a[j * B + j] = r;
-    for (int i = j + 1; i < B; ++i) {
-      d4 s = a[i * B + j];
-      for (int q = 0; q < j; ++q) s -= a[i * B + q] * a[j * B + q];
-      a[i * B + j] = s * r;
-    }
+    for (int i = j + 1; i < B; ++i) a[i * B + j] = (a[i * B + j] - dot_lanes(a + i * B, 1, a + j * B, 1, j)) * r;
   }
   for (int j = 0; j < B; ++j)  // column j of X = L⁻¹: X_ij = -(Σ_{q=j}^{i-1} L_iq X_qj) / L_ii
     for (int i = j + 1; i < B; ++i) {
-      d4 s = a[i * B + j] * a[j * B + j];
-      for (int q = j + 1; q < i; ++q) s += a[i * B + q] * a[q * B + j];
+      const d4 s = a[i * B + j] * a[j * B + j] + dot_lanes(a + i * B + j + 1, 1, a + (j + 1) * B + j, B, i - j - 1);
       a[i * B + j] = -s * a[i * B + i];
     }
   return bad;
@@ -252,8 +259,7 @@ static void invert_group(float* fisher, int64_t b, int lanes, int B, double damp
   const int bad = invert_lanes(a, B);
   for (int i = 0; i < B; ++i)
     for (int j = 0; j <= i; ++j) {
-      d4 s = {0.0, 0.0, 0.0, 0.0};
-      for (int q = i; q < B; ++q) s += a[q * B + i] * a[q * B + j];
+      const d4 s = dot_lanes(a + i * B + i, B, a + i * B + j, B, B - i);
       for (int l = 0; l < lanes; ++l) {
         if (bad >> l & 1) continue;
         float* blk = fisher + (b + l) * B * B;
@@ -307,6 +313,109 @@ static bool copy_tensor_rows(const float* src, const uint8_t* keep, int64_t n, f
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC pop_options
 #endif
+
+// ---- AVX-512 (where the CPU has it: avx512_supported) --------------------------------------
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512vl")
+#endif
+
+// acc(rows r0..r0+R−1, cols c0..c0+W·NV) = Σ_i g[i][r] g[i][c] over the k rows of g (k × ld), in
+// vectors of W floats (16: zmm, 8: ymm). The order of the sums is gram_tile's: every entry is the
+// same chain of fused multiply-adds over i, so both ISAs give the same bits.
+typedef float f16 __attribute__((vector_size(64)));
+template <int W> struct Lanes;
+// vbroadcastss from memory: a loop filling the lanes compiled to a ymm broadcast and a vinsert,
+// whose shuffle takes the port of the second zmm FMA unit
+template <> struct Lanes<16> {
+  typedef f16 type;
+  static type splat(const float* x) { return (type)_mm512_set1_ps(*x); }
+  static type load(const float* p) { return (type)_mm512_loadu_ps(p); }
+  static void store(float* p, type v) { _mm512_storeu_ps(p, (__m512)v); }
+};
+template <> struct Lanes<8> {
+  typedef f8 type;
+  static type splat(const float* x) { return (type)_mm256_broadcast_ss(x); }
+  static type load(const float* p) { return (type)_mm256_loadu_ps(p); }
+  static void store(float* p, type v) { _mm256_storeu_ps(p, (__m256)v); }
+};
+
+template <int R, int NV, int W>
+static void gram_tile_wide(const float* g, int k, int ld, int r0, int c0, float* out) {
+  typedef typename Lanes<W>::type vec;
+  vec acc[R][NV] = {};
+  for (int i = 0; i < k; ++i) {
+    const float* row = g + (int64_t)i * ld;
+    vec x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = Lanes<W>::load(row + c0 + W * v);
+    for (int r = 0; r < R; ++r) {
+      const vec b = Lanes<W>::splat(row + r0 + r);
+      for (int v = 0; v < NV; ++v) acc[r][v] += b * x[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) Lanes<W>::store(out + (int64_t)(r0 + r) * ld + c0 + W * v, acc[r][v]);
+}
+
+// The upper tiles of the P × P Gram matrix with 8-row tiles of zmm columns (16 floats; an 8-wide
+// ymm tile where P − c0 = 8): 16 accumulators in the 8 × 32 tiles against 8 in AVX2's 4 × 16, and
+// half the tiles. At B = 32 a gradient row costs 48 zmm FMAs (24 cycles on two FMA ports)
+// against 80 ymm ones (40 cycles).
+static void gram_upper_avx512(const float* gpad, int k, int P, float* gram, Prefetcher& ahead) {
+  const int64_t per_row = ahead.size() / (P / 8) + 1;
+  for (int r0 = 0; r0 < P; r0 += 8) {  // P is a multiple of 8; rows ≥ B are gpad's zero padding
+    int c0 = r0 / 16 * 16;
+    for (; c0 + 32 <= P; c0 += 32) gram_tile_wide<8, 2, 16>(gpad, k, P, r0, c0, gram);
+    if (c0 + 16 <= P) {
+      gram_tile_wide<8, 1, 16>(gpad, k, P, r0, c0, gram);
+      c0 += 16;
+    }
+    if (c0 < P) gram_tile_wide<8, 1, 8>(gpad, k, P, r0, c0, gram);
+    ahead.step(per_row);
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC pop_options
+#endif
+
+bool avx512_supported() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();  // checks the OS saves the zmm state too
+  return supported() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
+// Which Gram tiles the accumulation runs: AVX-512 where the CPU has it (set at import, and by
+// set_isa for tests and A/B runs).
+static std::atomic<bool> use_avx512{avx512_supported()};
+
+bool set_isa(const std::string& name) {
+  if (name == "avx512" && !avx512_supported()) return false;
+  if (name != "avx512" && name != "avx2") return false;
+  use_avx512.store(name == "avx512");
+  return true;
+}
+
+std::string isa() { return use_avx512.load() ? "avx512" : "avx2"; }
+
+static void accumulate_range(float* fisher, const float* grads, int64_t block_stride, int64_t row_stride,
+                             int64_t begin, int64_t end, int k, int B, float scale, bool upper_only) {
+  const int P = (B + 7) / 8 * 8;
+  std::vector<float> gpad((size_t)k * P, 0.0f), gram((size_t)P * P, 0.0f);
+  const auto gram_upper = use_avx512.load() ? gram_upper_avx512 : gram_upper_avx2;
+  Prefetcher ahead;
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t coming = b + PREFETCH_BLOCKS_AHEAD;
+    if (PREFETCH_BLOCKS_AHEAD > 0 && coming < end) ahead.plan(fisher + coming * B * B, grads + coming * block_stride, row_stride, k, B);
+    else ahead.clear();
+    pad_rows(grads + b * block_stride, row_stride, k, B, P, gpad.data());
+    gram_upper(gpad.data(), k, P, gram.data(), ahead);
+    add_gram(fisher + b * B * B, B, P, scale, upper_only, gram.data());
+  }
+}
 
 // fisher (num_blocks, B, B) += scale · Σ_i g_i g_iᵀ blockwise; block b's gradient i starts at
 // grads + b·block_stride + i·row_stride (floats), its B values contiguous. upper_only: add the
@@ -386,9 +495,13 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "obert_kernels CPU kernels (raw-pointer binding; use obert_kernels.ops, not this module)";
   // Raised whenever a binding below changes: ops/backends/cpp refuses a module built from older
   // sources with that reason instead of meeting a TypeError at its first call. 2: copy_rows takes
-  // `stream`, the OpenMP functions exist.
-  m.attr("ABI") = 2;
+  // `stream`, the OpenMP functions exist. 3: the ISA functions exist.
+  m.attr("ABI") = 3;
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
+  m.def("avx512_supported", &obk_cpu::avx512_supported, "whether this CPU (and OS) runs the AVX-512 tiles");
+  m.def("set_isa", &obk_cpu::set_isa, py::arg("name"),
+        "the accumulation's Gram tiles: 'avx512' (where supported) or 'avx2'; returns whether it was taken");
+  m.def("isa", &obk_cpu::isa, "the accumulation's Gram tiles now: 'avx512' or 'avx2'");
   m.def("openmp_built", &obk_cpu::openmp_built, "whether this module was compiled with OpenMP");
   m.def("openmp_symbol", &obk_cpu::openmp_symbol, "the address this module resolved omp_get_num_threads to (0: none)");
   m.def("set_openmp", &obk_cpu::set_openmp, py::arg("on"),

@@ -258,20 +258,25 @@ class FisherPruner:
                                "resumes) or reset()")
         self._state.flush(self._layout)
         layout = self._layout()
-        own = torch.zeros(slot.num_blocks, self.block_size, self.block_size, device=self.device)
         fisher = self._state.fisher
         if fisher.kind is not FisherKind.INVERSE:
             fisher.symmetrize()  # whole blocks are read below
         # a relative λ is relative to statistics of all blocks (one tensor's, or all tensors')
         scale = self.damping.block_scale(fisher.blocks, layout) if fisher.kind is not FisherKind.INVERSE else None
-        for piece in self._tracked.pieces:
-            if piece.slot is slot:
-                blocks = fisher.dense_copy(piece.blocks, self.block_size)
-                if fisher.kind is not FisherKind.INVERSE:  # invert the copy (here, so a warning names the caller)
-                    self.damping.invert(blocks, layout[piece.blocks], backend=self.backend,
-                                        scale=None if scale is None else scale[piece.blocks])
-                first = piece.start // self.block_size
-                own[first : first + piece.num_blocks] = blocks
+        pieces = [piece for piece in self._tracked.pieces if piece.slot is slot]
+        # one piece of all the tensor's blocks on one rank: its inverted copy is the answer (a zeroed
+        # tensor filled from it cost 0.04 s more at d = 10⁶, B = 50, 2026-12-01)
+        own = None if len(pieces) == 1 and pieces[0].num_blocks == slot.num_blocks and not self._shard.distributed \
+            else torch.zeros(slot.num_blocks, self.block_size, self.block_size, device=self.device)
+        for piece in pieces:
+            blocks = fisher.dense_copy(piece.blocks, self.block_size)
+            if fisher.kind is not FisherKind.INVERSE:  # invert the copy (here, so a warning names the caller)
+                self.damping.invert(blocks, layout[piece.blocks], backend=self.backend,
+                                    scale=None if scale is None else scale[piece.blocks])
+            if own is None:
+                return blocks
+            first = piece.start // self.block_size
+            own[first : first + piece.num_blocks] = blocks
         if not self._shard.distributed:
             return own
         return all_reduce_sum(self._shard, own)

@@ -36,11 +36,11 @@ from ...dispatch import register
 from ..torch.woodbury import fisher_invert_torch
 
 __all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp", "torch_openmp_symbol", "threads",
-           "use_openmp", "SHARES_TORCH_OPENMP", "ABI", "stale_reason"]
+           "use_openmp", "SHARES_TORCH_OPENMP", "ABI", "stale_reason", "isas", "isa", "use_isa"]
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
 # The binding version this module calls (the ``ABI`` of csrc/cpu/fisher_cpu.cpp).
-ABI = 2
+ABI = 3  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa)
 
 
 def stale_reason(module) -> str:
@@ -71,7 +71,7 @@ def status() -> str:
         return _STALE
     if not CPU_SUPPORTED:
         return "the CPU extension is built, but this CPU lacks AVX2/FMA: the torch backend serves the CPU"
-    return f"CPU extension ready (AVX2/FMA; threads: {threads()})"
+    return f"CPU extension ready (AVX2/FMA; accumulation tiles: {isa()}; threads: {threads()})"
 
 
 # ---- whose threads ---------------------------------------------------------------------
@@ -112,6 +112,31 @@ def use_openmp(on: bool = True) -> bool:
 def threads() -> str:
     """Whose threads the kernels run on: "torch's OpenMP threads" or "their own"."""
     return "torch's OpenMP threads" if CPU_SUPPORTED and extension.openmp_on() else "their own"
+
+
+# ---- which Gram tiles -----------------------------------------------------------------
+def isas() -> list[str]:
+    """The instruction sets this CPU runs the accumulation's Gram tiles with: "avx2", and
+    "avx512" where the CPU (and OS) has AVX-512F/VL. Both give the same bits (the same chain of
+    fused multiply-adds per entry); AVX-512 is the default where present."""
+    if not CPU_SUPPORTED:
+        return []
+    return ["avx2", "avx512"] if extension.avx512_supported() else ["avx2"]
+
+
+def isa() -> str | None:
+    """The accumulation's tiles now ("avx2" or "avx512"; None without the extension)."""
+    return extension.isa() if CPU_SUPPORTED else None
+
+
+def use_isa(name: str) -> str:
+    """Run the accumulation's tiles with ``name`` (one of ``isas()``); returns the one before.
+    For tests and A/B runs: the default is already the widest the CPU has."""
+    if name not in isas():
+        raise ValueError(f"the accumulation's tiles run with one of {isas()} on this CPU, not {name!r}")
+    before = isa()
+    extension.set_isa(name)
+    return before
 
 
 # ---- reasons -------------------------------------------------------------------------
