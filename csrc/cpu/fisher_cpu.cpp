@@ -168,7 +168,8 @@ struct Prefetcher {
 // two threads, 2026-11-30 (d = 10⁶, B = 50 | MiniLM's 10.6M weights, B = 32; k = 32): all lines
 // of the next block at once 115 / 66 | 692 / 428; spread, 1 ahead 104 / 63 | 676 / 419;
 // 2 ahead 82 / 62 | 589 / 378; 4 ahead 85 / 63 | 652 / 390 (torch's baddbmm_, two threads, in another
-// run that hour: 63 | 593).
+// run that hour: 63 | 593). On a 2-core Xeon (AVX-512 tiles, 2026-12-01) at MiniLM's size: none 214-217, 1 ahead
+// 169-207, 2 ahead 172-190, 4 ahead 173-176 (bench/results/cpu-kernels-ab-2026-12-01.txt).
 #ifndef OBK_PREFETCH_AHEAD
 #define OBK_PREFETCH_AHEAD 2
 #endif
