@@ -1,7 +1,8 @@
 """The C++ CPU backend: the direct Fisher build's two ops, compiled (csrc/cpu/, ``obert_kernels._cpu``).
 
 - ``fisher_accumulate``: each block's k×B gradient slice is copied to a cache-resident
-  scratch, the upper tiles of its Gram matrix are computed with AVX2/FMA in registers and,
+  scratch, the upper tiles of its Gram matrix are computed in registers (AVX-512 tiles where the
+  CPU has them, else AVX2/FMA; ``isas``, ``use_isa``: the same bits either way) and,
   by default, mirrored and added (F stays exactly symmetric); with ``upper_only`` only the
   upper triangles are added (the pruner's flush; it mirrors once per step). Two threads,
   median of 5 (csrc/cpu/fisher_cpu.cpp and core/fisher_state.py record the runs), a chunk of
