@@ -104,6 +104,26 @@ def test_fisher_accumulate(benchmark, bench_rounds, device, d, backend):
         bench_rounds, device, 2e-9 * fisher.shape[0] * B * B * K, (2 * fisher.numel() + grads.numel()) * 4 / 1e9)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("d", SIZES["cpu"], ids=[f"d{d:.0e}".replace("+0", "") for d in SIZES["cpu"]])
+def test_fisher_accumulate_cpp_tiles(benchmark, bench_rounds, d, isa):
+    """The cpp backend's accumulation with each instruction set its Gram tiles run with here
+    (``ops.backends.cpp.use_isa``; the same bits either way), as the pruner's flush calls it."""
+    from obert_kernels.ops.backends import cpp
+
+    if isa not in cpp.isas():
+        pytest.skip(f"cpp: this CPU runs the tiles with {cpp.isas()} ({cpp.status()})")
+    grads = block_major(d, "cpu")
+    fisher = torch.zeros(grads.shape[0], B, B)
+    before = cpp.use_isa(isa)
+    try:
+        run(benchmark, lambda f, g: ops.fisher_accumulate(f, g, M, backend="cpp", upper_only=True, check_finite=False),
+            lambda: (fisher.clone(), grads), bench_rounds, "cpu", 2e-9 * fisher.shape[0] * B * B * K,
+            (2 * fisher.numel() + grads.numel()) * 4 / 1e9)
+    finally:
+        cpp.use_isa(before)
+
+
 @pytest.mark.parametrize("device,d,backend", CASES, ids=IDS)
 def test_fisher_invert(benchmark, bench_rounds, device, d, backend):
     fisher = make_finv(d, device)  # any SPD blocks: an F⁻¹ is one
