@@ -4,8 +4,9 @@
 // pybind11 binding of raw host pointers (as the CUDA binding): no torch headers, so it builds
 // in seconds; obert_kernels/ops/backends/cpp/ checks every argument before calling in.
 //
-// The kernels are compiled for AVX2/FMA by the pragma below, the rest of the module for the
-// baseline x86-64: `supported()` asks the CPU before anything AVX2 runs.
+// The kernels are compiled for AVX2/FMA by the pragma below, the accumulation's wider Gram tiles
+// for AVX-512F/VL by a second one, the rest of the module for the baseline x86-64: `supported()`
+// asks the CPU before anything AVX2 runs, `avx512_supported()` before the AVX-512 tiles do.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -145,7 +146,7 @@ struct Prefetcher {
     fisher_left = ((int64_t)sizeof(float) * B * B + 63) / 64;
   }
 
-  void clear() { rows_left = fisher_left = 0; }
+  void clear() { rows_left = line_in_row = fisher_left = 0; }
 
   int64_t size() const { return rows_left * row_lines - line_in_row + fisher_left; }
 
