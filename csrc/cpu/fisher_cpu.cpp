@@ -325,6 +325,9 @@ static bool copy_tensor_rows(const float* src, const uint8_t* keep, int64_t n, f
 // acc(rows r0..r0+R−1, cols c0..c0+W·NV) = Σ_i g[i][r] g[i][c] over the k rows of g (k × ld), in
 // vectors of W floats (16: zmm, 8: ymm). The order of the sums is gram_tile's: every entry is the
 // same chain of fused multiply-adds over i, so both ISAs give the same bits.
+// A template of its own rather than gram_tile's: GCC compiles a function for the target of the
+// pragma region it is defined in, and this one's ymm tile uses AVX-512 encodings (embedded
+// broadcasts) that an AVX2-only CPU cannot run.
 typedef float f16 __attribute__((vector_size(64)));
 template <int W> struct Lanes;
 // vbroadcastss from memory: a loop filling the lanes compiled to a ymm broadcast and a vinsert,
