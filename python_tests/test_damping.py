@@ -175,6 +175,25 @@ def test_failed_cholesky_recovers_with_a_warning(seed):
     assert torch.isfinite(weights["w"]).all()
 
 
+@pytest.mark.filterwarnings("ignore:Cholesky failed:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:.*relative damp.*:RuntimeWarning")
+def test_the_fallback_starts_over_from_the_callers_copy(seed):
+    """A caller holding a copy of F (``original``) spares the absolute damp its own copy of each
+    slice: the fallback then starts from that copy, with the bits of the copying path; a wrong
+    copy shows in the result (the copy is read, not ignored)."""
+    B, m, d = 8, 12, 32
+    g = (torch.randn(m, 1) @ torch.randn(1, d)) * 1e5 + torch.randn(m, d) * 1e-3
+    fisher = torch.zeros(d // B, B, B)
+    ops.fisher_accumulate(fisher, g, m)
+    layout = dmp.block_layout([d], [torch.zeros(d, dtype=torch.bool)], B, "cpu")
+    copied, given, wrong = fisher.clone(), fisher.clone(), fisher.clone()
+    AbsoluteDamp(1e-12).invert(copied, layout)
+    dmp.invert_blocks(AbsoluteDamp(1e-12), given, layout, original=fisher.clone())
+    torch.testing.assert_close(given, copied, rtol=0, atol=0)
+    dmp.invert_blocks(AbsoluteDamp(1e-12), wrong, layout, original=2 * fisher)
+    assert not torch.equal(wrong, copied)
+
+
 def test_non_finite_fisher_still_raises():
     fisher = torch.zeros(2, 4, 4)
     fisher[1, 0, 0] = float("inf")

@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # damping_cv imports this module's neighbours; AutoDamp impor
     from . import damping_cv
 
 __all__ = ["AbsoluteDamp", "RelativeDamp", "AutoDamp", "BlockLayout", "block_layout", "parse_damp", "Damping",
-           "INVERT_SLICE", "AUTO_CRITERIA"]
+           "INVERT_SLICE", "AUTO_CRITERIA", "invert_blocks"]
 
 # Blocks inverted per fisher_invert call: 4096 blocks of B = 50 are 41 MB of float32, so the
 # Cholesky factor and inverse it allocates stay small next to F⁻¹ (212k blocks for MiniLM).
@@ -188,11 +188,16 @@ class AbsoluteDamp(Damping):
         else:
             finv.zero_().diagonal(dim1=1, dim2=2).fill_(1.0 / self.value)
 
-    def invert(self, fisher, layout, *, backend="auto", scale=None):
+    def invert(self, fisher, layout, *, backend="auto", scale=None, original=None):
+        """As ``Damping.invert``; original: None, or a tensor holding what ``fisher`` holds now
+        (a caller's copy), from which a slice whose Cholesky fails starts over (``invert_blocks``).
+        Without it each slice is copied first: at d = 10⁶, B = 50, the five fresh 41 MB copies took
+        ~0.1 s of fisher_inverse's 0.35-0.55 s (cProfile, 2 threads, Xeon, 2026-12-01)."""
         for start in range(0, fisher.shape[0], INVERT_SLICE):
             part = fisher[start : start + INVERT_SLICE]
             ops.checks.check_finite_blocks(part)
-            backup = part.clone()  # one slice (tens of MB): whatever a backend left behind, start over from it
+            # whatever a backend left behind, start over from the slice as it was
+            backup = part.clone() if original is None else original[start : start + part.shape[0]]
             try:
                 ops.fisher_invert(part, self.value, backend=backend)
             except FloatingPointError as exc:
@@ -413,6 +418,17 @@ def _mean_diag(diag: torch.Tensor, layout: BlockLayout, per: str) -> torch.Tenso
         return per_block_of_tensor.float()
     b_mean = torch.where((live > 0) & (block_sum > 0), block_sum / live.clamp_min(1), per_block_of_tensor)
     return b_mean.float()
+
+
+def invert_blocks(damping: Damping, fisher: torch.Tensor, layout: BlockLayout, *, backend: str = "auto",
+                  scale: torch.Tensor | None = None, original: torch.Tensor | None = None) -> None:
+    """``damping.invert(fisher, ...)``, telling the absolute damp where a copy of ``fisher`` is
+    (``original``, same shape, left unchanged), so that it need not copy each slice first. Other
+    policies copy nothing; a policy that overrides ``invert`` gets the plain call."""
+    if original is not None and type(damping).invert is AbsoluteDamp.invert:
+        damping.invert(fisher, layout, backend=backend, scale=scale, original=original)
+    else:
+        damping.invert(fisher, layout, backend=backend, scale=scale)
 
 
 def _invert_scaled(part: torch.Tensor, scale: torch.Tensor, fraction: float, backend: str) -> None:

@@ -71,8 +71,8 @@ def run_inversion(fisher: torch.Tensor, damping: Damping, layout: BlockLayout, i
         backup = scratch[: stop - start]
         backup.copy_(part)
         try:
-            damping.invert(part, layout[start:stop], backend=backend,
-                           scale=None if inversion.scale is None else inversion.scale[start:stop])
+            policies.invert_blocks(damping, part, layout[start:stop], backend=backend, original=backup,
+                                   scale=None if inversion.scale is None else inversion.scale[start:stop])
         except BaseException:
             part.copy_(backup)
             raise

@@ -18,7 +18,7 @@ import time
 import torch
 
 from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method
-from .damping import BlockLayout
+from .damping import BlockLayout, invert_blocks
 from .damping_cv import prune_step
 from .fisher_state import FisherBuild, FisherKind, config_with_damp
 from .grad_buffer import GradBuffer, check_all_finite
@@ -271,8 +271,10 @@ class FisherPruner:
         for piece in pieces:
             blocks = fisher.dense_copy(piece.blocks, self.block_size)
             if fisher.kind is not FisherKind.INVERSE:  # invert the copy (here, so a warning names the caller)
-                self.damping.invert(blocks, layout[piece.blocks], backend=self.backend,
-                                    scale=None if scale is None else scale[piece.blocks])
+                # F itself (dense) is the copy a failed slice starts over from: none made per slice
+                invert_blocks(self.damping, blocks, layout[piece.blocks], backend=self.backend,
+                              scale=None if scale is None else scale[piece.blocks],
+                              original=fisher.blocks[piece.blocks] if fisher.blocks.dim() == 3 else None)
             if own is None:
                 return blocks
             first = piece.start // self.block_size
