@@ -99,12 +99,13 @@ def test_both_kinds_of_threads_give_the_same_bits(seed):
 @pytest.mark.parametrize("upper_only", [False, True])
 def test_avx512_tiles_give_avx2_bits(seed, upper_only):
     """Every entry is the same chain of fused multiply-adds over the chunk's rows in both ISAs;
-    block sizes cover each tile shape (8/16-wide, one or two zmm columns, padding rows)."""
+    block sizes cover each tile shape: the padded tiles (8/16-wide, one or two zmm columns, padding
+    rows) and the in-place upper ones (no tail, 1-8 and 9-15 tail rows, blocks under 16)."""
     if "avx512" not in cpp.isas():
         pytest.skip(f"this CPU runs the tiles with {cpp.isas()} only")
     before = cpp.isa()
     try:
-        for B in (1, 7, 8, 9, 16, 24, 31, 32, 40, 50, 64, 71):
+        for B in (1, 7, 8, 9, 15, 16, 17, 24, 25, 31, 32, 40, 48, 50, 60, 64, 71, 100):
             nb, k = 5, int(torch.randint(1, 40, ()).item())
             chunk = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1)
             start = torch.rand(nb, B, B)
