@@ -11,6 +11,7 @@ import torch
 from conftest import random_grads
 
 from obert_kernels import ops
+from obert_kernels.ops.blocks import mirror_upper_torch
 from obert_kernels.ops.backends import cpp
 
 pytestmark = pytest.mark.skipif(not cpp.available(), reason=cpp.status())
@@ -140,6 +141,22 @@ def test_accumulate_is_exactly_symmetric_and_matches_float64(seed, threads, isa,
     ops.fisher_accumulate(fisher, chunk, 40, backend="cpp")
     assert torch.equal(fisher, fisher.transpose(1, 2))
     assert rel_err(fisher, ref) < 1e-6
+
+
+@pytest.mark.parametrize("B", [1, 2, 7, 32, 50, 71])
+def test_mirror_upper_cpp_copies_as_torch_does(seed, threads, B):
+    """The C++ mirror and torch's give the same bits (both copy); the upper triangles stay as they
+    were; what the C++ kernel cannot serve (float64, a strided view) goes to torch's, same result."""
+    blocks = torch.randn(13, B, B)
+    out = cpp.mirror_upper_cpp(blocks.clone())
+    assert torch.equal(out, mirror_upper_torch(blocks.clone()))
+    upper = torch.ones(B, B, dtype=torch.bool).triu()
+    assert torch.equal(out[:, upper], blocks[:, upper]) and torch.equal(out, out.mT)
+    assert not cpp.mirror_upper_reasons(blocks)
+    strided = torch.randn(13, B, 2 * B)[:, :, :B]
+    for other in (blocks.double(), strided):
+        assert cpp.mirror_upper_reasons(other)
+        torch.testing.assert_close(ops.mirror_upper(other.clone()), mirror_upper_torch(other.clone()), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("B", [5, 32, 50])

@@ -603,6 +603,20 @@ int64_t copy_rows(std::vector<uintptr_t> srcs, std::vector<uintptr_t> keeps, std
 
 // Blocks [0, num_blocks) ← (F + λI)⁻¹; returns the indices of the blocks whose factorization
 // failed (left unchanged), ascending.
+// Each block's strict lower triangle ← its transposed upper one (fisher (num_blocks, B, B), in
+// place): after flushes that added the upper triangles only. Plain copies, so the bits are torch's
+// mirror (ops.blocks.mirror_upper_torch). Each block is in cache while it is read and written.
+void mirror_upper(uintptr_t fisher, int64_t num_blocks, int B, int threads) {
+  float* f = reinterpret_cast<float*>(fisher);
+  parallel_ranges(num_blocks, threads, 1, [=](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      float* block = f + b * B * B;
+      for (int r = 1; r < B; ++r)
+        for (int c = 0; c < r; ++c) block[(int64_t)r * B + c] = block[(int64_t)c * B + r];
+    }
+  });
+}
+
 std::vector<int64_t> fisher_invert(uintptr_t fisher, int64_t num_blocks, int B, double damp, int threads) {
   float* f = reinterpret_cast<float*>(fisher);
   std::vector<int64_t> slots((size_t)num_blocks, -1);  // the range [begin, end) lists its failures from slots[begin]
@@ -625,8 +639,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "obert_kernels CPU kernels (raw-pointer binding; use obert_kernels.ops, not this module)";
   // Raised whenever a binding below changes: ops/backends/cpp refuses a module built from older
   // sources with that reason instead of meeting a TypeError at its first call. 2: copy_rows takes
-  // `stream`, the OpenMP functions exist. 3: the ISA functions exist.
-  m.attr("ABI") = 3;
+  // `stream`, the OpenMP functions exist. 3: the ISA functions exist. 4: mirror_upper exists.
+  m.attr("ABI") = 4;
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
   m.def("avx512_supported", &obk_cpu::avx512_supported, "whether this CPU (and OS) runs the AVX-512 tiles");
   m.def("set_isa", &obk_cpu::set_isa, py::arg("name"),
@@ -644,6 +658,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("copy_rows", &obk_cpu::copy_rows, py::arg("srcs"), py::arg("keeps"), py::arg("sizes"), py::arg("dsts"),
         py::arg("block_stride"), py::arg("B"), py::arg("stream"), py::arg("threads"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("mirror_upper", &obk_cpu::mirror_upper, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
+        py::arg("threads"), py::call_guard<py::gil_scoped_release>());
   m.def("fisher_invert", &obk_cpu::fisher_invert, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
         py::arg("damp"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
 }

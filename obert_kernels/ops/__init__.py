@@ -17,7 +17,7 @@ from . import packed
 from .dispatch import BACKENDS, PREFERENCE, BackendNotSupported, not_supported_reasons, resolve_backend
 from .dispatch import register, resolve, resolve_packed  # noqa: F401  (importable from here before the layout move)
 from .packed import init_finv_packed, pack_upper, unpack_upper
-from .blocks import check_groups, factor_shape, mirror_upper
+from .blocks import check_groups, factor_shape
 from .reference import fisher_inverse_ref, obs_factors_ref, obs_scores_ref, obs_update_ref, sequential_order_ref
 from .backends.torch.update import UPDATES, obs_direction
 from .backends.torch.woodbury import init_finv, naive_woodbury_update
@@ -28,6 +28,8 @@ from .backends.torch.woodbury import fisher_accumulate_torch, fisher_invert_torc
 from . import library  # noqa: F401  (declares torch.ops.obert_kernels.*)
 # the gradient buffer's one-pass copy and finiteness check (C++ on the CPU, Triton on CUDA; not a Fisher op)
 from .rows import copy_rows, copy_rows_backend, copy_rows_reasons  # noqa: E402
+# the mirror after upper-only flushes (C++ on the CPU where it can, else torch; not a Fisher op)
+from .mirror import mirror_upper  # noqa: E402
 
 __all__ = [
     "BACKENDS",

@@ -9,7 +9,7 @@ import torch
 
 from .patterns import Pattern
 
-__all__ = ["padded_blocks", "mirror_upper", "MIRROR_SLICE", "group_diag_blocks",
+__all__ = ["padded_blocks", "mirror_upper_torch", "MIRROR_SLICE", "group_diag_blocks",
            "nm_subset_masks", "score_shape", "factor_shape", "check_groups"]
 
 
@@ -28,7 +28,7 @@ def padded_blocks(flat: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
 MIRROR_SLICE = 256
 
 
-def mirror_upper(blocks: torch.Tensor) -> torch.Tensor:
+def mirror_upper_torch(blocks: torch.Tensor) -> torch.Tensor:
     """blocks (num_blocks, B, B), in place: each strict lower triangle ← the transposed upper one,
     so that blocks accumulated with ``fisher_accumulate(..., upper_only=True)`` are symmetric.
     Idempotent (an interrupted call is completed by calling it again). Temporary: one slice

@@ -41,11 +41,12 @@ from ...dispatch import register
 from ..torch.woodbury import fisher_invert_torch
 
 __all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp", "torch_openmp_symbol", "threads",
-           "use_openmp", "SHARES_TORCH_OPENMP", "ABI", "stale_reason", "isas", "isa", "use_isa"]
+           "use_openmp", "SHARES_TORCH_OPENMP", "ABI", "stale_reason", "isas", "isa", "use_isa",
+           "mirror_upper_cpp", "mirror_upper_reasons"]
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
 # The binding version this module calls (the ``ABI`` of csrc/cpu/fisher_cpu.cpp).
-ABI = 3  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa)
+ABI = 4  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper
 
 
 def stale_reason(module) -> str:
@@ -227,6 +228,27 @@ def fisher_invert_cpp(fisher: torch.Tensor, damp: float) -> torch.Tensor:
         finally:
             fisher[index] = sub
     return fisher
+
+
+# ---- the mirror after upper-only flushes (ops/mirror.py dispatches) -------------------------
+def mirror_upper_reasons(blocks: torch.Tensor) -> list[str]:
+    """Why ``mirror_upper_cpp`` cannot serve ``blocks`` (an empty list: it can)."""
+    out = _common_reasons(blocks)
+    if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
+        out.append(f"the mirror takes dense (num_blocks, B, B) blocks, not {tuple(blocks.shape)}")
+    elif not blocks.is_contiguous():
+        out.append("the mirror writes contiguous blocks in place")
+    return out
+
+
+def mirror_upper_cpp(blocks: torch.Tensor) -> torch.Tensor:
+    """blocks (num_blocks, B, B) float32, contiguous, on the CPU, in place: each strict lower
+    triangle ← the transposed upper one (the bits of ``ops.blocks.mirror_upper_torch``: copies).
+    Two threads, medians of 3 (Xeon, 2026-12-01): 20,000 blocks of 50×50 16.5 against 52.6 ms for
+    torch's ``where`` over slices; MiniLM's 331,776 blocks of 32×32 100 against 347 ms."""
+    if blocks.shape[0]:
+        extension.mirror_upper(blocks.data_ptr(), blocks.shape[0], blocks.shape[1], torch.get_num_threads())
+    return blocks
 
 
 # ---- the gradient buffer's one-pass copy (ops/rows.py checks the arguments) -----------------
