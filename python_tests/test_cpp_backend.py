@@ -97,28 +97,31 @@ def test_both_kinds_of_threads_give_the_same_bits(seed):
     assert all(torch.equal(a, b) for a, b in zip(out[True], out[False]))
 
 
-@pytest.mark.parametrize("upper_only", [False, True])
-def test_avx512_tiles_give_avx2_bits(seed, upper_only):
-    """Every entry is the same chain of fused multiply-adds over the chunk's rows in both ISAs;
-    block sizes cover each tile shape: the padded tiles (8/16-wide, one or two zmm columns, padding
-    rows) and the in-place upper ones (no tail, 1-8 and 9-15 tail rows, blocks under 16)."""
-    if "avx512" not in cpp.isas():
-        pytest.skip(f"this CPU runs the tiles with {cpp.isas()} only")
-    before = cpp.isa()
+@pytest.mark.parametrize("B", [1, 7, 8, 9, 15, 16, 17, 24, 25, 31, 32, 40, 48, 50, 60, 64, 71, 100])
+def test_every_kernel_gives_the_same_bits(seed, B):
+    """Every entry is the same chain of fused multiply-adds over the chunk's rows and the same final
+    FMA in every accumulation kernel: the padded tiles of full blocks and the in-place upper-triangle
+    kernels, each in AVX2 and (where the CPU has it) AVX-512. Block sizes cover each tile shape: 8/16-
+    wide, one or two vector columns, padding rows; no tail, 1-7 and 9-15 tail rows, blocks under 8
+    and 16. The chunk is a strided view (rows nb·B floats apart)."""
+    nb, k = 5, int(torch.randint(1, 40, ()).item())
+    chunk = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1)
+    start = torch.rand(nb, B, B)
+    upper = torch.ones(B, B, dtype=torch.bool).triu()
+    before, out = cpp.isa(), {}
     try:
-        for B in (1, 7, 8, 9, 15, 16, 17, 24, 25, 31, 32, 40, 48, 50, 60, 64, 71, 100):
-            nb, k = 5, int(torch.randint(1, 40, ()).item())
-            chunk = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1)
-            start = torch.rand(nb, B, B)
-            out = {}
-            for name in ("avx2", "avx512"):
-                cpp.use_isa(name)
-                out[name] = start.clone()
-                ops.fisher_accumulate(out[name], chunk, 3, backend="cpp", upper_only=upper_only)
-            assert torch.equal(out["avx2"], out["avx512"]), (B, k)
-            assert not torch.equal(out["avx2"], start)
+        for name in cpp.isas():
+            cpp.use_isa(name)
+            for upper_only in (False, True):
+                out[name, upper_only] = start.clone()
+                ops.fisher_accumulate(out[name, upper_only], chunk, 3, backend="cpp", upper_only=upper_only)
     finally:
         cpp.use_isa(before)
+    full = out["avx2", False]
+    assert not torch.equal(full[:, upper], start[:, upper]) and (B == 1 or not torch.equal(full[:, ~upper], start[:, ~upper]))
+    for (name, upper_only), result in out.items():
+        assert torch.equal(result[:, upper], full[:, upper]), (name, upper_only, k)
+        assert torch.equal(result[:, ~upper], (start if upper_only else full)[:, ~upper]), (name, upper_only, k)
 
 
 def test_use_isa_refuses_what_this_cpu_lacks():

@@ -4,10 +4,11 @@
 // pybind11 binding of raw host pointers (as the CUDA binding): no torch headers, so it builds
 // in seconds; obert_kernels/ops/backends/cpp/ checks every argument before calling in.
 //
-// The kernels are compiled for AVX2/FMA by the pragma below, the accumulation's wider Gram tiles
-// and its in-place upper-triangle kernel (add_upper_avx512, the pruner's flush) for AVX-512F/VL by
-// a second one, the rest of the module for the baseline x86-64: `supported()` asks the CPU before
-// anything AVX2 runs, `avx512_supported()` before the AVX-512 code does.
+// The accumulation has two kernels in each instruction set: padded Gram tiles for full blocks and
+// an in-place one for the upper triangles (add_upper_avx2 / add_upper_avx512, the pruner's flush).
+// The AVX2/FMA code is compiled by the pragma below, the AVX-512F/VL code by a second one, the rest
+// of the module for the baseline x86-64: `supported()` asks the CPU before anything AVX2 runs,
+// `avx512_supported()` before the AVX-512 code does.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -209,6 +210,106 @@ static void add_gram(float* fisher, int B, int P, float scale, bool upper_only, 
     for (; c + 8 <= B; c += 8) store8(dst + c, load8(dst + c) + s * load8(src + c));
     for (; c < B; ++c) dst[c] += scale * src[c];
   }
+}
+
+// ---- AVX2, upper triangles added in place (the pruner's flush) -----------------------------
+// add_upper_avx512's scheme in ymm vectors (see there): rows read where they are, the upper
+// triangle of [0, M)² (M = B rounded down to 8) in 4-row tiles added straight into F, the T < 8
+// tail rows against every column, transposed left of M. AVX2 has no cheap masked store: a
+// diagonal vector is blended with what F held (its lower lanes written back unchanged), the
+// corner's few entries are added one by one. Ymm FMAs a gradient row at B = 50: 182 against the
+// padded tiles' 224; same bits as they give (the same FMA chains, the same final FMA). A chunk of
+// k = 32, two threads, medians, alternated builds, on the Xeon with its AVX-512 switched off
+// (use_isa("avx2"); not measured on a CPU without AVX-512; 2026-12-01): d = 10⁶, B = 50: 22.3-22.6
+// against 28.6-39.0 ms (blocks in cache, one thread: 2.25 µs a block against AVX-512's 1.72);
+// MiniLM's size, B = 32: 148-202 against 186-195 ms (AVX-512 in place: 163-197, bound by memory).
+template <int R, int NV, bool MASK_LAST, class Add>
+static inline __attribute__((always_inline)) void tile8(const float* g, int k, int64_t ld, int r0, int c0,
+                                                        __m256i last, Add add) {
+  f8 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = splat8(0.0f);
+  for (int i = 0; i < k; ++i) {
+    const float* row = g + (int64_t)i * ld;
+    f8 x[NV];
+    for (int v = 0; v < NV; ++v)
+      x[v] = MASK_LAST && v + 1 == NV ? (f8)_mm256_maskload_ps(row + c0 + 8 * v, last) : load8(row + c0 + 8 * v);
+    for (int r = 0; r < R; ++r) {
+      const f8 b = splat8(row[r0 + r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = (f8)_mm256_fmadd_ps((__m256)b, (__m256)x[v], (__m256)acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) add(r, v, acc[r][v]);
+}
+
+// f[row][c] += s · sums[c − c0] for the 8 columns c of [c0, c0 + 8) (all < B) with c ≥ row.
+static inline void add_upper8(float* f, int B, int row, int c0, f8 s, f8 sums) {
+  if (c0 + 8 <= row) return;
+  float* dst = f + (int64_t)row * B + c0;
+  const f8 old = load8(dst), sum = (f8)_mm256_fmadd_ps((__m256)s, (__m256)sums, (__m256)old);
+  if (row <= c0) return store8(dst, sum);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(row - c0 - 1)));
+  store8(dst, (f8)_mm256_blendv_ps((__m256)old, (__m256)sum, upper));
+}
+
+// Lanes j of sums, column c0 + j of a tail row: f[c0 + j][row] += s · sums[j] (transposed) for
+// c0 + j < M, else (the corner) f[row][c0 + j] for row ≤ c0 + j < B.
+static inline void add_tail8(float* f, int B, int M, int row, int c0, float s, f8 sums) {
+  alignas(32) float lane[8];
+  store8(lane, sums);
+  for (int j = 0; j < 8 && c0 + j < B; ++j) {
+    const int c = c0 + j;
+    if (c >= M && c < row) continue;
+    float* dst = c < M ? f + (int64_t)c * B + row : f + (int64_t)row * B + c;
+    *dst = __builtin_fmaf(s, lane[j], *dst);
+  }
+}
+
+template <int NV>
+static void upper_tile8(const float* g, int k, int64_t ld, int r0, int c0, float* f, int B, f8 s) {
+  tile8<4, NV, false>(g, k, ld, r0, c0, __m256i{},
+                      [&](int r, int v, f8 sums) { add_upper8(f, B, r0 + r, c0 + 8 * v, s, sums); });
+}
+
+// Tail rows r0..r0+R−1 (≥ M) against every column [0, M + 8); the corner vector's lanes ≥ B read as 0.
+template <int R>
+static void tail_rows8(const float* g, int k, int64_t ld, int r0, int M, float* f, int B, float s) {
+  constexpr int NV = R <= 4 ? 2 : 1;  // 16 ymm registers: R·NV accumulators, NV loads, a broadcast
+  const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(B - M), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  auto add = [&](int c0) { return [=](int r, int v, f8 sums) { add_tail8(f, B, M, r0 + r, c0 + 8 * v, s, sums); }; };
+  int c0 = 0;
+  for (; c0 + 8 * NV < M + 8; c0 += 8 * NV) tile8<R, NV, false>(g, k, ld, r0, c0, last, add(c0));
+  for (; c0 < M + 8; c0 += 8)  // the rest one vector at a time, the last (the corner) masked
+    if (c0 < M) tile8<R, 1, false>(g, k, ld, r0, c0, last, add(c0));
+    else tile8<R, 1, true>(g, k, ld, r0, c0, last, add(c0));
+}
+
+// fisher_b's upper triangle += scale · Σ_i g_i g_iᵀ for one block; g: its k rows, `ld` floats apart.
+static void add_upper_avx2(const float* g, int k, int64_t ld, int B, float scale, float* f, Prefetcher& ahead) {
+  const int M = B / 8 * 8, T = B - M;
+  const f8 s = splat8(scale);
+  const int64_t per_tile_row = ahead.size() / (M / 4 + 1) + 1;
+  for (int r0 = 0; r0 < M; r0 += 4) {
+    int c0 = r0 / 8 * 8;
+    for (; c0 + 16 <= M; c0 += 16) upper_tile8<2>(g, k, ld, r0, c0, f, B, s);
+    if (c0 < M) upper_tile8<1>(g, k, ld, r0, c0, f, B, s);
+    ahead.step(per_tile_row);
+  }
+  switch (T) {
+    case 0: break;
+    case 1: tail_rows8<1>(g, k, ld, M, M, f, B, scale); break;
+    case 2: tail_rows8<2>(g, k, ld, M, M, f, B, scale); break;
+    case 3: tail_rows8<3>(g, k, ld, M, M, f, B, scale); break;
+    case 4: tail_rows8<4>(g, k, ld, M, M, f, B, scale); break;
+    case 5: tail_rows8<5>(g, k, ld, M, M, f, B, scale); break;
+    case 6: tail_rows8<6>(g, k, ld, M, M, f, B, scale); break;
+    default: tail_rows8<7>(g, k, ld, M, M, f, B, scale); break;
+  }
+  ahead.step(per_tile_row);
 }
 
 // Σ_q x[q·xs] y[q·ys], q < n, lane-wise, in four partial sums instead of one chain of dependent
@@ -529,16 +630,17 @@ std::string isa() { return use_avx512.load() ? "avx512" : "avx2"; }
 static void accumulate_range(float* fisher, const float* grads, int64_t block_stride, int64_t row_stride,
                              int64_t begin, int64_t end, int k, int B, float scale, bool upper_only) {
   const int P = (B + 7) / 8 * 8;
-  const bool in_place = upper_only && use_avx512.load();  // add_upper_avx512: no scratch
-  std::vector<float> gpad(in_place ? 0 : (size_t)k * P, 0.0f), gram(in_place ? 0 : (size_t)P * P, 0.0f);
+  // upper triangles: added in place (add_upper_avx512 / _avx2), no scratch; full blocks: padded tiles
+  const auto add_upper = use_avx512.load() ? add_upper_avx512 : add_upper_avx2;
+  std::vector<float> gpad(upper_only ? 0 : (size_t)k * P, 0.0f), gram(upper_only ? 0 : (size_t)P * P, 0.0f);
   const auto gram_upper = use_avx512.load() ? gram_upper_avx512 : gram_upper_avx2;
   Prefetcher ahead;
   for (int64_t b = begin; b < end; ++b) {
     const int64_t coming = b + PREFETCH_BLOCKS_AHEAD;
     if (PREFETCH_BLOCKS_AHEAD > 0 && coming < end) ahead.plan(fisher + coming * B * B, grads + coming * block_stride, row_stride, k, B);
     else ahead.clear();
-    if (in_place) {
-      add_upper_avx512(grads + b * block_stride, k, row_stride, B, scale, fisher + b * B * B, ahead);
+    if (upper_only) {
+      add_upper(grads + b * block_stride, k, row_stride, B, scale, fisher + b * B * B, ahead);
       continue;
     }
     pad_rows(grads + b * block_stride, row_stride, k, B, P, gpad.data());

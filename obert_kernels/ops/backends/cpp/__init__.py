@@ -1,17 +1,17 @@
 """The C++ CPU backend: the direct Fisher build's two ops, compiled (csrc/cpu/, ``obert_kernels._cpu``).
 
-- ``fisher_accumulate``: each block's k×B gradient slice is copied to a cache-resident
+- ``fisher_accumulate``: by default each block's k×B gradient slice is copied to a cache-resident
   scratch, the upper tiles of its Gram matrix are computed in registers (AVX-512 tiles where the
-  CPU has them, else AVX2/FMA; ``isas``, ``use_isa``: the same bits either way) and,
-  by default, mirrored and added (F stays exactly symmetric); with ``upper_only`` only the
-  upper triangles are added (the pruner's flush; it mirrors once per step). Two threads,
+  CPU has them, else AVX2/FMA; ``isas``, ``use_isa``: the same bits either way), mirrored and
+  added (F stays exactly symmetric); with ``upper_only`` (the pruner's flush; it mirrors once per
+  step) the rows are read where they are and the sums added straight into the upper triangles,
+  no scratch, no padded tiles (the same bits as the upper triangles of the default). Two threads,
   median of 5 (csrc/cpu/fisher_cpu.cpp and core/fisher_state.py record the runs), a chunk of
   k = 32 at d = 10⁶, B = 50: full blocks 62-66 ms, upper only 48 ms, torch's ``baddbmm_``
   63 ms; at MiniLM's 10.6M weights, B = 32: 378-403, 323 and 593 ms (AVX2 tiles, AMD EPYC,
-  2026-11-30). With AVX-512 the upper-only flush reads the rows in place and adds its sums
-  straight into F under masks (no scratch, no padded tiles; same bits): on a 2-core Xeon
-  (2026-12-01) 19-21 against 27-29 ms at d = 10⁶, B = 50, and 162-182 against 174-181 ms at
-  MiniLM's size, where the flush is bound by memory.
+  2026-11-30). The upper-only flush in place, on a 2-core Xeon (2026-12-01): AVX-512 19-21
+  against 27-29 ms at d = 10⁶, B = 50, and 162-182 against 174-181 ms at MiniLM's size, where the
+  flush is bound by memory; AVX2 22.3-22.6 against 28.6-39.0 and 148-202 against 186-195 ms.
 - ``fisher_invert``: four blocks at a time, one per double lane of an AVX2 register: Cholesky,
   the triangular inverse and (L⁻¹)ᵀL⁻¹ in float64, stored as float32. It replaces one LAPACK
   call per 50×50 block (torch loops over the batch), and its error against float64 is the
