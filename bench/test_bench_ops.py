@@ -104,11 +104,13 @@ def test_fisher_accumulate(benchmark, bench_rounds, device, d, backend):
         bench_rounds, device, 2e-9 * fisher.shape[0] * B * B * K, (2 * fisher.numel() + grads.numel()) * 4 / 1e9)
 
 
+@pytest.mark.parametrize("upper_only", [True, False], ids=["upper-in-place", "full-tiles"])
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
 @pytest.mark.parametrize("d", SIZES["cpu"], ids=[f"d{d:.0e}".replace("+0", "") for d in SIZES["cpu"]])
-def test_fisher_accumulate_cpp_tiles(benchmark, bench_rounds, d, isa):
-    """The cpp backend's accumulation with each instruction set its Gram tiles run with here
-    (``ops.backends.cpp.use_isa``; the same bits either way), as the pruner's flush calls it."""
+def test_fisher_accumulate_cpp_tiles(benchmark, bench_rounds, d, isa, upper_only):
+    """The cpp backend's accumulation with each instruction set here (``ops.backends.cpp.use_isa``;
+    the same bits either way) and each of its kernels: the upper triangles added in place (as the
+    pruner's flush calls it) and the padded tiles of full blocks (the op's default)."""
     from obert_kernels.ops.backends import cpp
 
     if isa not in cpp.isas():
@@ -117,7 +119,8 @@ def test_fisher_accumulate_cpp_tiles(benchmark, bench_rounds, d, isa):
     fisher = torch.zeros(grads.shape[0], B, B)
     before = cpp.use_isa(isa)
     try:
-        run(benchmark, lambda f, g: ops.fisher_accumulate(f, g, M, backend="cpp", upper_only=True, check_finite=False),
+        run(benchmark, lambda f, g: ops.fisher_accumulate(f, g, M, backend="cpp", upper_only=upper_only,
+                                                          check_finite=False),
             lambda: (fisher.clone(), grads), bench_rounds, "cpu", 2e-9 * fisher.shape[0] * B * B * K,
             (2 * fisher.numel() + grads.numel()) * 4 / 1e9)
     finally:
