@@ -103,18 +103,21 @@ def test_every_kernel_gives_the_same_bits(seed, B):
     FMA in every accumulation kernel: the padded tiles of full blocks and the in-place upper-triangle
     kernels, each in AVX2 and (where the CPU has it) AVX-512. Block sizes cover each tile shape: 8/16-
     wide, one or two vector columns, padding rows; no tail, 1-7 and 9-15 tail rows, blocks under 8
-    and 16. The chunk is a strided view (rows nb·B floats apart)."""
+    and 16; dense blocks and packed upper triangles. The chunk is a strided view (rows nb·B floats
+    apart)."""
     nb, k = 5, int(torch.randint(1, 40, ()).item())
     chunk = random_grads(k, nb * B).view(k, nb, B).transpose(0, 1)
     start = torch.rand(nb, B, B)
     upper = torch.ones(B, B, dtype=torch.bool).triu()
-    before, out = cpp.isa(), {}
+    before, out, packed = cpp.isa(), {}, {}
     try:
         for name in cpp.isas():
             cpp.use_isa(name)
             for upper_only in (False, True):
                 out[name, upper_only] = start.clone()
                 ops.fisher_accumulate(out[name, upper_only], chunk, 3, backend="cpp", upper_only=upper_only)
+            packed[name] = ops.pack_upper(start)
+            ops.fisher_accumulate(packed[name], chunk, 3, backend="cpp")
     finally:
         cpp.use_isa(before)
     full = out["avx2", False]
@@ -122,6 +125,8 @@ def test_every_kernel_gives_the_same_bits(seed, B):
     for (name, upper_only), result in out.items():
         assert torch.equal(result[:, upper], full[:, upper]), (name, upper_only, k)
         assert torch.equal(result[:, ~upper], (start if upper_only else full)[:, ~upper]), (name, upper_only, k)
+    for name, result in packed.items():  # the upper triangles, read and written as packed rows
+        assert torch.equal(result, ops.pack_upper(full)), (name, "packed", k)
 
 
 def test_use_isa_refuses_what_this_cpu_lacks():

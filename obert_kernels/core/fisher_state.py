@@ -26,7 +26,7 @@ What a failure leaves (issue 14):
   triangles only (its kernel is registered ``upper_only``); ``FisherState.lower_stale`` says
   so until ``symmetrize`` mirrors them, once, before the sum is read (``finalize``,
   ``fisher_inverse``).
-- Any other flush (Woodbury, packed storage, the GPU kernels) applies the chunk in slices of
+- Any other flush (Woodbury, packed storage but on the cpp backend, the GPU kernels) applies the chunk in slices of
   ``FLUSH_SLICE_BYTES`` of the Fisher state, each slice copied to a scratch slice first: a
   slice whose op raises (or is interrupted after it wrote) is put back from the copy, and
   the buffer's ``Counts.applied_blocks`` records the slices done, so the next flush resumes
@@ -93,11 +93,12 @@ def flush_slice_blocks(blocks: torch.Tensor) -> int:
 
 def applies_in_one_write(config: PrunerConfig, backend: str, blocks: torch.Tensor) -> bool:
     """Whether the flush's op writes ``blocks`` in one step, raising before it writes or
-    writing everything (so the flush needs no backup; see the module doc): the direct build on
-    dense blocks (packed ones are added tile by tile) with a kernel registered ``one_write``
-    (torch's one ``baddbmm_``, cpp's one C++ call). The Woodbury update is several writes."""
-    return (config.fisher_method != "woodbury" and blocks.dim() == 3
-            and ops.dispatch.kernel("fisher_accumulate", backend).one_write)
+    writing everything (so the flush needs no backup; see the module doc): the direct build with
+    a kernel registered ``one_write`` (torch's one ``baddbmm_``, cpp's one C++ call), on dense
+    blocks or on packed ones it reads itself (others get packed blocks tile by tile). The
+    Woodbury update is several writes."""
+    impl = ops.dispatch.kernel("fisher_accumulate", backend)
+    return config.fisher_method != "woodbury" and impl.one_write and (blocks.dim() == 3 or impl.packed)
 
 
 def fits_on_heldout(damping: Damping) -> bool:

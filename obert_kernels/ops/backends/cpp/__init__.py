@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ... import checks
+from ... import checks, packed
 from .. import optional_extension
 from ...dispatch import register
 from ..torch.woodbury import fisher_invert_torch
@@ -46,7 +46,7 @@ __all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cp
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
 # The binding version this module calls (the ``ABI`` of csrc/cpu/fisher_cpu.cpp).
-ABI = 4  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper
+ABI = 5  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper; 5: packed accumulation
 
 
 def stale_reason(module) -> str:
@@ -195,15 +195,19 @@ def _block_rows(grads: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
 
 def fisher_accumulate_cpp(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
                           upper_only: bool = False) -> torch.Tensor:
-    """fisher (num_blocks, B, B) float32 += Σ g gᵀ / m over a chunk, blockwise, in place.
+    """fisher (num_blocks, B, B) float32, or packed upper triangles (num_blocks, B(B+1)/2)
+    (ops/packed.py, read and written as they are), += Σ g gᵀ / m over a chunk, blockwise, in place.
     grads: (k, d) or block-major (num_blocks, k, B), float32 (others are converted).
-    upper_only: only the upper triangles are added to (the lower ones left as they were)."""
-    num_blocks, B = fisher.shape[0], fisher.shape[1]
+    upper_only: only the upper triangles of dense blocks are added to (the lower ones left as
+    they were); packed blocks hold nothing else."""
+    is_packed = packed.is_packed(fisher)
+    num_blocks = fisher.shape[0]
+    B = packed.packed_block_size(fisher.shape[1]) if is_packed else fisher.shape[1]
     rows = _block_rows(grads, num_blocks, B)
     with _contiguous(fisher) as target:
         if num_blocks and rows.shape[1]:
             extension.fisher_accumulate(target.data_ptr(), rows.data_ptr(), num_blocks, rows.shape[1], B,
-                                        rows.stride(0), rows.stride(1), 1.0 / num_grads, upper_only,
+                                        rows.stride(0), rows.stride(1), 1.0 / num_grads, upper_only, is_packed,
                                         torch.get_num_threads())
     return fisher
 
@@ -287,7 +291,8 @@ def register_all() -> None:
     if extension is None:
         raise ImportError(status())
     # one C++ call that checks nothing once it has started
-    register("fisher_accumulate", "cpp", fisher_accumulate_cpp, _accumulate_reasons, one_write=True, upper_only=True)
+    register("fisher_accumulate", "cpp", fisher_accumulate_cpp, _accumulate_reasons, packed=True, one_write=True,
+             upper_only=True)
     register("fisher_invert", "cpp", fisher_invert_cpp, _invert_reasons)
 
 
