@@ -111,7 +111,7 @@ def test_every_kernel_gives_the_same_bits(seed, B):
     upper = torch.ones(B, B, dtype=torch.bool).triu()
     before, out, packed = cpp.isa(), {}, {}
     try:
-        for name in cpp.isas():
+        for name in cpp.isas() + ["auto"]:
             cpp.use_isa(name)
             for upper_only in (False, True):
                 out[name, upper_only] = start.clone()
@@ -132,7 +132,15 @@ def test_every_kernel_gives_the_same_bits(seed, B):
 def test_use_isa_refuses_what_this_cpu_lacks():
     with pytest.raises(ValueError, match="not 'sse'"):
         cpp.use_isa("sse")
-    assert cpp.isa() in cpp.isas() and f"accumulation tiles: {cpp.isa()}" in cpp.status()
+    default = "auto" if "avx512" in cpp.isas() else "avx2"
+    assert cpp.isa() == default and f"accumulation: {default}" in cpp.status()
+    before = cpp.use_isa("avx2")
+    try:
+        assert before == default and cpp.isa() == "avx2"
+        cpp.use_isa("auto")
+        assert cpp.isa() == default
+    finally:
+        cpp.use_isa(before)
     if "avx512" not in cpp.isas():
         with pytest.raises(ValueError, match="not 'avx512'"):
             cpp.use_isa("avx512")

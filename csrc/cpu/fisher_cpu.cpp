@@ -626,18 +626,40 @@ bool avx512_supported() {
 #endif
 }
 
-// Which Gram tiles the accumulation runs: AVX-512 where the CPU has it (set at import, and by
-// set_isa for tests and A/B runs).
-static std::atomic<bool> use_avx512{avx512_supported()};
+// Which instruction set the accumulation runs: "auto" where the CPU has AVX-512 (the default; set
+// at import), else "avx2"; "avx2" or "avx512" forced by set_isa, for tests and A/B runs.
+// auto: the padded tiles of full blocks in AVX-512; the in-place kernel in AVX-512 for B above
+// AVX512_IN_PLACE_ABOVE, in AVX2 up to it. A k = 32 chunk, two threads, medians of 15 (5 at
+// MiniLM's size), two rounds, AVX2 | AVX-512, dense and packed (Xeon, 2026-12-01), ms:
+//   B = 16 (80,000 blocks): 12.3-12.6 | 18.7-18.9, packed 12.1-12.2 | 20.3
+//   B = 24, 40, 48: within 0.5 ms of each other, either storage
+//   B = 32 (40,000): 20.2-21.3 | 21.8-21.9, packed 17.7-18.1 | 26.5-26.8; MiniLM's 331,776 blocks:
+//     154.1-156.1 | 167.3-167.6, packed 137.8-138.8 | 208.3-210.3
+//   B = 50 (20,000): 23.3-24.2 | 21.1-21.5, packed 21.3 | 17.1-17.2; 130,000 blocks: 149.7-150.2 |
+//     132.9-134.4, packed 130.2-132.1 | 108.1-109.3
+//   B = 64 (20,000): 36.5-42.8 | 35.9-46.4, packed 31.1-34.4 | 29.7-30.8
+enum Isa { ISA_AVX2 = 0, ISA_AVX512 = 1, ISA_AUTO = 2 };
+constexpr int AVX512_IN_PLACE_ABOVE = 32;
+static std::atomic<int> isa_mode{avx512_supported() ? ISA_AUTO : ISA_AVX2};
 
-bool set_isa(const std::string& name) {
+bool set_isa(const std::string& name) {  // "auto" without AVX-512 is AVX2
+  if (name != "avx512" && name != "avx2" && name != "auto") return false;
   if (name == "avx512" && !avx512_supported()) return false;
-  if (name != "avx512" && name != "avx2") return false;
-  use_avx512.store(name == "avx512");
+  isa_mode.store(name == "avx2" || !avx512_supported() ? ISA_AVX2 : name == "avx512" ? ISA_AVX512 : ISA_AUTO);
   return true;
 }
 
-std::string isa() { return use_avx512.load() ? "avx512" : "avx2"; }
+std::string isa() {
+  const int mode = isa_mode.load();
+  return mode == ISA_AUTO ? "auto" : mode == ISA_AVX512 ? "avx512" : "avx2";
+}
+
+// Whether the in-place kernel (upper triangles) and the padded tiles (full blocks) run AVX-512 for B.
+static bool avx512_in_place(int B) {
+  const int mode = isa_mode.load();
+  return mode == ISA_AVX512 || (mode == ISA_AUTO && B > AVX512_IN_PLACE_ABOVE);
+}
+static bool avx512_tiles() { return isa_mode.load() != ISA_AVX2; }
 
 // Row offsets of a dense (B × B) or packed (B(B+1)/2) block: see BlockRows.
 static std::vector<int64_t> row_offsets(int B, bool packed) {
@@ -653,10 +675,10 @@ static void accumulate_range(float* fisher, const float* grads, int64_t block_st
   // upper triangles (and packed blocks, which hold nothing else): added in place
   // (add_upper_avx512 / _avx2), no scratch; full blocks: padded tiles, mirrored
   const bool in_place = upper_only || packed;
-  const auto add_upper = use_avx512.load() ? add_upper_avx512 : add_upper_avx2;
+  const auto add_upper = avx512_in_place(B) ? add_upper_avx512 : add_upper_avx2;
   const std::vector<int64_t> off = row_offsets(B, packed);
   std::vector<float> gpad(in_place ? 0 : (size_t)k * P, 0.0f), gram(in_place ? 0 : (size_t)P * P, 0.0f);
-  const auto gram_upper = use_avx512.load() ? gram_upper_avx512 : gram_upper_avx2;
+  const auto gram_upper = avx512_tiles() ? gram_upper_avx512 : gram_upper_avx2;
   Prefetcher ahead;
   for (int64_t b = begin; b < end; ++b) {
     const int64_t coming = b + PREFETCH_BLOCKS_AHEAD;
@@ -771,13 +793,14 @@ PYBIND11_MODULE(_cpu, m) {
   // Raised whenever a binding below changes: ops/backends/cpp refuses a module built from older
   // sources with that reason instead of meeting a TypeError at its first call. 2: copy_rows takes
   // `stream`, the OpenMP functions exist. 3: the ISA functions exist. 4: mirror_upper exists.
-  // 5: fisher_accumulate takes `packed`.
-  m.attr("ABI") = 5;
+  // 5: fisher_accumulate takes `packed`. 6: set_isa takes "auto" (the default), isa() may say it.
+  m.attr("ABI") = 6;
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
   m.def("avx512_supported", &obk_cpu::avx512_supported, "whether this CPU (and OS) runs the AVX-512 tiles");
   m.def("set_isa", &obk_cpu::set_isa, py::arg("name"),
-        "the accumulation's Gram tiles: 'avx512' (where supported) or 'avx2'; returns whether it was taken");
-  m.def("isa", &obk_cpu::isa, "the accumulation's Gram tiles now: 'avx512' or 'avx2'");
+        "the accumulation's instruction set: 'auto' (AVX-512 where it measured faster), 'avx512' (where "
+        "supported) or 'avx2'; returns whether it was taken");
+  m.def("isa", &obk_cpu::isa, "the accumulation's instruction set now: 'auto', 'avx512' or 'avx2'");
   m.def("openmp_built", &obk_cpu::openmp_built, "whether this module was compiled with OpenMP");
   m.def("openmp_symbol", &obk_cpu::openmp_symbol, "the address this module resolved omp_get_num_threads to (0: none)");
   m.def("set_openmp", &obk_cpu::set_openmp, py::arg("on"),

@@ -46,7 +46,8 @@ __all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cp
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
 # The binding version this module calls (the ``ABI`` of csrc/cpu/fisher_cpu.cpp).
-ABI = 5  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper; 5: packed accumulation
+ABI = 6  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper; 5: packed
+# accumulation; 6: set_isa('auto')
 
 
 def stale_reason(module) -> str:
@@ -77,7 +78,7 @@ def status() -> str:
         return _STALE
     if not CPU_SUPPORTED:
         return "the CPU extension is built, but this CPU lacks AVX2/FMA: the torch backend serves the CPU"
-    return f"CPU extension ready (AVX2/FMA; accumulation tiles: {isa()}; threads: {threads()})"
+    return f"CPU extension ready (AVX2/FMA; accumulation: {isa()}; threads: {threads()})"
 
 
 # ---- whose threads ---------------------------------------------------------------------
@@ -120,26 +121,29 @@ def threads() -> str:
     return "torch's OpenMP threads" if CPU_SUPPORTED and extension.openmp_on() else "their own"
 
 
-# ---- which Gram tiles -----------------------------------------------------------------
+# ---- which instruction set -----------------------------------------------------------
 def isas() -> list[str]:
-    """The instruction sets this CPU runs the accumulation's Gram tiles with: "avx2", and
-    "avx512" where the CPU (and OS) has AVX-512F/VL. Both give the same bits (the same chain of
-    fused multiply-adds per entry); AVX-512 is the default where present."""
+    """The instruction sets this CPU runs the accumulation with: "avx2", and "avx512" where the CPU
+    (and OS) has AVX-512F/VL. Every one gives the same bits (the same chain of fused multiply-adds
+    per entry)."""
     if not CPU_SUPPORTED:
         return []
     return ["avx2", "avx512"] if extension.avx512_supported() else ["avx2"]
 
 
 def isa() -> str | None:
-    """The accumulation's tiles now ("avx2" or "avx512"; None without the extension)."""
+    """The accumulation's instruction set now: "auto" (the default where the CPU has AVX-512: the
+    in-place upper-triangle kernel in AVX-512 for B > 32 and in AVX2 up to B = 32, where AVX2 measured
+    as fast or faster, see csrc/cpu/fisher_cpu.cpp; the full-block tiles in AVX-512), "avx2" or
+    "avx512" (forced); None without the extension."""
     return extension.isa() if CPU_SUPPORTED else None
 
 
 def use_isa(name: str) -> str:
-    """Run the accumulation's tiles with ``name`` (one of ``isas()``); returns the one before.
-    For tests and A/B runs: the default is already the widest the CPU has."""
-    if name not in isas():
-        raise ValueError(f"the accumulation's tiles run with one of {isas()} on this CPU, not {name!r}")
+    """Run the accumulation with ``name``: one of ``isas()``, or "auto"; returns the one before.
+    For tests and A/B runs: the default is already "auto" (or "avx2" on a CPU without AVX-512)."""
+    if name != "auto" and name not in isas():
+        raise ValueError(f"the accumulation runs with 'auto' or one of {isas()} on this CPU, not {name!r}")
     before = isa()
     extension.set_isa(name)
     return before
