@@ -137,7 +137,7 @@ def build_with_pruner(pool: torch.Tensor, shape: tuple[int, int], args) -> tuple
     """FisherPruner as a user drives it; returns F⁻¹ (num_blocks, B, B) and the phase times."""
     weight = torch.randn(shape)
     pruner = FisherPruner({"w": weight}, block_size=args.block_size, num_grads=args.num_grads,
-                          damp=args.damp, verbose=False)
+                          damp=args.damp, fisher_storage=args.storage, verbose=False)
     with OpTimer("fisher_accumulate") as acc, OpTimer("woodbury_update") as wood:
         start = time.perf_counter()
         for i in range(args.num_grads):
@@ -234,8 +234,8 @@ def minilm_overhead(args) -> dict:
     batches = list(islice(sentence_batches(encoder, stdlib_sentences(2000), args.minilm_batch, seed=args.seed), n))
     weights = dict(encoder_weights(model))
     ways = ["one pass", "per tensor"] if args.minilm_pruned else ["default"]
-    pruners = {w: FisherPruner(weights, block_size=args.minilm_block_size, num_grads=n, damp=args.damp, verbose=False)
-               for w in ways}
+    pruners = {w: FisherPruner(weights, block_size=args.minilm_block_size, num_grads=n, damp=args.damp,
+                               fisher_storage=args.storage, verbose=False) for w in ways}
     if args.minilm_pruned:
         masks = {name: w.detach().abs() > w.detach().abs().flatten().kthvalue(max(1, int(args.minilm_pruned * w.numel()))).values
                  for name, w in weights.items()}
@@ -310,7 +310,7 @@ def report_text(res: dict) -> str:
     if b:
         p = b["pruner"]
         lines += [f"Fisher build: d={b['d']:,} ({b['shape'][0]}x{b['shape'][1]}), B={b['B']}, m={b['m']}, "
-                  f"damp={b['damp']:g}, {b['pool']} distinct gradients, method {p['method']}",
+                  f"damp={b['damp']:g}, {b['pool']} distinct gradients, method {p['method']}, F {res['args']['storage']}",
                   "| phase | s | ms/grad | rate |", "| --- | ---: | ---: | --- |",
                   row("add_grads loop", p["add_grads_s"], b["m"], ""),
                   row("  of which accumulate", p["accumulate_s"], b["m"], gf(b["accumulate_gflops"], b["accumulate_vs_gemm"])),
@@ -338,7 +338,8 @@ def report_text(res: dict) -> str:
         mini = None
     if mini:
         lines += ["", f"MiniLM gradient passes: {mini['grads']} gradients of {mini['batch']} sentences (max {mini['max_length']} "
-                  f"tokens), pruner on {mini['tensors']} tensors ({mini['weights']:,} weights), B={mini['B']}, k={mini['chunk']}",
+                  f"tokens), pruner on {mini['tensors']} tensors ({mini['weights']:,} weights), B={mini['B']}, k={mini['chunk']}, "
+                  f"F {res['args']['storage']}",
                   f"bare forward+backward {mini['bare_backward_s']:.2f} s; add_grads {mini['add_grads_s']:.2f} s "
                   f"({mini['add_grads_ms_per_grad']:.1f} ms a gradient): +{100 * mini['overhead_vs_bare']:.1f}% "
                   f"(target <= 10%); attached passes end to end +{100 * mini['overhead_end_to_end']:.1f}%"]
@@ -374,6 +375,8 @@ def parse_args(argv=None):
     ap.add_argument("--block-size", type=int, default=50)
     ap.add_argument("--num-grads", type=int, default=1024)
     ap.add_argument("--damp", type=float, default=1e-6)
+    ap.add_argument("--storage", choices=["dense", "packed"], default="dense",
+                    help="FisherPruner's fisher_storage, in both parts (packed: the upper triangles, half of F's memory)")
     ap.add_argument("--pool", type=int, default=256, help="distinct gradients, cycled")
     ap.add_argument("--ref-blocks", type=int, default=256, help="blocks checked against float64")
     ap.add_argument("--skip-naive", action="store_true")
@@ -415,7 +418,8 @@ def main(argv=None) -> dict:
     print(text, end="")
     out = args.out or (None if args.quick else RESULTS)
     if out is not None and not args.no_save:
-        stem = f"cpu-pruner-{res['date'][:10]}" + ("-quick" if args.quick else "") + ("-shared" if shared else "")
+        stem = (f"cpu-pruner-{res['date'][:10]}" + ("-packed" if args.storage == "packed" else "")
+                + ("-quick" if args.quick else "") + ("-shared" if shared else ""))
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
         (out / f"{stem}.txt").write_text(text)
