@@ -14,10 +14,7 @@ Tolerances, keyed by the dtype the op computes in (the values of python_tests/co
   adds a product to the solve), and the newly pruned weights exactly zero.
 - the Fisher inverse (``woodbury_update``, ``fisher_accumulate`` + ``fisher_invert``): SPEC §4,
   float32 no worse than twice the plain per-gradient float32 update's error on the same
-  gradients + 1e-6 (``ops.naive_woodbury_update``); float64 1e-10. The torch Woodbury kernel
-  exceeds it on ~2 seeds in 1,000 (its error over the naive one: median 0.87, 99th percentile
-  2.7, largest 8.0 over 2,001 seeds of the quick case, 2026-12-01): a MISMATCH there on one seed
-  alone is worth a second seed before calling the kernel wrong.
+  gradients + 1e-6 (``ops.naive_woodbury_update``); float64 1e-10.
 """
 from __future__ import annotations
 
