@@ -208,7 +208,7 @@ def run(args) -> dict:
         if r.get("seconds") and naive.get("seconds"):
             r["speedup_vs_naive"] = naive["seconds"] / r["seconds"]
             # SPEC §4: no worse than about twice the plain per-gradient fp32 update's error
-            r["within_spec_tolerance"] = r["rel_err_vs_float64"] <= 2 * naive["rel_err_vs_float64"] + 1e-6
+            r["within_spec_tolerance"] = r["rel_err_vs_float64"] <= ops.reference.spec_fisher_tolerance(naive["rel_err_vs_float64"])
     return result
 
 
