@@ -78,7 +78,8 @@ def status() -> str:
         return _STALE
     if not CPU_SUPPORTED:
         return "the CPU extension is built, but this CPU lacks AVX2/FMA: the torch backend serves the CPU"
-    return f"CPU extension ready (AVX2/FMA; accumulation: {isa()}; threads: {threads()})"
+    how = " (AVX-512 above B = 32, AVX2 up to it)" if isa() == "auto" else ""
+    return f"CPU extension ready (AVX2/FMA; accumulation: {isa()}{how}; threads: {threads()})"
 
 
 # ---- whose threads ---------------------------------------------------------------------
