@@ -795,6 +795,7 @@ PYBIND11_MODULE(_cpu, m) {
   // `stream`, the OpenMP functions exist. 3: the ISA functions exist. 4: mirror_upper exists.
   // 5: fisher_accumulate takes `packed`. 6: set_isa takes "auto" (the default), isa() may say it.
   m.attr("ABI") = 6;
+  m.attr("AVX512_IN_PLACE_ABOVE") = obk_cpu::AVX512_IN_PLACE_ABOVE;  // isa "auto": see set_isa
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
   m.def("avx512_supported", &obk_cpu::avx512_supported, "whether this CPU (and OS) runs the AVX-512 tiles");
   m.def("set_isa", &obk_cpu::set_isa, py::arg("name"),

@@ -78,7 +78,8 @@ def status() -> str:
         return _STALE
     if not CPU_SUPPORTED:
         return "the CPU extension is built, but this CPU lacks AVX2/FMA: the torch backend serves the CPU"
-    how = " (AVX-512 above B = 32, AVX2 up to it)" if isa() == "auto" else ""
+    above = getattr(extension, "AVX512_IN_PLACE_ABOVE", None)
+    how = f" (AVX-512 above B = {above}, AVX2 up to it)" if isa() == "auto" and above is not None else ""
     return f"CPU extension ready (AVX2/FMA; accumulation: {isa()}{how}; threads: {threads()})"
 
 
