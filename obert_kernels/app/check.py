@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .. import ops
+from ..ops.reference import FISHER_ERROR_FLOOR
 from .check_cases import RTOL, UPDATE_SLACK, Case, Target, all_cases
 from .info import devices, versions
 from .options import CheckOptions
@@ -121,7 +122,8 @@ def format_table(rows: list[CheckRow], options: CheckOptions, seconds: float) ->
     dtype = DTYPES[options.dtype]
     lines = [f"obert_kernels check: each op against its float64 reference ({options.dtype}, seed {options.seed})",
              f"max rel err = largest ‖out − ref‖/‖ref‖ over the op's outputs; tolerance: scores {RTOL[dtype]:.0e}, "
-             f"updates {RTOL[dtype] * UPDATE_SLACK[dtype]:.0e}, F⁻¹ SPEC §4 (twice the per-gradient fp32 error)", ""]
+             f"updates {RTOL[dtype] * UPDATE_SLACK[dtype]:.0e}, F⁻¹ SPEC §4 (twice the per-gradient fp32 error "
+             f"+ {FISHER_ERROR_FLOOR:.0e})", ""]
     op_width = max(len(f"{r.op} {r.variant}") for r in rows) if rows else 10
     shape_width = max(len(r.shape) for r in rows) if rows else 10
     for r in rows:
