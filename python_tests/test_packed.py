@@ -76,6 +76,51 @@ def test_pruner_packed_matches_dense(seed, method, backend):
     assert all(rel_err(a, b) < 1e-4 for a, b in zip(pp, pd) if b.norm() > 0)
 
 
+@pytest.mark.parametrize("damp,method", [("rel:0.01", "direct"), ("rel:0.01:block", "woodbury"), ("auto", "direct"),
+                                         ("rel:0.01:tensor", "direct")])
+def test_packed_takes_relative_and_auto_damping(seed, damp, method):
+    """The relative damps read the diagonal of packed blocks, auto unpacks its sampled blocks: the
+    same λ, so the same pruned weights as dense storage (and a Cholesky failure's relative
+    fallback reads the packed diagonal too)."""
+    torch.manual_seed(seed)
+    shapes = {"a": (13, 11), "b": (11, 5)}
+    start = {n: torch.randn(*s) for n, s in shapes.items()}
+    grads = [{n: torch.randn(*s) * (1e-3 if n == "a" else 1.0) for n, s in shapes.items()} for _ in range(24)]
+    results = {}
+    for storage in ("dense", "packed"):
+        weights = {n: w.clone() for n, w in start.items()}
+        pr = FisherPruner(weights, block_size=10, num_grads=24, damp=damp, chunk_size=5, fisher_method=method,
+                          fisher_storage=storage, verbose=False)
+        for g in grads:
+            pr.add_grads(g)
+        report = pr.prune(0.6)
+        results[storage] = (pr.masks, weights, getattr(pr.damping, "chosen", None), report.sparsity)
+    (md, wd, ad, sd), (mp, wp, ap, sp) = results["dense"], results["packed"]
+    assert ad == ap and sd == sp
+    assert all(torch.equal(md[n], mp[n]) for n in md)
+    assert all(rel_err(wp[n], wd[n]) < 1e-4 for n in wd)
+
+
+@pytest.mark.filterwarnings("ignore:.*relative damp.*:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:Cholesky failed:RuntimeWarning")
+def test_packed_failed_cholesky_falls_back_to_a_relative_damp(seed):
+    B, m, d = 8, 12, 32
+    g = (torch.randn(m, 1) @ torch.randn(1, d)) * 1e5 + torch.randn(m, d) * 1e-3
+    w, out = torch.randn(d), {}
+    for storage in ("dense", "packed"):
+        p = FisherPruner({"w": w.clone()}, block_size=B, num_grads=m, damp=1e-12, verbose=False,
+                         fisher_storage=storage)
+        for i in range(m):
+            p.add_grads([g[i]])
+        with pytest.warns(RuntimeWarning, match="relative damp"):
+            finv = p.fisher_inverse("w")  # a dense copy, inverted
+        with pytest.warns(RuntimeWarning, match="relative damp"):
+            p.prune(0.5)  # the state itself, packed, inverted in place
+        out[storage] = (finv, p.masks["w"])
+    (fd, md), (fp, mp) = out["dense"], out["packed"]
+    assert torch.isfinite(fp).all() and rel_err(fp, fd) < 1e-4 and torch.equal(mp, md)
+
+
 def test_pruner_rejects_unknown_storage():
     with pytest.raises(ValueError, match="fisher_storage"):
         FisherPruner({"w": torch.zeros(10)}, block_size=5, fisher_storage="triangular", verbose=False)

@@ -18,7 +18,7 @@ from ..ops.patterns import Pattern, parse_pattern
 from ..specs import check_direct_damp
 from . import arguments
 from .arguments import check_positive_int
-from .damping import AbsoluteDamp, Damping, parse_damp
+from .damping import Damping, parse_damp
 from .weight_update import UPDATES
 
 __all__ = ["PrunerConfig", "FISHER_METHODS", "FISHER_STORAGES", "auto_fisher_method", "check_positive_int"]
@@ -99,9 +99,6 @@ class PrunerConfig:
         if self.damping.needs_direct:
             check_direct_damp(self.damp, self.fisher_method)
             method = "direct"
-        if self.fisher_storage == "packed" and not isinstance(self.damping, AbsoluteDamp):
-            raise ValueError(f"damp={self.damp!r} is relative to the Fisher diagonal, which packed storage does not "
-                             "keep per tensor here: pass an absolute damp (a number) with fisher_storage='packed'")
         resolved = dataclasses.replace(self, fisher_method=method)
         resolved.check_backend_serves(torch.device(device))
         return resolved

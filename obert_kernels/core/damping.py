@@ -202,8 +202,6 @@ class AbsoluteDamp(Damping):
                 ops.fisher_invert(part, self.value, backend=backend)
             except FloatingPointError as exc:
                 part.copy_(backup)
-                if ops.packed.is_packed(part):  # the relative fallback reads a dense diagonal
-                    raise
                 warnings.warn(f"{exc}; inverting blocks {start}..{start + part.shape[0] - 1} with a relative damp "
                               f"{FALLBACK_FRACTION:g} × their mean Fisher diagonal instead (raise damp, or pass "
                               f"damp='auto')", RuntimeWarning, stacklevel=3)
@@ -226,10 +224,14 @@ class RelativeDamp(Damping):
     def start_woodbury(self, finv, first_chunk, layout):
         diag = (first_chunk.float() ** 2).sum(dim=1) / first_chunk.shape[1]  # (nb, B): mean g² over the chunk
         lam = self.fraction * _mean_diag(diag, layout, self.per)
-        finv.zero_().diagonal(dim1=1, dim2=2).copy_((1.0 / lam)[:, None].expand(-1, finv.shape[1]))
+        inverse = (1.0 / lam)[:, None].expand(-1, first_chunk.shape[2]).to(finv.dtype)
+        if ops.packed.is_packed(finv):
+            finv.zero_()[:, ops.packed.diagonal_index(first_chunk.shape[2], finv.device)] = inverse
+        else:
+            finv.zero_().diagonal(dim1=1, dim2=2).copy_(inverse)
 
     def block_scale(self, fisher, layout):
-        return _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
+        return _mean_diag(ops.packed.block_diagonals(fisher), layout, self.per)
 
     def invert(self, fisher, layout, *, backend="auto", scale=None):
         scale = self.block_scale(fisher, layout) if scale is None else scale
@@ -293,7 +295,7 @@ class AutoDamp(RelativeDamp):
         if h < 1 or num_grads - h < 1:
             raise ValueError(f"damp='auto' holds out the last chunk ({h} gradients) and builds F from the rest "
                              f"({num_grads - h}): needs num_grads > chunk_size")
-        scale = _mean_diag(fisher.diagonal(dim1=1, dim2=2), layout, self.per)
+        scale = _mean_diag(ops.packed.block_diagonals(fisher), layout, self.per)
         idx = _sample_blocks(layout, self.max_blocks, self.seed)
         if self.criterion == "likelihood" or step is None:
             totals, terms = _likelihood_totals(fisher, heldout, num_grads, layout, scale, idx, self.candidates), None
@@ -331,7 +333,9 @@ def _rest_of(fisher, heldout, num_grads, sel):
     """F_rest of blocks ``sel`` in float64 (the Fisher without the held-out chunk) and that chunk."""
     g = heldout[sel].double()  # (s, h, B)
     h = g.shape[1]
-    return (fisher[sel].double() * num_grads - g.transpose(1, 2) @ g) / (num_grads - h), g
+    f = fisher[sel].double()
+    f = ops.unpack_upper(f) if ops.packed.is_packed(f) else f
+    return (f * num_grads - g.transpose(1, 2) @ g) / (num_grads - h), g
 
 
 def _reduced(totals: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
@@ -432,15 +436,15 @@ def invert_blocks(damping: Damping, fisher: torch.Tensor, layout: BlockLayout, *
 
 
 def _invert_scaled(part: torch.Tensor, scale: torch.Tensor, fraction: float, backend: str) -> None:
-    """part ← (part + fraction·scale·I)⁻¹ via the normalised blocks part/scale (in place)."""
-    s = scale.to(part.dtype)[:, None, None]
+    """part ← (part + fraction·scale·I)⁻¹ via the normalised blocks part/scale (in place); dense or packed."""
+    s = scale.to(part.dtype).view(-1, *([1] * (part.dim() - 1)))
     part.div_(s)
     ops.fisher_invert(part, fraction, backend=backend)
     part.div_(s)
 
 
 def _invert_relative(part: torch.Tensor, layout: BlockLayout, fraction: float, per: str, backend: str) -> None:
-    _invert_scaled(part, _mean_diag(part.diagonal(dim1=1, dim2=2), layout, per), fraction, backend)
+    _invert_scaled(part, _mean_diag(ops.packed.block_diagonals(part), layout, per), fraction, backend)
 
 
 def _sample_blocks(layout: BlockLayout, max_blocks: int, seed: int) -> torch.Tensor:

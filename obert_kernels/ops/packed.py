@@ -29,6 +29,8 @@ __all__ = [
     "pack_upper",
     "unpack_upper",
     "init_finv_packed",
+    "diagonal_index",
+    "block_diagonals",
     "tile_blocks",
     "tiles",
 ]
@@ -91,11 +93,23 @@ def unpack_upper(packed: torch.Tensor, block_size: int | None = None) -> torch.T
     return packed.index_select(1, _indices(B, packed.device)[1]).reshape(packed.shape[0], B, B)
 
 
+def diagonal_index(block_size: int, device=None) -> torch.Tensor:
+    """(B,) int64: where row i's diagonal entry sits in a packed block (i·B − i(i−1)/2)."""
+    return torch.tensor([i * (2 * block_size - i + 1) // 2 for i in range(block_size)], device=device)
+
+
+def block_diagonals(blocks: torch.Tensor) -> torch.Tensor:
+    """(num_blocks, B): each block's diagonal, of dense (num_blocks, B, B) blocks (a view) or packed
+    (num_blocks, B(B+1)/2) ones (a copy)."""
+    if not is_packed(blocks):
+        return blocks.diagonal(dim1=1, dim2=2)
+    return blocks[:, diagonal_index(packed_block_size(blocks.shape[1]), blocks.device)]
+
+
 def init_finv_packed(num_blocks: int, block_size: int, damp: float, *, dtype=torch.float32, device=None) -> torch.Tensor:
     """F₀⁻¹ = (1/λ)·I, packed: (num_blocks, B(B+1)/2)."""
     finv = torch.zeros(num_blocks, packed_size(block_size), dtype=dtype, device=device)
-    diag = torch.tensor([i * (2 * block_size - i + 1) // 2 for i in range(block_size)], device=device)
-    finv[:, diag] = 1.0 / damp
+    finv[:, diagonal_index(block_size, device)] = 1.0 / damp
     return finv
 
 
