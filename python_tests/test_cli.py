@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from obert_kernels.app import bench_runner as benchrun
 from obert_kernels.app.cli import main
@@ -123,6 +124,19 @@ def test_prune_digits_sampled_fisher_cap_and_tensor_summary(digits_ok, tmp_path,
     assert max(t["pruned"] / t["numel"] for t in tensors.values()) <= 0.85
     assert sum(t["pruned"] for t in tensors.values()) == round(0.8 * sum(t["numel"] for t in tensors.values()))
     assert main(args[:-3] + ["--max-tensor-sparsity", "1.5", "--no-progress"]) == 2  # refused with the reason
+
+
+def test_prune_digits_packed_storage_prunes_what_dense_does(digits_ok, tmp_path, capsys):
+    """--fisher-storage packed reaches the pruner (with the CLI's damp, auto) and prunes the same weights."""
+    masks = {}
+    for storage in ("dense", "packed"):
+        out = tmp_path / storage
+        assert main(["prune", "digits-mlp", "--sparsity", "0.8", "--out", str(out), "--num-grads", "16",
+                     "--block-size", "16", "--fisher-storage", storage, "--no-progress"]) == 0
+        assert json.loads((out / "obert_report.json").read_text())["args"]["fisher_storage"] == storage
+        masks[storage] = load_file(out / "masks.safetensors")
+    assert masks["dense"].keys() == masks["packed"].keys()
+    assert all(torch.equal(masks["dense"][k], masks["packed"][k]) for k in masks["dense"])
 
 
 def test_demo_writes_the_plot(digits_ok, tmp_path, capsys):

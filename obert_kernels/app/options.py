@@ -24,6 +24,7 @@ __all__ = ["PrunerOptions", "PruneOptions", "DemoOptions", "BenchOptions", "Info
 
 PRUNE_METHODS = ("obs", "joint", "sequential", "magnitude")  # recipes.prune_model.METHODS
 FISHER_METHODS = ("auto", "direct", "woodbury")
+FISHER_STORAGES = ("dense", "packed")  # core.config.FISHER_STORAGES, without importing torch
 CHECK_DTYPES = ("float32", "float64")
 
 
@@ -55,6 +56,7 @@ class PrunerOptions:
     fisher_method: str = "auto"
     backend: str = "auto"
     max_tensor_sparsity: float | None = None
+    fisher_storage: str = "dense"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PrunerOptions":
@@ -71,9 +73,12 @@ class PrunerOptions:
         cap = getattr(args, "max_tensor_sparsity", None)
         if cap is not None and not 0.0 < cap <= 1.0:
             raise ValueError(f"--max-tensor-sparsity must be in (0, 1], got {cap}")
+        storage = getattr(args, "fisher_storage", "dense")
+        if storage not in FISHER_STORAGES:
+            raise ValueError(f"--fisher-storage must be one of {', '.join(FISHER_STORAGES)}, got {storage!r}")
         return cls(args.method, damp, _positive("block_size", args.block_size), _positive("num_grads", args.num_grads),
                    _positive("chunk_size", args.chunk_size), _positive("num_recomputations", args.num_recomputations),
-                   args.pattern, bool(args.per_tensor), args.fisher_method, _backend(args.backend), cap)
+                   args.pattern, bool(args.per_tensor), args.fisher_method, _backend(args.backend), cap, storage)
 
     def check_for_device(self, device: str) -> None:
         """Everything FisherPruner would refuse, refused now, before a model is loaded: the
@@ -88,7 +93,8 @@ class PrunerOptions:
             PrunerConfig.from_args(block_size=self.block_size, num_grads=self.num_grads, damp=self.damp,
                                    pattern=self.pattern, global_sparsity=not self.per_tensor, update=self.method,
                                    backend=self.backend, chunk_size=self.chunk_size, fisher_method=self.fisher_method,
-                                   fisher_storage="dense", verbose=False, max_memory_fraction=0.9).resolved_for(device)
+                                   fisher_storage=self.fisher_storage, verbose=False,
+                                   max_memory_fraction=0.9).resolved_for(device)
         except BackendNotSupported as exc:
             raise ValueError(f"--backend {self.backend} on {device}: {exc}") from None
 
@@ -100,7 +106,7 @@ class PrunerOptions:
         return {"block_size": self.block_size, "num_grads": self.num_grads, "chunk_size": self.chunk_size,
                 "damp": self.damp, "pattern": self.pattern, "global_sparsity": not self.per_tensor,
                 "fisher_method": self.fisher_method, "backend": self.backend, "verbose": verbose,
-                "max_tensor_sparsity": self.max_tensor_sparsity}
+                "max_tensor_sparsity": self.max_tensor_sparsity, "fisher_storage": self.fisher_storage}
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,7 @@ class PruneOptions:
                   "backend": p.backend, "batch_size": self.batch_size, "texts": self.texts,
                   "eval_sentences": self.eval_sentences, "max_length": self.max_length, "device": self.device,
                   "seed": self.seed, "no_progress": not self.progress, "fisher_labels": self.fisher_labels,
-                  "max_tensor_sparsity": p.max_tensor_sparsity}
+                  "max_tensor_sparsity": p.max_tensor_sparsity, "fisher_storage": p.fisher_storage}
         return {k: str(v) for k, v in values.items()}
 
 
