@@ -205,6 +205,10 @@ def test_invert_is_as_accurate_as_torch_at_least(seed, threads, nb, B):
     ops.fisher_invert(theirs, damp, backend="torch")
     assert torch.equal(ours, ours.transpose(1, 2))
     assert rel_err(ours, ref) <= rel_err(theirs, ref) * 1.01 + 1e-7
+    packed = ops.pack_upper(fisher)  # read and written as packed rows: the same bits
+    assert ops.resolve_backend("fisher_invert", "cpp", packed) == "cpp"
+    ops.fisher_invert(packed, damp, backend="cpp")
+    assert torch.equal(packed, ops.pack_upper(ours))
 
 
 def test_a_failed_block_is_retried_alone(threads):
@@ -216,6 +220,12 @@ def test_a_failed_block_is_retried_alone(threads):
         if b != 5:
             assert torch.allclose(fisher[b], torch.eye(6) / (1 + 1e-3))
     assert torch.isfinite(fisher[5]).all() and torch.linalg.eigvalsh(fisher[5]).min() > 0
+    packed = torch.eye(6).repeat(9, 1, 1)
+    packed[5] = -torch.eye(6)
+    packed = ops.pack_upper(packed)
+    with pytest.warns(RuntimeWarning, match="1 Fisher block"):
+        ops.fisher_invert(packed, 1e-3, backend="cpp")
+    assert torch.equal(packed, ops.pack_upper(fisher))
 
 
 def test_auto_takes_cpp_for_float32_on_the_cpu_and_torch_for_float64():

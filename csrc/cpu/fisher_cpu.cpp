@@ -364,12 +364,16 @@ static int invert_lanes(d4* a, int B) {
 
 // Blocks [b, b + lanes) ← (F + λI)⁻¹ through float64; a block whose factorization fails is
 // left as it was and its index written to failed[*num_failed++].
-static void invert_group(float* fisher, int64_t b, int lanes, int B, double damp, d4* a, int64_t* failed,
-                         int64_t* num_failed) {
+// Blocks b..b+lanes−1 of fisher inverted, four at a time in the double lanes of a. Dense blocks:
+// the lower triangles read, both written; packed (upper triangles, `upper` = row offsets as in
+// BlockRows): entry (i, j), j ≤ i, read and written as its mirror (j, i).
+static void invert_group(float* fisher, const int64_t* upper, int64_t b, int lanes, int B, double damp, d4* a,
+                         int64_t* failed, int64_t* num_failed) {
+  const int64_t floats = upper ? (int64_t)B * (B + 1) / 2 : (int64_t)B * B;
+  auto at = [=](int64_t blk, int i, int j) { return fisher + blk * floats + (upper ? upper[j] + i : (int64_t)i * B + j); };
   for (int l = 0; l < 4; ++l)
     for (int i = 0; i < B; ++i)
-      for (int j = 0; j <= i; ++j)
-        a[i * B + j][l] = l < lanes ? (double)fisher[(b + l) * B * B + (int64_t)i * B + j] : (double)(i == j);
+      for (int j = 0; j <= i; ++j) a[i * B + j][l] = l < lanes ? (double)*at(b + l, i, j) : (double)(i == j);
   for (int i = 0; i < B; ++i) a[i * B + i] += d4{damp, damp, damp, damp};
   const int bad = invert_lanes(a, B);
   for (int i = 0; i < B; ++i)
@@ -377,8 +381,8 @@ static void invert_group(float* fisher, int64_t b, int lanes, int B, double damp
       const d4 s = dot_lanes(a + i * B + i, B, a + i * B + j, B, B - i);
       for (int l = 0; l < lanes; ++l) {
         if (bad >> l & 1) continue;
-        float* blk = fisher + (b + l) * B * B;
-        blk[(int64_t)i * B + j] = blk[(int64_t)j * B + i] = (float)s[l];
+        *at(b + l, i, j) = (float)s[l];
+        if (!upper) *at(b + l, j, i) = (float)s[l];
       }
     }
   for (int l = 0; l < lanes; ++l)
@@ -770,15 +774,17 @@ void mirror_upper(uintptr_t fisher, int64_t num_blocks, int B, int threads) {
   });
 }
 
-std::vector<int64_t> fisher_invert(uintptr_t fisher, int64_t num_blocks, int B, double damp, int threads) {
+std::vector<int64_t> fisher_invert(uintptr_t fisher, int64_t num_blocks, int B, double damp, bool packed, int threads) {
   float* f = reinterpret_cast<float*>(fisher);
+  const std::vector<int64_t> off = packed ? row_offsets(B, true) : std::vector<int64_t>();
+  const int64_t* upper = packed ? off.data() : nullptr;
   std::vector<int64_t> slots((size_t)num_blocks, -1);  // the range [begin, end) lists its failures from slots[begin]
   parallel_ranges(num_blocks, threads, 4, [&](int64_t begin, int64_t end) {
     std::vector<double> raw((size_t)4 * B * B + 4);  // 32-byte aligned by hand: AVX loads of d4 need it
     d4* a = reinterpret_cast<d4*>((reinterpret_cast<uintptr_t>(raw.data()) + 31) & ~uintptr_t{31});
     int64_t n = 0;
     for (int64_t b = begin; b < end; b += 4)
-      invert_group(f, b, (int)std::min<int64_t>(4, end - b), B, damp, a, slots.data() + begin, &n);
+      invert_group(f, upper, b, (int)std::min<int64_t>(4, end - b), B, damp, a, slots.data() + begin, &n);
   });
   std::vector<int64_t> failed;
   for (int64_t s : slots)
@@ -794,7 +800,8 @@ PYBIND11_MODULE(_cpu, m) {
   // sources with that reason instead of meeting a TypeError at its first call. 2: copy_rows takes
   // `stream`, the OpenMP functions exist. 3: the ISA functions exist. 4: mirror_upper exists.
   // 5: fisher_accumulate takes `packed`. 6: set_isa takes "auto" (the default), isa() may say it.
-  m.attr("ABI") = 6;
+  // 7: fisher_invert takes `packed`.
+  m.attr("ABI") = 7;
   m.attr("AVX512_IN_PLACE_ABOVE") = obk_cpu::AVX512_IN_PLACE_ABOVE;  // isa "auto": see set_isa
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
   m.def("avx512_supported", &obk_cpu::avx512_supported, "whether this CPU (and OS) runs the AVX-512 tiles");
@@ -817,5 +824,5 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("mirror_upper", &obk_cpu::mirror_upper, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
         py::arg("threads"), py::call_guard<py::gil_scoped_release>());
   m.def("fisher_invert", &obk_cpu::fisher_invert, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
-        py::arg("damp"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+        py::arg("damp"), py::arg("packed"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
 }

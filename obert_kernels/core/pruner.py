@@ -60,9 +60,10 @@ class FisherPruner:
     fisher_method: "direct" (accumulate F, invert once) | "woodbury" (rank-k updates of F⁻¹) |
         "auto" (see ``auto_fisher_method``: direct on CPUs).
     fisher_storage: "dense" (num_blocks, B, B) | "packed": upper triangles (num_blocks, B(B+1)/2),
-        (B+1)/(2B) of the memory (51% at B = 50). The CUDA kernels and the CPU's accumulation
-        (cpp) read it directly; the torch/Triton backends unpack it tile by tile (ops/packed.py),
-        costing time, not memory (on the CPU a prune step took ~2× as long at d = 10⁶). Any damp.
+        (B+1)/(2B) of the memory (51% at B = 50). The CUDA kernels and the CPU's accumulation and
+        inversion (cpp) read it directly; the torch/Triton backends unpack it tile by tile
+        (ops/packed.py), costing time, not memory (on the CPU a prune step took ~1.4× as long at
+        d = 10⁶). Any damp.
     verbose: print the memory estimate (to stderr) before allocating.
     max_memory_fraction: refuse (FisherMemoryError) when the Fisher state needs more
         than this fraction of the device's free memory.

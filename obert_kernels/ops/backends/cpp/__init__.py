@@ -46,8 +46,8 @@ __all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cp
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
 # The binding version this module calls (the ``ABI`` of csrc/cpu/fisher_cpu.cpp).
-ABI = 6  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper; 5: packed
-# accumulation; 6: set_isa('auto')
+ABI = 7  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper; 5: packed
+# accumulation; 6: set_isa('auto'); 7: packed inversion
 
 
 def stale_reason(module) -> str:
@@ -219,7 +219,8 @@ def fisher_accumulate_cpp(fisher: torch.Tensor, grads: torch.Tensor, num_grads: 
 
 
 def fisher_invert_cpp(fisher: torch.Tensor, damp: float) -> torch.Tensor:
-    """fisher (num_blocks, B, B) float32, symmetric ← (fisher + λI)⁻¹ blockwise, in place.
+    """fisher (num_blocks, B, B) float32, symmetric, or packed upper triangles (num_blocks,
+    B(B+1)/2) (read and written as they are) ← (fisher + λI)⁻¹ blockwise, in place.
 
     A block whose float64 Cholesky fails is handed to the torch backend's retry (10× more
     damping at a time, with its warning); if that fails too it raises FloatingPointError, with
@@ -227,16 +228,18 @@ def fisher_invert_cpp(fisher: torch.Tensor, damp: float) -> torch.Tensor:
     backend leaves every block at fisher + λI). Non-finite blocks raise at once, nothing changed.
     """
     checks.check_finite_blocks(fisher)
+    is_packed = packed.is_packed(fisher)
+    B = packed.packed_block_size(fisher.shape[1]) if is_packed else fisher.shape[1]
     with _contiguous(fisher) as target:
-        failed = extension.fisher_invert(target.data_ptr(), fisher.shape[0], fisher.shape[1], float(damp),
+        failed = extension.fisher_invert(target.data_ptr(), fisher.shape[0], B, float(damp), is_packed,
                                          torch.get_num_threads()) if fisher.shape[0] else []
     if failed:
         index = torch.tensor(failed, dtype=torch.long)
-        sub = fisher[index]
+        sub = packed.unpack_upper(fisher[index], B) if is_packed else fisher[index]
         try:
             fisher_invert_torch(sub, damp)
         finally:
-            fisher[index] = sub
+            fisher[index] = packed.pack_upper(sub) if is_packed else sub
     return fisher
 
 
@@ -299,7 +302,7 @@ def register_all() -> None:
     # one C++ call that checks nothing once it has started
     register("fisher_accumulate", "cpp", fisher_accumulate_cpp, _accumulate_reasons, packed=True, one_write=True,
              upper_only=True)
-    register("fisher_invert", "cpp", fisher_invert_cpp, _invert_reasons)
+    register("fisher_invert", "cpp", fisher_invert_cpp, _invert_reasons, packed=True)
 
 
 use_openmp()
