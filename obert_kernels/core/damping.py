@@ -333,9 +333,13 @@ def _rest_of(fisher, heldout, num_grads, sel):
     """F_rest of blocks ``sel`` in float64 (the Fisher without the held-out chunk) and that chunk."""
     g = heldout[sel].double()  # (s, h, B)
     h = g.shape[1]
-    f = fisher[sel].double()
-    f = ops.unpack_upper(f) if ops.packed.is_packed(f) else f
-    return (f * num_grads - g.transpose(1, 2) @ g) / (num_grads - h), g
+    f = fisher[sel]
+    # one float64 copy at a time, the rest in place: this runs inside the inversion phase, whose
+    # peak core.memory estimates (test_memory's auto cases)
+    rest = (ops.unpack_upper(f) if ops.packed.is_packed(f) else f).double() * num_grads
+    del f
+    rest -= g.transpose(1, 2) @ g
+    return rest.div_(num_grads - h), g
 
 
 def _reduced(totals: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
