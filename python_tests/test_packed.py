@@ -28,6 +28,28 @@ def test_pack_unpack_roundtrip_and_layout(seed, B):
         assert torch.equal(p[:, start : start + B - i], dense[:, i, i:])
 
 
+@pytest.mark.parametrize("B", [1, 2, 7, 32, 50])
+def test_the_cpp_conversions_give_the_gathers_bits(seed, B):
+    """pack_upper / unpack_upper take the C++ copies for float32 CPU tensors where the extension runs,
+    the gathers otherwise (float64, strided views): the same bits either way."""
+    from obert_kernels.ops.backends import cpp
+
+    dense = torch.randn(9, B, B)
+    dense = dense + dense.mT
+    gathered = dense.reshape(9, B * B).index_select(1, packed._indices(B, "cpu")[0])
+    assert torch.equal(ops.pack_upper(dense), gathered)
+    assert torch.equal(ops.unpack_upper(gathered), dense)
+    out = torch.empty(9, B * (B + 1) // 2)
+    assert ops.pack_upper(dense, out=out) is out and torch.equal(out, gathered)
+    assert torch.equal(ops.pack_upper(dense.double()), gathered.double())  # the gather: float64
+    wide = torch.zeros(9, 2 * gathered.shape[1])
+    wide[:, ::2] = gathered
+    assert torch.equal(ops.unpack_upper(wide[:, ::2]), dense)  # the gather: a strided view
+    if not cpp.available():
+        pytest.skip(f"the gathers only: {cpp.status()}")
+    assert cpp.serves_conversion(dense, out) and not cpp.serves_conversion(dense.double(), out)
+
+
 def test_packed_size_detection():
     assert [packed.packed_block_size(n) for n in (1, 3, 6, 1275)] == [1, 2, 3, 50]
     assert packed.packed_block_size(2) is None and packed.packed_block_size(1274) is None

@@ -774,6 +774,33 @@ void mirror_upper(uintptr_t fisher, int64_t num_blocks, int B, int threads) {
   });
 }
 
+// Packed upper triangles (num_blocks, B(B+1)/2) ↔ dense symmetric blocks (num_blocks, B, B): plain
+// copies (the bits of ops/packed.py's index_select), a block at a time, in cache while it is
+// written. The torch backend's ops read a packed F⁻¹ through dense tiles made by unpack.
+void unpack_upper(uintptr_t packed, uintptr_t dense, int64_t num_blocks, int B, int threads) {
+  const float* p = reinterpret_cast<const float*>(packed);
+  float* d = reinterpret_cast<float*>(dense);
+  const std::vector<int64_t> off = row_offsets(B, true);
+  const int64_t pf = (int64_t)B * (B + 1) / 2, df = (int64_t)B * B;
+  parallel_ranges(num_blocks, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int r = 0; r < B; ++r)
+        for (int c = r; c < B; ++c) d[b * df + (int64_t)r * B + c] = d[b * df + (int64_t)c * B + r] = p[b * pf + off[r] + c];
+  });
+}
+
+void pack_upper(uintptr_t dense, uintptr_t packed, int64_t num_blocks, int B, int threads) {
+  const float* d = reinterpret_cast<const float*>(dense);
+  float* p = reinterpret_cast<float*>(packed);
+  const std::vector<int64_t> off = row_offsets(B, true);
+  const int64_t pf = (int64_t)B * (B + 1) / 2, df = (int64_t)B * B;
+  parallel_ranges(num_blocks, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int r = 0; r < B; ++r)
+        std::memcpy(p + b * pf + off[r] + r, d + b * df + (int64_t)r * B + r, sizeof(float) * (B - r));
+  });
+}
+
 std::vector<int64_t> fisher_invert(uintptr_t fisher, int64_t num_blocks, int B, double damp, bool packed, int threads) {
   float* f = reinterpret_cast<float*>(fisher);
   const std::vector<int64_t> off = packed ? row_offsets(B, true) : std::vector<int64_t>();
@@ -800,8 +827,8 @@ PYBIND11_MODULE(_cpu, m) {
   // sources with that reason instead of meeting a TypeError at its first call. 2: copy_rows takes
   // `stream`, the OpenMP functions exist. 3: the ISA functions exist. 4: mirror_upper exists.
   // 5: fisher_accumulate takes `packed`. 6: set_isa takes "auto" (the default), isa() may say it.
-  // 7: fisher_invert takes `packed`.
-  m.attr("ABI") = 7;
+  // 7: fisher_invert takes `packed`. 8: unpack_upper and pack_upper exist.
+  m.attr("ABI") = 8;
   m.attr("AVX512_IN_PLACE_ABOVE") = obk_cpu::AVX512_IN_PLACE_ABOVE;  // isa "auto": see set_isa
   m.def("supported", &obk_cpu::supported, "whether this CPU runs the kernels (AVX2 and FMA)");
   m.def("avx512_supported", &obk_cpu::avx512_supported, "whether this CPU (and OS) runs the AVX-512 tiles");
@@ -823,6 +850,10 @@ PYBIND11_MODULE(_cpu, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("mirror_upper", &obk_cpu::mirror_upper, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
         py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+  m.def("unpack_upper", &obk_cpu::unpack_upper, py::arg("packed"), py::arg("dense"), py::arg("num_blocks"),
+        py::arg("B"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+  m.def("pack_upper", &obk_cpu::pack_upper, py::arg("dense"), py::arg("packed"), py::arg("num_blocks"),
+        py::arg("B"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
   m.def("fisher_invert", &obk_cpu::fisher_invert, py::arg("fisher"), py::arg("num_blocks"), py::arg("B"),
         py::arg("damp"), py::arg("packed"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
 }

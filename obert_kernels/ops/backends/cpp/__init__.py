@@ -42,12 +42,12 @@ from ..torch.woodbury import fisher_invert_torch
 
 __all__ = ["register_all", "available", "status", "CPU_SUPPORTED", "copy_rows_cpp", "torch_openmp_symbol", "threads",
            "use_openmp", "SHARES_TORCH_OPENMP", "ABI", "stale_reason", "isas", "isa", "use_isa",
-           "mirror_upper_cpp", "mirror_upper_reasons"]
+           "mirror_upper_cpp", "mirror_upper_reasons", "serves_conversion", "unpack_upper_cpp", "pack_upper_cpp"]
 
 BUILD_HINT = "build it with `pip install -e .` (or `pip install .`) where a C++17 compiler (g++) is found"
 # The binding version this module calls (the ``ABI`` of csrc/cpu/fisher_cpu.cpp).
-ABI = 7  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper; 5: packed
-# accumulation; 6: set_isa('auto'); 7: packed inversion
+ABI = 8  # 3: the accumulation's ISA can be asked and chosen (isa, set_isa); 4: mirror_upper; 5: packed
+# accumulation; 6: set_isa('auto'); 7: packed inversion; 8: unpack_upper, pack_upper
 
 
 def stale_reason(module) -> str:
@@ -262,6 +262,30 @@ def mirror_upper_cpp(blocks: torch.Tensor) -> torch.Tensor:
     if blocks.shape[0]:
         extension.mirror_upper(blocks.data_ptr(), blocks.shape[0], blocks.shape[1], torch.get_num_threads())
     return blocks
+
+
+# ---- packed storage's conversions (ops/packed.py calls these where they serve) ---------------
+def serves_conversion(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the C++ copies can convert between these two: float32, contiguous, on the CPU."""
+    return CPU_SUPPORTED and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+                                 for t in (a, b))
+
+
+def unpack_upper_cpp(packed_blocks: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """dense (num_blocks, B, B) ← packed_blocks (num_blocks, B(B+1)/2) mirrored (``serves_conversion``
+    both). Two threads (Xeon, 2026-12-01): see ops/packed.py."""
+    if dense.shape[0]:
+        extension.unpack_upper(packed_blocks.data_ptr(), dense.data_ptr(), dense.shape[0], dense.shape[1],
+                               torch.get_num_threads())
+    return dense
+
+
+def pack_upper_cpp(dense: torch.Tensor, packed_blocks: torch.Tensor) -> torch.Tensor:
+    """packed_blocks (num_blocks, B(B+1)/2) ← the upper triangles of dense (num_blocks, B, B)."""
+    if dense.shape[0]:
+        extension.pack_upper(dense.data_ptr(), packed_blocks.data_ptr(), dense.shape[0], dense.shape[1],
+                             torch.get_num_threads())
+    return packed_blocks
 
 
 # ---- the gradient buffer's one-pass copy (ops/rows.py checks the arguments) -----------------
