@@ -78,10 +78,11 @@ def pack_upper(dense: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     if dense.dim() != 3 or dense.shape[1] != dense.shape[2]:
         raise ValueError(f"dense blocks must have shape (num_blocks, B, B), got {tuple(dense.shape)}")
     B = dense.shape[1]
-    target = out if out is not None else dense.new_empty(dense.shape[0], packed_size(B))
-    cpp = _cpp()
-    if cpp is not None and cpp.serves_conversion(dense, target) and target.shape == (dense.shape[0], packed_size(B)):
-        return cpp.pack_upper_cpp(dense, target)
+    cpp = _cpp() if dense.device.type == "cpu" and dense.dtype == torch.float32 else None
+    if cpp is not None:
+        target = out if out is not None else dense.new_empty(dense.shape[0], packed_size(B))
+        if cpp.serves_conversion(dense, target) and target.shape == (dense.shape[0], packed_size(B)):
+            return cpp.pack_upper_cpp(dense, target)
     packed = dense.reshape(dense.shape[0], B * B).index_select(1, _indices(B, dense.device)[0])
     return packed if out is None else out.copy_(packed)
 
