@@ -78,11 +78,10 @@ def pack_upper(dense: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     if dense.dim() != 3 or dense.shape[1] != dense.shape[2]:
         raise ValueError(f"dense blocks must have shape (num_blocks, B, B), got {tuple(dense.shape)}")
     B = dense.shape[1]
-    cpp = _cpp() if dense.device.type == "cpu" and dense.dtype == torch.float32 else None
+    shape = (dense.shape[0], packed_size(B))
+    cpp = _cpp(dense) if out is None else (_cpp(dense, out) if out.shape == shape else None)
     if cpp is not None:
-        target = out if out is not None else dense.new_empty(dense.shape[0], packed_size(B))
-        if cpp.serves_conversion(dense, target) and target.shape == (dense.shape[0], packed_size(B)):
-            return cpp.pack_upper_cpp(dense, target)
+        return cpp.pack_upper_cpp(dense, dense.new_empty(shape) if out is None else out)
     packed = dense.reshape(dense.shape[0], B * B).index_select(1, _indices(B, dense.device)[0])
     return packed if out is None else out.copy_(packed)
 
@@ -94,8 +93,8 @@ def unpack_upper(packed: torch.Tensor, block_size: int | None = None) -> torch.T
     B = block_size or packed_block_size(packed.shape[1])
     if B is None or packed_size(B) != packed.shape[1]:
         raise ValueError(f"{packed.shape[1]} is not B(B+1)/2 for any block size B")
-    cpp = _cpp()
-    if cpp is not None and packed.device.type == "cpu" and packed.dtype == torch.float32 and packed.is_contiguous():
+    cpp = _cpp(packed)
+    if cpp is not None:
         return cpp.unpack_upper_cpp(packed, packed.new_empty(packed.shape[0], B, B))
     # one gather: every dense entry (i, j) reads packed entry (min(i,j), max(i,j))
     return packed.index_select(1, _indices(B, packed.device)[1]).reshape(packed.shape[0], B, B)
@@ -106,11 +105,12 @@ def unpack_upper(packed: torch.Tensor, block_size: int | None = None) -> torch.T
 # packed F⁻¹): unpack 22.9 against 37.2 ms, pack 13.6 against 24.4 ms; 20,000 blocks 65.3 against
 # 101.8 and 37.1 against 69.2 ms (much of it the page faults of the new output). Imported when
 # first needed: the backends import this module.
-def _cpp():
-    """The cpp backend module when its extension runs here, else None."""
+def _cpp(*tensors: torch.Tensor):
+    """The cpp backend module when its C++ copies serve these tensors (and a new float32 CPU output
+    beside them), else None."""
     from .backends import cpp
 
-    return cpp if cpp.available() else None
+    return cpp if cpp.serves_conversion(*tensors) else None
 
 
 def diagonal_index(block_size: int, device=None) -> torch.Tensor:

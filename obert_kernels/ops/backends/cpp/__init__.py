@@ -199,6 +199,13 @@ def _block_rows(grads: torch.Tensor, num_blocks: int, B: int) -> torch.Tensor:
     return grads if grads.stride(2) == 1 else grads.contiguous()
 
 
+def _storage(fisher: torch.Tensor) -> tuple[bool, int]:
+    """(packed?, B) of dense (num_blocks, B, B) or packed (num_blocks, B(B+1)/2) blocks."""
+    if packed.is_packed(fisher):
+        return True, packed.packed_block_size(fisher.shape[1])
+    return False, fisher.shape[1]
+
+
 def fisher_accumulate_cpp(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
                           upper_only: bool = False) -> torch.Tensor:
     """fisher (num_blocks, B, B) float32, or packed upper triangles (num_blocks, B(B+1)/2)
@@ -206,9 +213,8 @@ def fisher_accumulate_cpp(fisher: torch.Tensor, grads: torch.Tensor, num_grads: 
     grads: (k, d) or block-major (num_blocks, k, B), float32 (others are converted).
     upper_only: only the upper triangles of dense blocks are added to (the lower ones left as
     they were); packed blocks hold nothing else."""
-    is_packed = packed.is_packed(fisher)
+    is_packed, B = _storage(fisher)
     num_blocks = fisher.shape[0]
-    B = packed.packed_block_size(fisher.shape[1]) if is_packed else fisher.shape[1]
     rows = _block_rows(grads, num_blocks, B)
     with _contiguous(fisher) as target:
         if num_blocks and rows.shape[1]:
@@ -228,8 +234,7 @@ def fisher_invert_cpp(fisher: torch.Tensor, damp: float) -> torch.Tensor:
     backend leaves every block at fisher + λI). Non-finite blocks raise at once, nothing changed.
     """
     checks.check_finite_blocks(fisher)
-    is_packed = packed.is_packed(fisher)
-    B = packed.packed_block_size(fisher.shape[1]) if is_packed else fisher.shape[1]
+    is_packed, B = _storage(fisher)
     with _contiguous(fisher) as target:
         failed = extension.fisher_invert(target.data_ptr(), fisher.shape[0], B, float(damp), is_packed,
                                          torch.get_num_threads()) if fisher.shape[0] else []
@@ -265,10 +270,10 @@ def mirror_upper_cpp(blocks: torch.Tensor) -> torch.Tensor:
 
 
 # ---- packed storage's conversions (ops/packed.py calls these where they serve) ---------------
-def serves_conversion(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the C++ copies can convert between these two: float32, contiguous, on the CPU."""
+def serves_conversion(*tensors: torch.Tensor) -> bool:
+    """Whether the C++ copies can convert between these: all float32, contiguous, on the CPU."""
     return CPU_SUPPORTED and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
-                                 for t in (a, b))
+                                 for t in tensors)
 
 
 def unpack_upper_cpp(packed_blocks: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
