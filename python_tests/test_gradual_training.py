@@ -114,7 +114,9 @@ def test_finetune_with_fixed_masks_keeps_them_and_recovers(seed):
     probe = [next(it) for _ in range(4)]
     finetune_with_masks(model, params, keep, lambda m, b: 0 * m(b[0]).sum(), iter(probe), 1, progress=False, lr=0.0)
     pruned_loss = sum(loss_fn(model, b).item() for b in probe)
-    run = finetune_with_masks(model, params, keep, loss_fn, batches(), 60, lr=3e-3, progress=False)
+    # lr 3e-2: the probe loss fell on all of 2,000 seeds (worst ratio 0.942, median 0.818); at 3e-3 the
+    # median fall was 1.4% and 3 of 300 seeds rose (CI seed 1296088479: 3.2186 -> 3.2213)
+    run = finetune_with_masks(model, params, keep, loss_fn, batches(), 60, lr=3e-2, progress=False)
     named = dict(params)
     assert all(torch.all(named[n][~k] == 0) for n, k in keep.items())
     assert sum(loss_fn(model, b).item() for b in probe) < pruned_loss
