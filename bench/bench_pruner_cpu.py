@@ -236,7 +236,7 @@ def minilm_overhead(args) -> dict:
     weights = dict(encoder_weights(model))
     ways = ["one pass", "per tensor"] if args.minilm_pruned else ["default"]
     pruners = {w: FisherPruner(weights, block_size=args.minilm_block_size, num_grads=n, damp=args.damp,
-                               fisher_storage=args.storage, verbose=False) for w in ways}
+                               chunk_size=args.minilm_chunk, fisher_storage=args.storage, verbose=False) for w in ways}
     if args.minilm_pruned:
         masks = {name: w.detach().abs() > w.detach().abs().flatten().kthvalue(max(1, int(args.minilm_pruned * w.numel()))).values
                  for name, w in weights.items()}
@@ -385,6 +385,8 @@ def parse_args(argv=None):
     ap.add_argument("--minilm-batch", type=int, default=4)
     ap.add_argument("--minilm-max-length", type=int, default=64)
     ap.add_argument("--minilm-block-size", type=int, default=32)
+    ap.add_argument("--minilm-chunk", type=int, default=32,
+                    help="the MiniLM pruner's chunk_size k (memory: k·d floats of buffer; F is read and written once per chunk)")
     ap.add_argument("--minilm-pruned", type=float, default=0.0, metavar="S",
                     help="magnitude keep-masks at sparsity S first; then the one-pass copy against the per-tensor path")
     ap.add_argument("--gemm-n", type=int, default=2048, help="n of the n×n×n matmul that measures the GEMM rate")
