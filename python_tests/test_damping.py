@@ -194,9 +194,16 @@ def test_the_fallback_starts_over_from_the_callers_copy(seed):
     assert not torch.equal(wrong, copied)
 
 
-def test_non_finite_fisher_still_raises():
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_non_finite_fisher_still_raises(backend):
+    """No damping fixes NaN/inf: the absolute damp re-raises the op's error instead of falling
+    back to a relative damp (no fallback warning), and the block is left as it was."""
     fisher = torch.zeros(2, 4, 4)
     fisher[1, 0, 0] = float("inf")
+    before = fisher.clone()
     layout = dmp.block_layout([2], [torch.zeros(8, dtype=torch.bool)], 4, "cpu")
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        AbsoluteDamp(1e-3).invert(fisher, layout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ops.checks.NonFiniteFisherError, match="non-finite"):
+            AbsoluteDamp(1e-3).invert(fisher, layout, backend=backend)
+    assert torch.equal(fisher, before)

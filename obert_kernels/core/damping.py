@@ -195,13 +195,16 @@ class AbsoluteDamp(Damping):
         ~0.1 s of fisher_inverse's 0.35-0.55 s (cProfile, 2 threads, Xeon, 2026-12-01)."""
         for start in range(0, fisher.shape[0], INVERT_SLICE):
             part = fisher[start : start + INVERT_SLICE]
-            ops.checks.check_finite_blocks(part)
             # whatever a backend left behind, start over from the slice as it was
             backup = part.clone() if original is None else original[start : start + part.shape[0]]
             try:
                 ops.fisher_invert(part, self.value, backend=backend)
             except FloatingPointError as exc:
                 part.copy_(backup)
+                # every backend checks finiteness before it writes; more damping cannot fix NaN/inf
+                # (checking here too was a second pass over F before each slice)
+                if isinstance(exc, ops.checks.NonFiniteFisherError):
+                    raise
                 warnings.warn(f"{exc}; inverting blocks {start}..{start + part.shape[0] - 1} with a relative damp "
                               f"{FALLBACK_FRACTION:g} × their mean Fisher diagonal instead (raise damp, or pass "
                               f"damp='auto')", RuntimeWarning, stacklevel=3)

@@ -126,8 +126,14 @@ def check_factors(factors: torch.Tensor, weight: torch.Tensor, finv: torch.Tenso
                          f"for {weight.numel()} weights and pattern {pattern.name}")
 
 
+class NonFiniteFisherError(FloatingPointError):
+    """The Fisher blocks hold NaN or ±inf: no damping can fix that (unlike a failed Cholesky,
+    the other FloatingPointError of an inversion), so callers that retry with more damping
+    re-raise this one."""
+
+
 def check_finite_blocks(blocks: torch.Tensor) -> None:
-    """Raise FloatingPointError if a Fisher block stack holds inf/NaN.
+    """Raise NonFiniteFisherError (a FloatingPointError) if a Fisher block stack holds inf/NaN.
 
     One min/max reduction per slice of ~2^28 entries: NaN propagates to both and ±inf shows
     in one, so it is exact, and it allocates no bool per entry as isfinite would (11 GB for
@@ -140,7 +146,7 @@ def check_finite_blocks(blocks: torch.Tensor) -> None:
     for part in blocks.split(max(1, (1 << 28) // per_block)):
         low, high = torch.aminmax(part)
         if not bool(torch.isfinite(low) & torch.isfinite(high)):
-            raise FloatingPointError("the Fisher blocks hold non-finite values: check the gradients for overflow")
+            raise NonFiniteFisherError("the Fisher blocks hold non-finite values: check the gradients for overflow")
 
 
 def check_finite_input(t: torch.Tensor, name: str) -> None:
