@@ -202,7 +202,7 @@ class AbsoluteDamp(Damping):
             except FloatingPointError as exc:
                 part.copy_(backup)
                 # every backend checks finiteness before it writes; more damping cannot fix NaN/inf
-                # (checking here too was a second pass over F: 40 ms a fisher_inverse at d = 10⁶, B = 50,
+                # (checking here too was a second pass over F: 14-40 ms a fisher_inverse at d = 10⁶, B = 50,
                 # against its ~0.3 s; slices of 4096 blocks, 2 threads, Xeon, 2026-12-01)
                 if isinstance(exc, ops.checks.NonFiniteFisherError):
                     raise
