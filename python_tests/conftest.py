@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from dataclasses import dataclass
 
 import pytest
@@ -34,6 +35,19 @@ def seed(request) -> int:
     request.node.user_properties.append(("seed", value))
     print(f"seed={value}")
     return value
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test: a pytest started as a background job of a
+    non-interactive shell inherits SIGINT ignored, and then Python never installs it, so a
+    raised SIGINT vanished and the interrupt tests failed whatever the seed (audit, 2026-12-01)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(params=DEVICES)

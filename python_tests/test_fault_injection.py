@@ -274,7 +274,7 @@ def test_add_grads_keyboard_interrupt_in_flush(seed, monkeypatch, sliced_flush):
     assert_final_equal(final(p, params), expected)
 
 
-def test_sigint_during_one_write_flush_is_held_until_recorded(seed, monkeypatch):
+def test_sigint_during_one_write_flush_is_held_until_recorded(seed, monkeypatch, python_sigint):
     """A real SIGINT while the one-write flush's op runs (the dense direct build on the CPU) is
     held until the chunk is recorded as applied, then raised: nothing lost or applied twice."""
     params0 = make_params()

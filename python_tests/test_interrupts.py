@@ -7,6 +7,8 @@ import pytest
 
 from obert_kernels.core.interrupts import interrupts_held
 
+pytestmark = pytest.mark.usefixtures("python_sigint")
+
 
 def test_a_sigint_inside_is_raised_when_the_block_ends():
     steps = []
