@@ -758,8 +758,6 @@ int64_t copy_rows(std::vector<uintptr_t> srcs, std::vector<uintptr_t> keeps, std
   return -1;
 }
 
-// Blocks [0, num_blocks) ← (F + λI)⁻¹; returns the indices of the blocks whose factorization
-// failed (left unchanged), ascending.
 // Each block's strict lower triangle ← its transposed upper one (fisher (num_blocks, B, B), in
 // place): after flushes that added the upper triangles only. Plain copies, so the bits are torch's
 // mirror (ops.blocks.mirror_upper_torch). Each block is in cache while it is read and written.
@@ -801,6 +799,8 @@ void pack_upper(uintptr_t dense, uintptr_t packed, int64_t num_blocks, int B, in
   });
 }
 
+// Blocks [0, num_blocks) ← (F + λI)⁻¹; returns the indices of the blocks whose factorization
+// failed (left unchanged), ascending.
 std::vector<int64_t> fisher_invert(uintptr_t fisher, int64_t num_blocks, int B, double damp, bool packed, int threads) {
   float* f = reinterpret_cast<float*>(fisher);
   const std::vector<int64_t> off = packed ? row_offsets(B, true) : std::vector<int64_t>();
