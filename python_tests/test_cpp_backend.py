@@ -211,6 +211,22 @@ def test_invert_is_as_accurate_as_torch_at_least(seed, threads, nb, B):
     assert torch.equal(packed, ops.pack_upper(ours))
 
 
+@pytest.mark.parametrize("nb,B", [(5, 8), (6, 33)])
+def test_dense_blocks_are_inverted_from_their_upper_triangles(seed, threads, nb, B):
+    # a dense F need not be symmetric to the last bit (torch's batched GEMM left B = 33 and 50
+    # blocks asymmetric on an AMD EPYC): the inverse is the packed form's, whatever the lower one holds
+    grads = random_grads(2 * B, nb * B, scale=1e-3)
+    fisher = torch.zeros(nb, B, B)
+    ops.fisher_accumulate(fisher, grads, 2 * B, backend="cpp", upper_only=True)  # lower triangles stay 0
+    upper = fisher.triu()
+    fisher = upper + torch.nextafter(upper, torch.tensor(1.0)).triu(1).transpose(1, 2)  # lower: one ulp up
+    packed = ops.pack_upper(fisher)
+    ops.fisher_invert(fisher, 1e-7, backend="cpp")
+    ops.fisher_invert(packed, 1e-7, backend="cpp")
+    assert torch.equal(fisher, fisher.transpose(1, 2))
+    assert torch.equal(ops.pack_upper(fisher), packed)
+
+
 def test_a_failed_block_is_retried_alone(threads):
     fisher = torch.eye(6).repeat(9, 1, 1)
     fisher[5] = -torch.eye(6)  # not positive definite at damp 1e-3: the torch retry takes it

@@ -370,10 +370,15 @@ static int invert_lanes(d4* a, int B) {
 static void invert_group(float* fisher, const int64_t* upper, int64_t b, int lanes, int B, double damp, d4* a,
                          int64_t* failed, int64_t* num_failed) {
   const int64_t floats = upper ? (int64_t)B * (B + 1) / 2 : (int64_t)B * B;
-  auto at = [=](int64_t blk, int i, int j) { return fisher + blk * floats + (upper ? upper[j] + i : (int64_t)i * B + j); };
-  for (int l = 0; l < 4; ++l)
-    for (int i = 0; i < B; ++i)
-      for (int j = 0; j <= i; ++j) a[i * B + j][l] = l < lanes ? (double)*at(b + l, i, j) : (double)(i == j);
+  // (i, j), i ≥ j, is read from the upper triangle, (j, i), packed or dense: the two storages give the
+  // same bits even where a dense F is not bit-symmetric (torch's batched GEMM on an AMD EPYC, 2026-12-01,
+  // left B = 17, 24, 33 and 50 blocks asymmetric in the last bit); the pruner's flush writes the upper one.
+  // Read along its rows: as fast as the lower read (20,000 blocks of 50: 80-83 against 82-84 ms; down
+  // the columns 88 ms), packed 72 against 75 ms (bench/results/cpu-invert-upper-read-ab-2026-12-01.txt)
+  auto at = [=](int64_t blk, int i, int j) { return fisher + blk * floats + (upper ? upper[j] + i : (int64_t)j * B + i); };
+  for (int l = 0; l < 4; ++l)  // along the stored upper rows: (j, i) for i ≥ j
+    for (int j = 0; j < B; ++j)
+      for (int i = j; i < B; ++i) a[i * B + j][l] = l < lanes ? (double)*at(b + l, i, j) : (double)(i == j);
   for (int i = 0; i < B; ++i) a[i * B + i] += d4{damp, damp, damp, damp};
   const int bad = invert_lanes(a, B);
   for (int i = 0; i < B; ++i)

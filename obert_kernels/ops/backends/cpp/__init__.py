@@ -226,7 +226,9 @@ def fisher_accumulate_cpp(fisher: torch.Tensor, grads: torch.Tensor, num_grads: 
 
 def fisher_invert_cpp(fisher: torch.Tensor, damp: float) -> torch.Tensor:
     """fisher (num_blocks, B, B) float32, symmetric, or packed upper triangles (num_blocks,
-    B(B+1)/2) (read and written as they are) ← (fisher + λI)⁻¹ blockwise, in place.
+    B(B+1)/2) (read and written as they are) ← (fisher + λI)⁻¹ blockwise, in place. Dense blocks
+    are read by their upper triangles too (so a block not symmetric to the last bit gives the
+    bits its packed form gives) and written whole.
 
     A block whose float64 Cholesky fails is handed to the torch backend's retry (10× more
     damping at a time, with its warning); if that fails too it raises FloatingPointError, with
