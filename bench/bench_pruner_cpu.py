@@ -386,8 +386,8 @@ def parse_args(argv=None):
     ap.add_argument("--ref-blocks", type=int, default=256, help="blocks checked against float64")
     ap.add_argument("--skip-naive", action="store_true")
     # FisherPruner's num_grads (the paper's m): the first call's allocation of F and the buffer is
-    # paid once per m gradients, so a shorter run overstates it (m = 64 here, 2026-12-01: first call
-    # +39-65% of the bare passes, +2.5-3.9% at m = 1024)
+    # paid once per m gradients, so a shorter run overstates it (2026-12-01, AMD EPYC: first call +64.7%
+    # of the bare passes at m = 64, +2.3-3.9% at m = 1024; bench/results/cpu-pruner-amd-runs-2026-12-01.txt)
     ap.add_argument("--minilm-grads", type=int, default=1024, help="0 skips the MiniLM part")
     ap.add_argument("--minilm-batch", type=int, default=4)
     ap.add_argument("--minilm-max-length", type=int, default=64)
