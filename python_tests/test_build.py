@@ -63,12 +63,17 @@ def test_setup_py_prints_one_line_saying_why():
     proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("obert_kernels:")]
+    said = [line for line in proc.stderr.splitlines() if line.startswith("obert_kernels:")]
+    # The CPU extension says a line of its own where pybind11 is missing from this environment
+    # (pip builds in an isolated one that has it; a fresh CI machine's does not).
+    lines = [line for line in said if "CPU extension" not in line]
     assert len(lines) == 1, proc.stderr
+    assert all("pybind11 is not installed" in line for line in said if line not in lines), proc.stderr
     assert ("OBERT_KERNELS_BUILD_CUDA=0" in lines[0]) if mode == "0" else ("GPU driver" in lines[0])
 
 
 def test_the_cpu_extension_is_built_without_openmp_where_the_compiler_has_none(setup_module, capsys):
+    pytest.importorskip("pybind11", reason="cpu_extension() describes the build only where pybind11 imports ([test] installs it)")
     ext = setup_module.cpu_extension()[0]
     assert setup_module.OPENMP_FLAG in ext.extra_compile_args and setup_module.OPENMP_FLAG in ext.extra_link_args
     tried = []
@@ -84,6 +89,7 @@ def test_the_cpu_extension_is_built_without_openmp_where_the_compiler_has_none(s
 
 
 def test_a_cpu_build_that_fails_without_openmp_too_raises(setup_module):
+    pytest.importorskip("pybind11", reason="cpu_extension() describes the build only where pybind11 imports ([test] installs it)")
     ext = setup_module.cpu_extension()[0]
 
     def build():
