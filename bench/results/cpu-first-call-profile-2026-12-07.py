@@ -1,3 +1,4 @@
+"""Issue 15: what the first add_grads of a MiniLM-shaped FisherPruner spends (random tensors; --prof for cProfile; see cpu-first-touch-reporting-2026-12-07.txt)."""
 import time, torch, sys
 from obert_kernels import FisherPruner
 shapes = [(384, 384)] * 4 + [(1536, 384), (384, 1536)]

@@ -1,3 +1,4 @@
+"""Issue 15: two 1.36 GB torch.zeros held together, after 20 s idle, twice (see cpu-first-touch-reporting-2026-12-07.txt)."""
 import time, torch
 n = 1360 * 2**20 // 4
 for rnd in range(2):
