@@ -31,8 +31,9 @@ shared low-rank part, as bench_woodbury_cpu.py), generated before any clock star
     python bench/bench_pruner_cpu.py --quick         # a smoke run (d = 10^5, m = 64, 8 MiniLM gradients), not saved
     python bench/bench_pruner_cpu.py --shared ...    # mark the results as taken on a shared machine
 
-Results are marked "shared" when --shared is given or the 1-minute load average before the
-run exceeds 0.5 (someone else was running): only a quiet machine's figures are for the README.
+Results are marked "shared" when --shared is given or the rest of the machine used more than a
+tenth of a core in the 2 s before the run (/proc/stat; the 1-minute load average > 0.5 where that
+is missing): only a quiet machine's figures are for the README.
 """
 from __future__ import annotations
 
@@ -69,6 +70,26 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def others_busy_cores(seconds: float = 2.0) -> float | None:
+    """Cores' worth of CPU time the rest of the machine used over ``seconds`` while this process
+    slept (/proc/stat's busy jiffies; None where it is missing). The 1-minute load average lags
+    the run before: on 2026-12-07 it marked the second and third of three back-to-back runs shared
+    with nothing else running (bench/results/cpu-pruner-amd25-runs-2026-12-07.txt)."""
+    def busy() -> int | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        # user nice system, then irq softirq steal (guest time is already counted in user)
+        return sum(fields[0:3]) + sum(fields[5:8])
+    before = busy()
+    time.sleep(seconds)
+    after = busy()
+    if before is None or after is None:
+        return None
+    return round((after - before) / (os.sysconf("SC_CLK_TCK") * seconds), 2)
 
 
 def git_commit() -> str | None:
@@ -306,7 +327,8 @@ def report_text(res: dict) -> str:
     m, b = res["machine"], res.get("build")
     lines = [f"FisherPruner on the CPU (issue 15) — {res['date']}, machine {res['machine_state'].upper()}",
              f"machine: {m['cpu']}, {m['cores']} cores, commit {m['commit']}, torch {m['versions'].get('torch')} ({m['threads']} threads); "
-             f"load average at start {m['load_start']}, at end {m['load_end']}",
+             f"load average at start {m['load_start']}, at end {m['load_end']}; "
+             f"other processes' CPU in the 2 s before: {m.get('others_busy_cores_start')} cores",
              f"ceilings measured here: fp32 GEMM {res['ceilings']['gemm_gflops']:.1f} GFLOP/s, "
              f"copy {res['ceilings']['copy_gbps']:.1f} GB/s",
              f"command: {res['command']}", ""]
@@ -415,7 +437,11 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     load_start = load_average()
-    shared = args.shared or (load_start is not None and load_start[0] > 0.5)
+    busy = others_busy_cores()
+    # quiet: the rest of the machine used under a tenth of a core while this slept (or, where
+    # /proc/stat is missing, the 1-minute load average is under 0.5)
+    lagging = load_start is not None and load_start[0] > 0.5
+    shared = args.shared or (busy > 0.1 if busy is not None else lagging)
     ceilings = {"gemm_gflops": gemm_gflops(args.gemm_n), "copy_gbps": copy_gbps(args.copy_mib)}
     res = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine_state": "shared" if shared else "quiet",
            "command": "python bench/bench_pruner_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -423,7 +449,8 @@ def main(argv=None) -> dict:
     res["build"] = fisher_build(args, ceilings) if args.num_grads else None
     res["minilm"] = minilm_overhead(args) if args.minilm_grads else None
     res["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "commit": git_commit(),
-                      "load_start": load_start, "load_end": load_average(), "versions": versions()}
+                      "load_start": load_start, "others_busy_cores_start": busy, "load_end": load_average(),
+                      "versions": versions()}
     text = report_text(res)
     print(text, end="")
     out = args.out or (None if args.quick else RESULTS)

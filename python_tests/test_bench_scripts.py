@@ -27,6 +27,18 @@ def load():
     return load_script(BENCH)
 
 
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="others_busy_cores reads /proc/stat")
+def test_a_busy_process_marks_the_machine_busy():
+    """The quiet check sees another process spinning a core (it had read the lagging load average)."""
+    import subprocess
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert load().others_busy_cores(1.0) >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def test_tiny_fisher_build_writes_json_and_text(tmp_path):
     res = load().main(TINY + ["--minilm-grads", "0", "--shared", "--out", str(tmp_path)])
     build = res["build"]
