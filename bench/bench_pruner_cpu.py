@@ -176,8 +176,8 @@ def build_with_pruner(pool: torch.Tensor, shape: tuple[int, int], args) -> tuple
     # inside fisher_inverse: count that accumulation with the loop, as before
     last_chunk_s = acc.seconds + wood.seconds - in_loop_s
     loop_s, inverse_s = loop_s + last_chunk_s, inverse_s - last_chunk_s
-    return finv, {"method": pruner.fisher_method, "add_grads_s": loop_s, "accumulate_s": acc.seconds + wood.seconds,
-                  "accumulate_calls": acc.calls + wood.calls, "fisher_inverse_s": inverse_s,
+    return finv, {"method": pruner.fisher_method, "storage": pruner.fisher_storage, "add_grads_s": loop_s,
+                  "accumulate_s": acc.seconds + wood.seconds, "accumulate_calls": acc.calls + wood.calls, "fisher_inverse_s": inverse_s,
                   "invert_op_s": inv.seconds, "total_s": loop_s + inverse_s}
 
 
@@ -284,7 +284,8 @@ def minilm_overhead(args) -> dict:
                 add[way].append(time.perf_counter() - start)
     out = {"weights": sum(w.numel() for w in weights.values()), "tensors": len(weights), "grads": n,
            "batch": args.minilm_batch, "max_length": args.minilm_max_length, "B": args.minilm_block_size,
-           "chunk": pruners[ways[0]].chunk_size, "pruned": args.minilm_pruned, "bare_backward_s": sum(bare)}
+           "chunk": pruners[ways[0]].chunk_size, "storage": pruners[ways[0]].fisher_storage, "pruned": args.minilm_pruned,
+           "bare_backward_s": sum(bare)}
     for way in ways:
         part = {"attached_backward_s": sum(attached[way]), "add_grads_s": sum(add[way]),
                 "add_grads_ms_per_grad": 1e3 * sum(add[way]) / n, **add_grads_parts(add[way], out["chunk"]),
@@ -335,7 +336,8 @@ def report_text(res: dict) -> str:
     if b:
         p = b["pruner"]
         lines += [f"Fisher build: d={b['d']:,} ({b['shape'][0]}x{b['shape'][1]}), B={b['B']}, m={b['m']}, "
-                  f"damp={b['damp']:g}, {b['pool']} distinct gradients, method {p['method']}, F {res['args']['storage']}",
+                  f"damp={b['damp']:g}, {b['pool']} distinct gradients, method {p['method']}, "
+                  f"F {p.get('storage', res['args']['storage'])}",
                   "| phase | s | ms/grad | rate |", "| --- | ---: | ---: | --- |",
                   row("add_grads loop", p["add_grads_s"], b["m"], ""),
                   row("  of which accumulate", p["accumulate_s"], b["m"], gf(b["accumulate_gflops"], b["accumulate_vs_gemm"])),
@@ -364,7 +366,7 @@ def report_text(res: dict) -> str:
     if mini:
         lines += ["", f"MiniLM gradient passes: {mini['grads']} gradients of {mini['batch']} sentences (max {mini['max_length']} "
                   f"tokens), pruner on {mini['tensors']} tensors ({mini['weights']:,} weights), B={mini['B']}, k={mini['chunk']}, "
-                  f"F {res['args']['storage']}",
+                  f"F {mini.get('storage', res['args']['storage'])}",
                   f"bare forward+backward {mini['bare_backward_s']:.2f} s; add_grads {mini['add_grads_s']:.2f} s "
                   f"({mini['add_grads_ms_per_grad']:.1f} ms a gradient): +{100 * mini['overhead_vs_bare']:.1f}% "
                   f"(target <= 10%); attached passes end to end +{100 * mini['overhead_end_to_end']:.1f}%"]
@@ -402,8 +404,9 @@ def parse_args(argv=None):
     ap.add_argument("--block-size", type=int, default=50)
     ap.add_argument("--num-grads", type=int, default=1024)
     ap.add_argument("--damp", type=float, default=1e-6)
-    ap.add_argument("--storage", choices=["dense", "packed"], default="dense",
-                    help="FisherPruner's fisher_storage, in both parts (packed: the upper triangles, half of F's memory)")
+    ap.add_argument("--storage", choices=["auto", "dense", "packed"], default="auto",
+                    help="FisherPruner's fisher_storage, in both parts (packed: the upper triangles, half of F's memory; "
+                         "auto, its default: packed on the cpp backend, else dense; the report names what it chose)")
     ap.add_argument("--pool", type=int, default=256, help="distinct gradients, cycled")
     ap.add_argument("--ref-blocks", type=int, default=256, help="blocks checked against float64")
     ap.add_argument("--skip-naive", action="store_true")
@@ -455,7 +458,7 @@ def main(argv=None) -> dict:
     print(text, end="")
     out = args.out or (None if args.quick else RESULTS)
     if out is not None and not args.no_save:
-        stem = (f"cpu-pruner-{res['date'][:10]}" + ("-packed" if args.storage == "packed" else "")
+        stem = (f"cpu-pruner-{res['date'][:10]}" + ("" if args.storage == "auto" else f"-{args.storage}")
                 + ("-quick" if args.quick else "") + ("-shared" if shared else ""))
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")

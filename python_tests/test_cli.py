@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from obert_kernels.app import bench_runner as benchrun
 from obert_kernels.app.cli import main
+from obert_kernels.core.config import auto_fisher_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,10 @@ def test_info_lists_backends_with_reasons_and_a_memory_estimate(capsys):
     for line in out.splitlines():
         if " no" in line and ("triton" in line or "cuda " in line):
             assert ": " in line.split(" no", 1)[1]
-    assert "212,337 blocks of 50" in out and "F⁻¹ 1.98 GiB" in out
+    # the storage fisher_storage="auto" picks here: packed (cpp built) or dense
+    packed = auto_fisher_storage(torch.device("cpu"), "direct", block_size=50) == "packed"
+    assert f"fisher_storage='auto': {'packed' if packed else 'dense'}" in out
+    assert "212,337 blocks of 50" in out and ("F⁻¹ 1.01 GiB (packed)" if packed else "F⁻¹ 1.98 GiB") in out
 
 
 def test_python_dash_m_runs():

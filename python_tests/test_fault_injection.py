@@ -152,7 +152,8 @@ ADD_STAGES = [  # (owner, name, nth, after, pruner kwargs): a fault in the 5th a
     (grad_buffer, "write_row", 2, False, {}),  # copying: the 1st tensor's row written
     (grad_buffer, "write_row", 3, True, {}),  # copying: all rows written, counters not yet
     (ops, "fisher_accumulate", 1, False, {}),  # the flush's one write (dense, direct, torch), before it
-    (ops, "fisher_accumulate", 1, False, {"backend": "auto"}),  # the same on cpp (upper triangles only)
+    (ops, "fisher_accumulate", 1, False, {"backend": "auto", "fisher_storage": "dense"}),  # the same on cpp (upper triangles only)
+    (ops, "fisher_accumulate", 1, False, {"backend": "auto"}),  # the default on cpp: packed rows, one write
     (grad_buffer.GradBuffer, "mark_applied", 1, False, {}),  # the chunk applied and recorded, not marked
     (ops, "fisher_accumulate", 2, False, {"sliced": True}),  # the flush's 2nd slice, before it writes
     (ops, "fisher_accumulate", 3, True, {"sliced": True}),  # the flush's 3rd slice, after it wrote
@@ -312,8 +313,9 @@ def test_sigint_during_one_write_flush_is_held_until_recorded(seed, monkeypatch,
 PRUNE_STAGES = [  # (owner, name, nth, after, pruner kwargs)
     (ops, "fisher_accumulate", 1, False, {}),  # the last chunk's flush (one write), inside prune()
     (ops, "fisher_accumulate", 2, True, {"sliced": True}),  # the last chunk's flush, a slice written
-    (ops, "mirror_upper", 1, True, {"backend": "auto"}),  # cpp's upper triangles mirrored, then a fault
-    (ops, "fisher_invert", 2, True, {"backend": "auto"}),  # after the mirror, the inversion's 2nd slice
+    (ops, "mirror_upper", 1, True, {"backend": "auto", "fisher_storage": "dense"}),  # cpp's upper triangles mirrored, then a fault
+    (ops, "fisher_invert", 2, True, {"backend": "auto", "fisher_storage": "dense"}),  # after the mirror, the inversion's 2nd slice
+    (ops, "fisher_invert", 2, True, {"backend": "auto"}),  # the default on cpp: packed blocks, the inversion's 2nd slice
     (damping_mod.AutoDamp, "fit", 1, True, {"damp": "auto"}),  # λ chosen, then a fault
     (ops, "fisher_invert", 2, True, {}),  # the inversion's 2nd slice, after it wrote
     (ops, "fisher_invert", 3, True, {"damp": "rel:0.01"}),

@@ -146,3 +146,37 @@ def test_packed_failed_cholesky_falls_back_to_a_relative_damp(seed):
 def test_pruner_rejects_unknown_storage():
     with pytest.raises(ValueError, match="fisher_storage"):
         FisherPruner({"w": torch.zeros(10)}, block_size=5, fisher_storage="triangular", verbose=False)
+
+
+@pytest.mark.parametrize("kw,native", [({}, True), ({"backend": "torch"}, False), ({"fisher_method": "woodbury"}, False)])
+def test_auto_storage_is_packed_where_the_build_reads_it_natively(seed, kw, native):
+    """fisher_storage="auto" (the default) settles on packed where the direct build's accumulation
+    and inversion read packed rows (cpp, on a CPU where it is built), dense elsewhere; and prunes
+    what dense storage prunes, to the same bits on cpp (both read the upper triangles)."""
+    from obert_kernels.ops.backends import cpp
+
+    expected = "packed" if native and cpp.available() else "dense"
+    start = {"a": torch.randn(13, 11), "b": torch.randn(11, 5)}
+    grads = [{n: torch.randn_like(w) for n, w in start.items()} for _ in range(16)]
+    out = {}
+    for storage in ("auto", "dense"):
+        weights = {n: w.clone() for n, w in start.items()}
+        pr = FisherPruner(weights, block_size=10, num_grads=16, chunk_size=4, damp="rel:0.01", verbose=False,
+                          fisher_storage=storage, **kw)
+        for g in grads:
+            pr.add_grads(g)
+        pr.prune(0.6)
+        out[storage] = (pr.fisher_storage, pr.masks, weights)
+    (sa, ma, wa), (sd, md, wd) = out["auto"], out["dense"]
+    assert sa == expected and sd == "dense"
+    assert all(torch.equal(ma[n], md[n]) for n in md)
+    exact = expected == "packed"  # cpp reads dense blocks by their upper triangles too
+    assert all(torch.equal(wa[n], wd[n]) if exact else rel_err(wa[n], wd[n]) < 1e-5 for n in wd)
+
+
+def test_cpu_tiles_are_cache_sized():
+    """A packed F⁻¹ on a dense-only kernel is unpacked in tiles of 8 MiB on a CPU (read back from
+    the cache: bench/results/packed-tile-cpu-2026-12-08.txt), 64 MiB on other devices."""
+    assert packed.tile_bytes("cpu") == 8 * 2**20 and packed.tile_bytes("cuda") == packed.tile_bytes() == 64 * 2**20
+    assert packed.tile_blocks(32, 4, "cpu") == 2048 and packed.tile_blocks(32, 4, "cuda") == 16384
+    assert [b - a for a, b in packed.tiles(5000, 32, 4, "cpu")] == [2048, 2048, 904]

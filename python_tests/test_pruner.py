@@ -213,8 +213,10 @@ def test_memory_estimate_printed_and_refused(capsys):
     total = sum(t.numel() for t in params.values())
     nb = sum(-(-t.numel() // 8) for t in params.values())
     assert f"{total:,} weights in {nb:,} blocks of 8" in err
-    est = FisherPruner(params, block_size=8, chunk_size=4, verbose=False).memory_estimate()
+    est = FisherPruner(params, block_size=8, chunk_size=4, fisher_storage="dense", verbose=False).memory_estimate()
     assert est.fisher_bytes == nb * 64 * 4 and est.buffer_bytes == 4 * nb * 8 * 4
+    est = FisherPruner(params, block_size=8, chunk_size=4, fisher_storage="packed", verbose=False).memory_estimate()
+    assert est.fisher_bytes == nb * 36 * 4 and est.packed
     with pytest.raises(FisherMemoryError, match="more than"):
         FisherPruner(params, block_size=8, verbose=False, max_memory_fraction=1e-15)
 
@@ -264,7 +266,8 @@ def test_flush_applies_the_chunk_without_rechecking_it(seed, monkeypatch, reques
         stack.enter_context(dispatch.registered("fisher_accumulate", "torch", ops.fisher_accumulate_torch))
     params = {"w": torch.randn(100)}
     grads = random_grads(8, 100)
-    p = FisherPruner(params, block_size=8, num_grads=8, chunk_size=4, damp=1e-2, backend=backend, verbose=False)
+    p = FisherPruner(params, block_size=8, num_grads=8, chunk_size=4, damp=1e-2, backend=backend,
+                     fisher_storage="dense", verbose=False)
     sizes, finite_checks = [], []
     real_apply, real_check = fisher_state.FisherState.apply_slice, checks.check_finite_input
     monkeypatch.setattr(fisher_state.FisherState, "apply_slice",

@@ -42,9 +42,10 @@ def _add_pruner_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tensor-sparsity", type=float, default=None,
                    help="global threshold: prune no tensor above this fraction (its slots go to the others)")
     g.add_argument("--fisher-method", choices=["auto", "direct", "woodbury"], default="auto")
-    g.add_argument("--fisher-storage", choices=["dense", "packed"], default="dense",
-                   help="F's blocks whole, or their upper triangles: about half the memory, a slower prune step on "
-                        "the CPU (default: %(default)s)")
+    g.add_argument("--fisher-storage", choices=["auto", "dense", "packed"], default="auto",
+                   help="F's blocks whole, or their upper triangles (about half the memory, the same pruned weights); "
+                        "auto: packed where the build reads it natively (the cpp backend on a CPU), else dense "
+                        "(default: %(default)s)")
     g.add_argument("--backend", default="auto", help="auto, torch, triton or cuda")
 
 

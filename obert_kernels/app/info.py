@@ -13,7 +13,7 @@ from ..core.memory import available_memory, estimate_memory, format_bytes
 from ..ops import dispatch
 from ..ops.backends import cpp as cpp_backend
 from ..ops.patterns import parse_pattern
-from ..core.pruner import auto_fisher_method
+from ..core.pruner import auto_fisher_method, auto_fisher_storage
 
 __all__ = ["versions", "cpu_name", "devices", "backend_reasons", "info_text"]
 
@@ -118,15 +118,19 @@ def info_text(d: "int | list[int] | None" = None, block_size: int = 50, chunk_si
                 status = "yes" if not reasons else ("yes (explicit only)" if all(r.startswith("auto skips") for r in reasons) else "no")
                 detail = "" if not reasons else ": " + "; ".join(reasons)
                 lines.append(f"  {op:<18} {backend:<7} {status}{detail}")
-        lines.append(f"  Fisher build, fisher_method='auto': {auto_fisher_method(torch.device(dev))}")
+        method = auto_fisher_method(torch.device(dev))
+        lines.append(f"  Fisher build, fisher_method='auto': {method}; fisher_storage='auto': "
+                     f"{auto_fisher_storage(torch.device(dev), method)}")
         if torch.device(dev).type == "cpu":
             lines.append(f"  cpp backend: {cpp_backend.status()}")
     if d is not None:
         dev = device or devices()[-1]
         sizes = [d] if isinstance(d, int) else list(d)
         # prune's defaults (damp auto, update obs); with one d, one tensor: its update copies all of F⁻¹
-        est = estimate_memory(sizes, block_size, chunk_size, dev, damping="auto", update="obs",
-                              fisher_method=auto_fisher_method(torch.device(dev)))
+        method = auto_fisher_method(torch.device(dev))
+        packed = auto_fisher_storage(torch.device(dev), method, block_size=block_size) == "packed"
+        est = estimate_memory(sizes, block_size, chunk_size, dev, damping="auto", update="obs", fisher_method=method,
+                              packed=packed)
         lines += ["", f"memory estimate ({len(sizes)} tensor{'s' if len(sizes) > 1 else ''}, damp auto, update obs):",
                   f"  {est}", "  per phase: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in est.phases.items())]
     lines += ["", "to run every op on each backend above against its float64 reference: python -m obert_kernels check"

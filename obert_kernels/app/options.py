@@ -24,7 +24,7 @@ __all__ = ["PrunerOptions", "PruneOptions", "DemoOptions", "BenchOptions", "Info
 
 PRUNE_METHODS = ("obs", "joint", "sequential", "magnitude")  # recipes.prune_model.METHODS
 FISHER_METHODS = ("auto", "direct", "woodbury")
-FISHER_STORAGES = ("dense", "packed")  # core.config.FISHER_STORAGES, without importing torch
+FISHER_STORAGES = ("auto", "dense", "packed")  # core.config.FISHER_STORAGES, without importing torch
 CHECK_DTYPES = ("float32", "float64")
 
 
@@ -56,7 +56,7 @@ class PrunerOptions:
     fisher_method: str = "auto"
     backend: str = "auto"
     max_tensor_sparsity: float | None = None
-    fisher_storage: str = "dense"
+    fisher_storage: str = "auto"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PrunerOptions":
@@ -73,7 +73,7 @@ class PrunerOptions:
         cap = getattr(args, "max_tensor_sparsity", None)
         if cap is not None and not 0.0 < cap <= 1.0:
             raise ValueError(f"--max-tensor-sparsity must be in (0, 1], got {cap}")
-        storage = getattr(args, "fisher_storage", "dense")
+        storage = getattr(args, "fisher_storage", "auto")
         if storage not in FISHER_STORAGES:
             raise ValueError(f"--fisher-storage must be one of {', '.join(FISHER_STORAGES)}, got {storage!r}")
         return cls(args.method, damp, _positive("block_size", args.block_size), _positive("num_grads", args.num_grads),

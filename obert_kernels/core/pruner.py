@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method
+from .config import FISHER_METHODS, FISHER_STORAGES, PrunerConfig, auto_fisher_method, auto_fisher_storage
 from .damping import BlockLayout, invert_blocks
 from .damping_cv import prune_step
 from .fisher_state import FisherBuild, FisherKind, config_with_damp
@@ -31,8 +31,8 @@ from .tracked import PRUNABLE_MODULES, TrackedTensors, make_slots, named_tensors
 from .transaction import Checkpoint
 from .weight_update import updated_weights, write_back
 
-__all__ = ["FisherPruner", "prunable_weights", "auto_fisher_method", "named_tensors", "PRUNABLE_MODULES",
-           "FISHER_METHODS", "FISHER_STORAGES"]
+__all__ = ["FisherPruner", "prunable_weights", "auto_fisher_method", "auto_fisher_storage", "named_tensors",
+           "PRUNABLE_MODULES", "FISHER_METHODS", "FISHER_STORAGES"]
 
 
 def _setting(name: str, doc: str | None = None) -> property:
@@ -60,10 +60,11 @@ class FisherPruner:
     fisher_method: "direct" (accumulate F, invert once) | "woodbury" (rank-k updates of F⁻¹) |
         "auto" (see ``auto_fisher_method``: direct on CPUs).
     fisher_storage: "dense" (num_blocks, B, B) | "packed": upper triangles (num_blocks, B(B+1)/2),
-        (B+1)/(2B) of the memory (51% at B = 50). The CUDA kernels and the CPU's accumulation and
-        inversion (cpp) read it directly; the torch/Triton backends unpack it tile by tile
-        (ops/packed.py), costing time, not memory (on the CPU a prune step took ~1.4× as long at
-        d = 10⁶). Any damp.
+        (B+1)/(2B) of the memory (51% at B = 50) | "auto" (see ``auto_fisher_storage``: packed
+        where the direct build's accumulation and inversion read it natively, the cpp backend
+        on a CPU; dense elsewhere). The CUDA kernels and the CPU's accumulation and inversion
+        (cpp) read it directly; the torch/Triton backends unpack it tile by tile (ops/packed.py;
+        cache-sized tiles on a CPU). The same pruned weights either way; any damp.
     verbose: print the memory estimate (to stderr) before allocating.
     max_memory_fraction: refuse (FisherMemoryError) when the Fisher state needs more
         than this fraction of the device's free memory.
@@ -101,7 +102,7 @@ class FisherPruner:
         backend: str = "auto",
         chunk_size: int = 32,
         fisher_method: str = "auto",
-        fisher_storage: str = "dense",
+        fisher_storage: str = "auto",
         verbose: bool = True,
         max_memory_fraction: float = 0.9,
         process_group=None,

@@ -5,8 +5,8 @@ layout keeps row i's entries j ≥ i, rows concatenated (the order of
 ``torch.triu_indices(B, B)``), (B+1)/(2B) of the dense bytes (51% at B = 50). The CUDA
 kernels read and write it directly. The torch (and Triton) backends work on dense
 blocks: for a packed F⁻¹ they run tile by tile, unpacking ``tile_blocks(B)`` blocks
-(≤ ``UNPACK_TILE_BYTES`` dense) at a time, so the extra memory is one tile, not a
-dense copy. The time it costs, measured on 2 shared CPU cores (d = 2·10^5, B = 50, one
+(``tile_bytes(device)`` dense: 8 MiB on a CPU, 64 MiB elsewhere) at a time, so the extra
+memory is one tile, not a dense copy. The time it costs, measured on 2 shared CPU cores (d = 2·10^5, B = 50, one
 32-gradient chunk, best of 9, 2026-11-21): woodbury_update 0.26 vs 0.27 s dense (lost in
 the op's own cost), fisher_accumulate 0.040 vs 0.014 s (memory-bound: the tile's
 unpack/pack traffic is the op's size), obs_scores unstructured +10 ms. On a GPU the CUDA
@@ -31,12 +31,19 @@ __all__ = [
     "init_finv_packed",
     "diagonal_index",
     "block_diagonals",
+    "tile_bytes",
     "tile_blocks",
     "tiles",
 ]
 
-# Dense bytes per tile when a dense-only backend serves a packed F⁻¹.
+# Dense bytes per tile when a dense-only backend serves a packed F⁻¹ (the most any device uses:
+# the memory estimate counts this much).
 UNPACK_TILE_BYTES = 64 * 2**20
+# On a CPU a tile is consumed while it is still in the cache: MiniLM's shapes (10.6M weights,
+# B = 32, prune(0.8), rel:0.01, median of 3, AMD EPYC with a 32 MiB L3, 2026-12-08) took 3.93 s
+# packed with 64 MiB tiles against 2.61 s dense, and 2.56 / 2.76 / 2.44 / 2.41 / 2.48 s with
+# tiles of 1 / 2 / 4 / 8 / 16 MiB (bench/results/packed-tile-cpu-2026-12-08.txt).
+CPU_UNPACK_TILE_BYTES = 8 * 2**20
 
 
 def packed_size(block_size: int) -> int:
@@ -133,21 +140,27 @@ def init_finv_packed(num_blocks: int, block_size: int, damp: float, *, dtype=tor
     return finv
 
 
-def tile_blocks(block_size: int, itemsize: int = 4) -> int:
-    """Blocks per unpacked tile: as many as fit in UNPACK_TILE_BYTES dense, at least one."""
-    return max(1, UNPACK_TILE_BYTES // (block_size * block_size * itemsize))
+def tile_bytes(device=None) -> int:
+    """Dense bytes per unpacked tile on ``device`` (None: any device's most, UNPACK_TILE_BYTES)."""
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    return min(UNPACK_TILE_BYTES, CPU_UNPACK_TILE_BYTES) if on_cpu else UNPACK_TILE_BYTES
 
 
-def tiles(num_blocks: int, block_size: int, itemsize: int = 4) -> Iterator[tuple[int, int]]:
-    """(start, stop) block ranges covering num_blocks, one tile each."""
-    step = tile_blocks(block_size, itemsize)
+def tile_blocks(block_size: int, itemsize: int = 4, device=None) -> int:
+    """Blocks per unpacked tile: as many as fit in ``tile_bytes(device)`` dense, at least one."""
+    return max(1, tile_bytes(device) // (block_size * block_size * itemsize))
+
+
+def tiles(num_blocks: int, block_size: int, itemsize: int = 4, device=None) -> Iterator[tuple[int, int]]:
+    """(start, stop) block ranges covering num_blocks, one tile each (``tile_blocks``)."""
+    step = tile_blocks(block_size, itemsize, device)
     for start in range(0, num_blocks, step):
         yield start, min(start + step, num_blocks)
 
 
 def run_tiled_inplace(finv: torch.Tensor, B: int, fn: Callable[[torch.Tensor, int, int], None]) -> torch.Tensor:
     """For each tile: unpack, fn(dense_tile, start, stop) in place, pack back into finv."""
-    for start, stop in tiles(finv.shape[0], B, finv.element_size()):
+    for start, stop in tiles(finv.shape[0], B, finv.element_size(), finv.device):
         dense = unpack_upper(finv[start:stop], B)
         fn(dense, start, stop)
         pack_upper(dense, out=finv[start:stop])
@@ -156,4 +169,4 @@ def run_tiled_inplace(finv: torch.Tensor, B: int, fn: Callable[[torch.Tensor, in
 
 def run_tiled_readonly(finv: torch.Tensor, B: int, fn: Callable[[torch.Tensor, int, int], object]) -> list:
     """For each tile: unpack and collect fn(dense_tile, start, stop)."""
-    return [fn(unpack_upper(finv[start:stop], B), start, stop) for start, stop in tiles(finv.shape[0], B, finv.element_size())]
+    return [fn(unpack_upper(finv[start:stop], B), start, stop) for start, stop in tiles(finv.shape[0], B, finv.element_size(), finv.device)]
