@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from obert_kernels import FisherPruner  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_ARGS = ["--num-grads", "40", "--repeats", "1", "--no-save"]  # `obert-kernels bench --quick`: a smoke run
 STORAGES = ("dense", "packed")
 
 
