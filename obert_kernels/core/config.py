@@ -49,14 +49,13 @@ def auto_fisher_storage(device: torch.device, fisher_method: str, backend: str =
 
     "packed" where the direct build's accumulation and inversion read packed rows themselves
     (the cpp backend on a CPU): the same bits as dense storage (both are read by their upper
-    triangles), about half of F's memory, so half the first touch of a step's F, and a
-    faster prune step. On MiniLM's shapes (10.6M weights, B = 32, m = 256, damp auto,
-    prune(0.8), 2 cores, AMD EPYC, 2026-12-08, bench/results/storage-cpu-2026-12-08.txt) the
-    prune step took 3.08 s against 4.05 s dense, the same masks and weights; collecting
-    1,024 MiniLM gradients added +7.9% / +8.4% to the bare passes against +8.5% to +10.6%
-    dense (bench/results/cpu-pruner-amd25-runs-2026-12-07.txt). "dense" everywhere else: the
-    Woodbury build, backends that would get packed blocks tile by tile (slices with backups
-    at every flush), other devices (not measured for this choice).
+    triangles), about half of F's memory, and a faster prune step. On MiniLM's shapes (10.6M
+    weights, B = 32, m = 256, damp auto, prune(0.8), 2 cores, AMD EPYC, 2026-12-08,
+    bench/results/storage-cpu-2026-12-08.txt) the prune step took 3.08 s against 4.05 s dense
+    (median of 3), the same masks and weights. The gradient phase is not faster: 1,024 MiniLM
+    gradients added +8.9% and +10.8% packed, +8.5% dense (bench/results/cpu-pruner-amd25-2026-12-08*).
+    "dense" everywhere else: the Woodbury build, backends that would get packed blocks tile by
+    tile (slices with backups at every flush), other devices (not measured for this choice).
     """
     if torch.device(device).type != "cpu" or fisher_method != "direct":
         return "dense"
