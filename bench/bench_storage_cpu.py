@@ -19,7 +19,6 @@ else running.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,19 +31,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from minilm_prune_common import add_common_args, load_model, run_and_save  # noqa: E402
 from obert_kernels import FisherPruner  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_ARGS = ["--num-grads", "40", "--repeats", "1", "--no-save"]  # `obert-kernels bench --quick`: a smoke run
 STORAGES = ("dense", "packed")
-
-
-def load_model(args):
-    """all-MiniLM-L6-v2 (the packaged copy) and its 36 encoder Linear weights."""
-    from obert_kernels.integrations.hf_models import encoder_weights, load_sentence_encoder
-
-    encoder = load_sentence_encoder("all-MiniLM-L6-v2", max_length=args.max_length)
-    return encoder, dict(encoder_weights(encoder.model))
 
 
 def make_pruner(weights: dict, args, storage: str) -> tuple[FisherPruner, dict]:
@@ -97,7 +90,7 @@ def one_round(encoder, weights, args, r: int) -> dict:
 
 def run(args) -> dict:
     load_start = os.getloadavg()
-    encoder, weights = load_model(args)
+    encoder, weights = load_model(args.max_length)
     rounds = [one_round(encoder, weights, args, r) for r in range(args.repeats)]
     med = {s: {"first": statistics.median(x["add_grads"][s]["first"] for x in rounds),
                "rest": statistics.median(x["add_grads"][s]["rest"] for x in rounds),
@@ -142,31 +135,14 @@ def report_text(res: dict, command: str) -> str:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--num-grads", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=4, help="sentences per gradient")
-    ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--block-size", type=int, default=32)
-    ap.add_argument("--chunk-size", type=int, default=32)
+    add_common_args(ap)
     ap.add_argument("--damp", default="auto")
-    ap.add_argument("--sparsity", type=float, default=0.8)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / f"storage-cpu-{datetime.now(timezone.utc):%Y-%m-%d}")
-    ap.add_argument("--no-save", action="store_true")
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    res = run(args)
-    command = "python bench/bench_storage_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report_text(res, command)
-    print(text, end="")
-    if not args.no_save:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.json").write_text(json.dumps(res | {"command": command}, indent=1))
-        Path(f"{args.out}.txt").write_text(text)
-    return res
+    return run_and_save("bench_storage_cpu.py", parse_args(argv), run, report_text, argv)
 
 
 if __name__ == "__main__":
