@@ -54,7 +54,8 @@ def fisher_accumulate(fisher: torch.Tensor, grads: torch.Tensor, num_grads: int,
     if B is None:
         impl.fn(fisher, grads, num_grads, upper_only=upper_only)
         return
-    for a, b in packed.tiles(fisher.shape[0], B, fisher.element_size(), fisher.device):  # each tile's chunk from zero, upper triangle added
+    # each tile's chunk from zero, upper triangle added
+    for a, b in packed.tiles(fisher.shape[0], B, fisher.element_size(), fisher.device):
         tile = fisher.new_zeros(b - a, B, B)
         impl.fn(tile, _grads_tile(grads, B, a, b), num_grads)
         fisher[a:b] += packed.pack_upper(tile)

@@ -6,10 +6,11 @@ layout keeps row i's entries j ≥ i, rows concatenated (the order of
 kernels read and write it directly. The torch (and Triton) backends work on dense
 blocks: for a packed F⁻¹ they run tile by tile, unpacking ``tile_blocks(B)`` blocks
 (``tile_bytes(device)`` dense: 8 MiB on a CPU, 64 MiB elsewhere) at a time, so the extra
-memory is one tile, not a dense copy. The time it costs, measured on 2 shared CPU cores (d = 2·10^5, B = 50, one
-32-gradient chunk, best of 9, 2026-11-21): woodbury_update 0.26 vs 0.27 s dense (lost in
-the op's own cost), fisher_accumulate 0.040 vs 0.014 s (memory-bound: the tile's
-unpack/pack traffic is the op's size), obs_scores unstructured +10 ms. On a GPU the CUDA
+memory is one tile, not a dense copy. The time it costs, measured on 2 shared CPU cores
+(d = 2·10^5, B = 50, one 32-gradient chunk, best of 9, 2026-11-21, 64 MiB tiles):
+woodbury_update 0.26 vs 0.27 s dense (lost in the op's own cost), fisher_accumulate 0.040
+vs 0.014 s on torch (memory-bound: the tile's unpack/pack traffic is the op's size; cpp
+adds to packed rows itself), obs_scores unstructured +10 ms. On a GPU the CUDA
 backend reads packed blocks directly and pays none of it.
 
 A 2-D finv is packed, a 3-D one dense: every op of ``obert_kernels.ops`` takes either.
