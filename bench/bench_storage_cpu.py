@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minilm_prune_common import add_common_args, load_model, run_and_save  # noqa: E402
 from obert_kernels import FisherPruner  # noqa: E402
+from obert_kernels.app.info import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_ARGS = ["--num-grads", "40", "--repeats", "1", "--no-save"]  # `obert-kernels bench --quick`: a smoke run
@@ -99,16 +100,6 @@ def run(args) -> dict:
             "load_end": os.getloadavg(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "cores": os.cpu_count(), "cpu": cpu_name(),
             "args": vars(args) | {"out": str(args.out)}, "rounds": rounds, "median_s": med}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def report_text(res: dict, command: str) -> str:
