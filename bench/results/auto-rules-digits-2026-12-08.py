@@ -31,7 +31,10 @@ def auto_terms(dense, grads, sparsity, settings, chunk):
         pruner.add_grads(g)
     pruner.prune(sparsity)
     d = pruner.damping
-    return model, {"candidates": list(d.scores), "terms": d.score_terms.tolist(), "chosen": d.chosen}
+    fit = {"candidates": list(d.scores), "terms": d.score_terms.tolist(), "chosen": d.chosen}
+    if hasattr(d, "update_rho"):  # run through auto-update-size-2026-12-08.py
+        fit |= {"rho": d.update_rho, "removed": d.removed}
+    return model, fit
 
 
 def run(args):
