@@ -64,6 +64,10 @@ def run(args):
 
 # ---- offline: the α each rule picks from (candidates, k) terms, scored by the fixed sweep ----
 def pick(cands, T, rule):
+    if rule.startswith("cap"):  # "capX:rule": the rule on the candidates ≤ X only (the grid cut at X)
+        cap, _, inner = rule[3:].partition(":")
+        n = sum(a <= float(cap) * (1 + 1e-9) for a in cands)
+        return pick(cands[:n], T[:n], inner)
     mu = T.mean(1)
     finite = torch.isfinite(mu)
     b = int(torch.argmin(torch.where(finite, mu, torch.tensor(math.inf))))
@@ -98,7 +102,7 @@ def pick(cands, T, rule):
 
 RULES = [  # c·se rules: "cse=1" is auto's rule today
         "min", "cse=1", "cse=0.5", "cse=2", "contig=1", "contig=2", "rel=0.05", "rel=0.1", "rel=0.25", "rel=0.5",
-         "sign=0.5", "sign=0.6", "logse=1", "fixed=0.1", "fixed=0.01"]
+         "sign=0.5", "sign=0.6", "logse=1", "cap0.1:cse=1", "cap0.32:cse=1", "cap0.1:cse=2", "fixed=0.1", "fixed=0.01"]
 
 
 def analyse(path: Path, minilm_terms: Path | None) -> str:
