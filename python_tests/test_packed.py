@@ -152,7 +152,8 @@ def test_pruner_rejects_unknown_storage():
 def test_auto_storage_is_packed_where_the_build_reads_it_natively(seed, kw, native):
     """fisher_storage="auto" (the default) settles on packed where the direct build's accumulation
     and inversion read packed rows (cpp, on a CPU where it is built), dense elsewhere; and prunes
-    what dense storage prunes, to the same bits on cpp (both read the upper triangles)."""
+    what dense storage prunes, to the same bits on cpp (both read the upper triangles). The step's
+    report records the storage it used, not "auto"."""
     from obert_kernels.ops.backends import cpp
 
     expected = "packed" if native and cpp.available() else "dense"
@@ -165,7 +166,10 @@ def test_auto_storage_is_packed_where_the_build_reads_it_natively(seed, kw, nati
                           fisher_storage=storage, **kw)
         for g in grads:
             pr.add_grads(g)
-        pr.prune(0.6)
+        report = pr.prune(0.6)
+        method = kw.get("fisher_method", "direct")  # "auto" is direct on a CPU
+        assert (report.fisher_storage, report.fisher_method) == (pr.fisher_storage, method)
+        assert report.to_dict()["fisher_storage"] == pr.fisher_storage and f"Fisher {method} {pr.fisher_storage}" in str(report)
         out[storage] = (pr.fisher_storage, pr.masks, weights)
     (sa, ma, wa), (sd, md, wd) = out["auto"], out["dense"]
     assert sa == expected and sd == "dense"

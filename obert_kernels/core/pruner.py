@@ -325,7 +325,8 @@ class FisherPruner:
         updated = updated_weights(tracked.pieces, tracked.slots, weights, finv, new, self._masks.pruned, factors,
                                   self.config, self._shard)
         report = PruneReport(target, self.pattern.name, self.update, self.global_sparsity, self.backend, 0.0,
-                             damping=self.damping.describe())
+                             damping=self.damping.describe(), fisher_method=self.fisher_method,
+                             fisher_storage=self.fisher_storage)
         write_back(tracked.slots, self._masks, new, updated, report)
         report.seconds = time.perf_counter() - start
         self._state = None

@@ -37,6 +37,10 @@ class PruneReport:
     seconds: float
     tensors: dict[str, TensorReport] = field(default_factory=dict)
     damping: str = ""  # the damping policy and, for "auto", the λ it chose
+    # the Fisher build that served the step, "auto" resolved ("" in reports from before they were
+    # recorded, and for magnitude pruning): "direct" | "woodbury", "dense" | "packed"
+    fisher_method: str = ""
+    fisher_storage: str = ""
 
     @property
     def total(self) -> int:
@@ -91,7 +95,8 @@ class PruneReport:
         lines = [
             f"prune to {self.target_sparsity:.2%} ({self.pattern}, update={self.update}, "
             f"{'global' if self.global_sparsity else 'per-tensor'}, backend={self.backend}"
-            f"{', damp ' + self.damping if self.damping else ''}) in {self.seconds:.2f} s",
+            f"{', damp ' + self.damping if self.damping else ''}"
+            f"{f', Fisher {self.fisher_method} {self.fisher_storage}' if self.fisher_method else ''}) in {self.seconds:.2f} s",
             f"{'tensor':<{width}}  {'weights':>12}  {'pruned':>12}  {'new':>10}  {'sparsity':>8}",
         ]
         for name, t in self.tensors.items():
