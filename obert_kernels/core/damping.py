@@ -412,9 +412,12 @@ def _mean_diag(diag: torch.Tensor, layout: BlockLayout, per: str) -> torch.Tenso
     A block (or tensor) with no live weight or an all-zero diagonal borrows its tensor's
     mean, then the global mean, then 1.
     """
-    diag = diag.detach().double().clamp_min(0) * layout.live
-    live = layout.live.double().sum(1)
-    block_sum = diag.sum(1)
+    # one float32 copy, summed in float64 (the per-block sums are the bits three float64 copies
+    # gave): on MiniLM's shapes (331,776 blocks of 32, 70% live, 2 threads, 2026-12-08, medians
+    # of 7, alternated) 0.11 s against 0.17 s for a dense F's strided diagonal, 0.08 against 0.12 packed
+    diag = diag.detach().clamp_min(0).masked_fill_(~layout.live, 0)
+    live = layout.live.sum(1, dtype=torch.float64)
+    block_sum = diag.sum(1, dtype=torch.float64)
     t_sum = torch.zeros(layout.num_tensors, dtype=torch.float64, device=diag.device).index_add_(0, layout.tensor_index, block_sum)
     t_live = torch.zeros(layout.num_tensors, dtype=torch.float64, device=diag.device).index_add_(0, layout.tensor_index, live)
     if layout.reduce is not None:  # sharded: a tensor's blocks may sit on several ranks

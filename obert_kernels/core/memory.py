@@ -70,8 +70,8 @@ UPDATE_FINV_COPIES = {"obs": 1, "none": 0, "joint": 4, "sequential": 4}
 # g.double() (8), the transposed u64 solve_triangular copies (8), w64 (8), w (4)
 WOODBURY_BYTES_PER_GRAD = 44
 WOODBURY_SUBCHUNK = 8
-# _mean_diag: float64 (nb, B) temporaries alive together (diag.double(), clamp, product, live.double())
-MEAN_DIAG_BYTES = 3 * 8
+# _mean_diag per padded weight: the float32 clamped copy of the diagonal and the bool ~live
+MEAN_DIAG_BYTES = 4 + 1
 # fisher_invert_torch per INVERT_SLICE of blocks: the inverses (out), and when Cholesky fails,
 # _retry_failed_blocks' copy of the failed blocks and their factor, old and new alive together
 # while the next retry is formed (measured 5.1 slices with the absolute damp's backup at damp
