@@ -37,6 +37,17 @@ def auto_terms(dense, grads, sparsity, settings, chunk):
     return model, fit
 
 
+@torch.no_grad()
+def train_objectives(dense, pruned, data) -> tuple[float, float]:
+    """On the training images (never the test set): mean KL(dense ‖ pruned) of the predictions, and
+    the pruned network's mean cross-entropy."""
+    x = data.x_train
+    ref = torch.log_softmax(dense(x), -1)
+    out = torch.log_softmax(pruned(x), -1)
+    kl = (ref.exp() * (ref - out)).sum(-1).mean().item()
+    return kl, torch.nn.functional.nll_loss(out, data.y_train).item()
+
+
 def run(args):
     rows = []
     for seed in args.seeds:
@@ -49,25 +60,39 @@ def run(args):
                 model, fit = auto_terms(dense, grads, s, NETS[net], k)
                 row = {"net": net, "seed": seed, "labels": args.labels, "sparsity": s, **fit,
                        "auto_accuracy": accuracy(model, data.x_test, data.y_test), "accuracy": {}}
+                row["train_kl"], row["train_ce"] = {}, {}
                 for a in fit["candidates"]:
                     fixed, _ = prune_once(dense, grads, f"rel:{a * (m - k) / m!r}:global", s, NETS[net], k)
                     row["accuracy"][repr(a)] = accuracy(fixed, data.x_test, data.y_test)
+                    row["train_kl"][repr(a)], row["train_ce"][repr(a)] = train_objectives(dense, fixed, data)
+                    if "tensor" in args.scales:  # the per-tensor scale too, keyed "α:tensor"
+                        fixed, _ = prune_once(dense, grads, f"rel:{a * (m - k) / m!r}:tensor", s, NETS[net], k)
+                        key = f"{a!r}:tensor"
+                        row["accuracy"][key] = accuracy(fixed, data.x_test, data.y_test)
+                        row["train_kl"][key], row["train_ce"][key] = train_objectives(dense, fixed, data)
                 mag, _ = prune_once(dense, grads, "magnitude", s, NETS[net], k)
                 row["magnitude"] = accuracy(mag, data.x_test, data.y_test)
                 rows.append(row)
                 print(f"{net} seed {seed} {s:.0%}: auto {row['auto_accuracy']:.2%} (α {fit['chosen']:.3g}); "
-                      + " ".join(f"{float(a):.0e}:{100 * v:.1f}" for a, v in row["accuracy"].items()),
+                      + " ".join(f"{float(a):.0e}:{100 * v:.1f}" for a, v in row["accuracy"].items() if ":" not in a),
                       file=sys.stderr, flush=True)
                 args.out.write_text(json.dumps({"rows": rows}, indent=0))
     return rows
 
 
 # ---- offline: the α each rule picks from (candidates, k) terms, scored by the fixed sweep ----
-def pick(cands, T, rule):
+def pick(cands, T, rule, row=None):
+    if rule.startswith("val"):  # "valkl" / "valce" (all candidates) or "valkl5": the least training-set
+        key = "train_kl" if rule.startswith("valkl") else "train_ce"  # objective of the pruned network
+        allowed = [i for i, a in enumerate(cands) if "5" not in rule or 10 ** -2.6 < a < 10 ** -0.4]
+        if rule.endswith("s"):  # "valkl5s": over both scales; returns the key ("α" or "α:tensor")
+            keys = [repr(cands[i]) + tail for i in allowed for tail in ("", ":tensor")]
+            return min(keys, key=lambda q: row[key][q])
+        return min(allowed, key=lambda i: row[key][repr(cands[i])])
     if rule.startswith("cap"):  # "capX:rule": the rule on the candidates ≤ X only (the grid cut at X)
         cap, _, inner = rule[3:].partition(":")
         n = sum(a <= float(cap) * (1 + 1e-9) for a in cands)
-        return pick(cands[:n], T[:n], inner)
+        return pick(cands[:n], T[:n], inner, row)
     mu = T.mean(1)
     finite = torch.isfinite(mu)
     b = int(torch.argmin(torch.where(finite, mu, torch.tensor(math.inf))))
@@ -102,7 +127,7 @@ def pick(cands, T, rule):
 
 RULES = [  # c·se rules: "cse=1" is auto's rule today
         "min", "cse=1", "cse=0.5", "cse=2", "contig=1", "contig=2", "rel=0.05", "rel=0.1", "rel=0.25", "rel=0.5",
-         "sign=0.5", "sign=0.6", "logse=1", "cap0.1:cse=1", "cap0.32:cse=1", "cap0.1:cse=2", "fixed=0.1", "fixed=0.01"]
+         "sign=0.5", "sign=0.6", "logse=1", "cap0.1:cse=1", "cap0.32:cse=1", "cap0.1:cse=2", "valkl", "valce", "valkl5", "fixed=0.1", "fixed=0.01"]
 
 
 def analyse(path: Path, minilm_terms: Path | None) -> str:
@@ -112,10 +137,16 @@ def analyse(path: Path, minilm_terms: Path | None) -> str:
     import statistics as st
     rows = json.loads(path.read_text())["rows"]
     cells = sorted({(r["net"], r["sparsity"]) for r in rows})
-    res = {rule: {c: [r["accuracy"][repr(r["candidates"][pick(r["candidates"], torch.tensor(r["terms"], dtype=torch.float64), rule)])]
-                      for r in rows if (r["net"], r["sparsity"]) == c] for c in cells} for rule in RULES}
+    tensor_sweep = any(q.endswith(":tensor") for q in rows[0]["accuracy"])
+    rules = [r for r in RULES + (["valkl5s"] if tensor_sweep else []) if not r.startswith("val") or "train_kl" in rows[0]]
+
+    def acc(r, rule):
+        got = pick(r["candidates"], torch.tensor(r["terms"], dtype=torch.float64), rule, r)
+        return r["accuracy"][got if isinstance(got, str) else repr(r["candidates"][got])]
+
+    res = {rule: {c: [acc(r, rule) for r in rows if (r["net"], r["sparsity"]) == c] for c in cells} for rule in rules}
     out = [f"{'rule':<10}" + "".join(f"{n}{int(s * 100):>3}  " for n, s in cells) + " | mean  vs 1se (cells >1pt worse)"]
-    for rule in RULES:
+    for rule in rules:
         means = [100 * st.mean(res[rule][c]) for c in cells]
         d = [100 * (st.mean(res[rule][c]) - st.mean(res["cse=1"][c])) for c in cells]
         out.append(f"{rule:<10}" + "".join(f"{m:7.1f}" for m in means) + f" | {st.mean(means):5.1f} {st.mean(d):+5.2f} ({sum(x < -1 for x in d)})")
@@ -123,13 +154,21 @@ def analyse(path: Path, minilm_terms: Path | None) -> str:
     out.append(f"{'bestfixed':<10}" + "".join(f"{m:7.1f}" for m in best))
     out.append(f"{'magnitude':<10}" + "".join(f"{100 * st.mean(r['magnitude'] for r in rows if (r['net'], r['sparsity']) == c):7.1f}" for c in cells))
     out.append(f"seeds: {sorted({r['seed'] for r in rows})}")
+    if "valkl5" in res:  # paired over the seeds (each seed its own network): valkl5 − cse=1, 95% t-interval
+        t = {10: 2.262}.get(len(res["cse=1"][cells[0]]), 2.0)
+        parts = []
+        for c in cells:
+            d = [100 * (a - b) for a, b in zip(res["valkl5"][c], res["cse=1"][c])]
+            half = t * st.stdev(d) / len(d) ** 0.5
+            parts.append(f"{c[0]} {c[1]:.0%} {st.mean(d):+.1f} [{st.mean(d) - half:+.1f}, {st.mean(d) + half:+.1f}]")
+        out.append("valkl5 − cse=1, points, 95% t-interval over the seeds: " + "; ".join(parts))
     if minilm_terms is not None:
         fits = [json.loads(line) for line in minilm_terms.read_text().splitlines()]
         out += ["", "MiniLM: the α (grid value, before the (m − k)/m correction) each rule picks, per fit",
-                f"{'fit':<24}" + "".join(f"{r:>9}" for r in RULES if not r.startswith("fixed"))]
+                f"{'fit':<24}" + "".join(f"{r:>9}" for r in RULES if not r.startswith(("fixed", "val")))]
         for f in fits:
             T, c = torch.tensor(f["terms"], dtype=torch.float64), f["candidates"]
-            out.append(f"{f.get('label', '?'):<24}" + "".join(f"{c[pick(c, T, r)]:9.2g}" for r in RULES if not r.startswith("fixed")))
+            out.append(f"{f.get('label', '?'):<24}" + "".join(f"{c[pick(c, T, r)]:9.2g}" for r in RULES if not r.startswith(("fixed", "val"))))
     return "\n".join(out)
 
 
@@ -139,6 +178,8 @@ def main():
     ap.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--chunk-size", type=int, default=32)
+    ap.add_argument("--scales", nargs="+", default=["global"], choices=["global", "tensor"],
+                    help="also sweep the per-tensor scale (rel:α:tensor) for the validated rules")
     ap.add_argument("--labels", default="true", choices=["true", "sampled"], help="the Fisher's labels (damping_table's)")
     ap.add_argument("--out", type=Path, help="the sweep's .json (required unless --analyse)")
     ap.add_argument("--analyse", type=Path, help="print the rules' table from this sweep .json instead of running")
